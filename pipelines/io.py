@@ -1,0 +1,439 @@
+"""Reading scans of any format and orientation, writing results in the original geometry, atomically.
+
+Every scan enters through :func:`read_image` (NIfTI, MetaImage, NRRD, a DICOM series folder or a single
+DICOM file) and is validated there, so a bad file fails with an :class:`ImageReadError` that names it.
+Work happens on the *canonical* grid (:func:`to_canonical`: SimpleITK ``DICOMOrient`` to ``LPS``, arrays
+indexed ``[z, y, x]``); results go back to the file's own grid with :func:`from_canonical`, which restores
+the exact size, spacing, origin and direction of the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+
+# DICOM tags read for series selection. Identifying attributes (names, IDs, dates) are never read.
+_TAG_MODALITY = "0008|0060"
+_TAG_IMAGE_TYPE = "0008|0008"
+_TAG_SERIES_UID = "0020|000e"
+_TAG_ORIENTATION = "0020|0037"
+_TAG_POSITION = "0020|0032"
+
+
+class ImageReadError(ValueError):
+    """A scan could not be read or is not a usable 3D image; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class CaseInput:
+    """One scan to process.
+
+    Attributes:
+        case_id: file/folder name without extension, or ``series_<hash>`` of a SeriesInstanceUID when a folder
+            holds several series; never a patient identifier.
+        path: the image file or the DICOM folder.
+        dicom_files: the ordered slice files of a DICOM series (empty for single-file formats).
+        notes: reasons why something was skipped next to this case (localizers, non-CT series).
+    """
+
+    case_id: str
+    path: Path
+    dicom_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_dicom(self) -> bool:
+        return bool(self.dicom_files)
+
+
+# --------------------------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only when the block succeeds.
+
+    The temporary name keeps the final extension (SimpleITK picks the writer from it) and starts with
+    ``.tmp-`` so an interrupted run never leaves a file that looks complete.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    ext = suffix if suffix is not None else _full_suffix(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{final.name}-", suffix=ext, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
+    """Write a SimpleITK image atomically (``.nii.gz`` compressed unless ``compress=False``).
+
+    MetaImage (``.mhd``) is written with its ``.raw`` companion; both are renamed into place.
+    """
+    final = Path(path)
+    if _full_suffix(final) == ".mhd":
+        return _write_mhd(image, final, compress=compress)
+    with atomic_write(final) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return final
+
+
+def _write_mhd(image: sitk.Image, final: Path, *, compress: bool) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{final.stem}-", dir=final.parent))
+    try:
+        sitk.WriteImage(image, str(tmp_dir / final.name), useCompression=compress)
+        for produced in sorted(tmp_dir.iterdir(), key=lambda p: p.suffix != ".raw" and p.suffix != ".zraw"):
+            os.replace(produced, final.parent / produced.name)  # data first, header last
+    finally:
+        for leftover in tmp_dir.glob("*"):
+            leftover.unlink()
+        tmp_dir.rmdir()
+    return final
+
+
+def _full_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for ext in (".nii.gz", ".tar.gz"):
+        if name.endswith(ext):
+            return ext
+    return path.suffix.lower()
+
+
+def strip_image_suffix(name: str) -> str:
+    """``case.nii.gz`` -> ``case``; ``case.mhd`` -> ``case``."""
+    lower = name.lower()
+    for ext in IMAGE_SUFFIXES:
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read_image(path: str | os.PathLike[str], *, dicom_files: list[str] | None = None) -> sitk.Image:
+    """Read a 3D scan and validate it.
+
+    Args:
+        path: a NIfTI/MetaImage/NRRD file, a folder holding one DICOM series, or a DICOM file.
+        dicom_files: explicit ordered slice files (from :func:`discover_cases`) for a DICOM series.
+
+    Returns:
+        The image in its own on-disk geometry (SimpleITK: LPS world, spacing ``(x, y, z)`` in mm).
+
+    Raises:
+        ImageReadError: naming the file, for a missing/empty/corrupt/truncated file, a non-image file, an image
+            that is not 3D (2D or 4D), non-finite voxels, or a zero/negative/non-finite spacing.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, "no such file or folder")
+    if p.is_file() and p.stat().st_size == 0:
+        raise ImageReadError(p, "empty file (0 bytes)")
+    if p.is_file() and not os.access(p, os.R_OK):
+        raise ImageReadError(p, "file is not readable (permission denied)")
+    try:
+        if dicom_files:
+            image = _read_dicom_files(p, dicom_files)
+        elif p.is_dir():
+            image = _read_dicom_folder(p)
+        else:
+            image = sitk.ReadImage(str(p))
+    except ImageReadError:
+        raise
+    except RuntimeError as err:  # SimpleITK raises RuntimeError with a long ITK trace
+        raise ImageReadError(p, f"cannot read image: {_first_line(str(err))}") from None
+    validate_image(image, p)
+    return image
+
+
+def _first_line(msg: str) -> str:
+    for line in msg.splitlines():
+        line = line.strip()
+        if line and not line.startswith("/") and "sitk::ERROR" not in line:
+            return line[:200]
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    return (lines[-1] if lines else msg)[:200]
+
+
+def validate_image(image: sitk.Image, path: str | os.PathLike[str] = "<memory>") -> None:
+    """Raise :class:`ImageReadError` unless ``image`` is a finite, scalar, 3D volume with positive spacing."""
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim == 4 and size[3] == 1:
+        pass  # a 4D image with one time point is reduced by the caller via to_3d
+    elif dim != 3:
+        raise ImageReadError(path, f"expected a 3D image, got {dim}D of size {size}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components"
+        )
+    if min(size[:3]) < 2:
+        raise ImageReadError(path, f"image of size {size[:3]} is a single slice (2D), not a volume")
+    spacing = np.asarray(image.GetSpacing()[:3], dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ImageReadError(
+            path, f"spacing must be strictly positive and finite, not {tuple(spacing.tolist())}"
+        )
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(image)
+        if not np.isfinite(arr).all():
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise ImageReadError(path, f"{bad} voxels are NaN or infinite")
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ImageReadError(folder, "folder holds no DICOM series")
+    if len(series) > 1:
+        raise ImageReadError(
+            folder, f"folder holds {len(series)} DICOM series; use discover_cases to split them"
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    return _read_dicom_files(folder, list(files))
+
+
+def _read_dicom_files(folder: Path, files: list[str]) -> sitk.Image:
+    check_dicom_slices(folder, files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOff()
+    reader.LoadPrivateTagsOff()
+    return reader.Execute()
+
+
+def check_dicom_slices(folder: Path, files: list[str], *, tolerance: float = 0.1) -> None:
+    """Refuse a DICOM series with mixed orientations, missing slices or uneven gaps.
+
+    Slice positions are projected on the slice normal; the gaps must agree within ``tolerance`` (relative).
+    Series without position tags (header-stripped) are accepted as SimpleITK orders them.
+    """
+    if len(files) < 2:
+        raise ImageReadError(folder, f"DICOM series has {len(files)} slice; a volume needs at least 2")
+    orientations, positions = [], []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise ImageReadError(f, "unreadable DICOM slice") from None
+        if r.HasMetaDataKey(_TAG_ORIENTATION) and r.HasMetaDataKey(_TAG_POSITION):
+            orientations.append(_floats(r.GetMetaData(_TAG_ORIENTATION)))
+            positions.append(_floats(r.GetMetaData(_TAG_POSITION)))
+    if len(positions) != len(files):
+        return
+    ori = np.asarray(orientations)
+    if ori.shape[1] != 6 or np.abs(ori - ori[0]).max() > 1e-3:
+        raise ImageReadError(folder, "DICOM series mixes slice orientations")
+    normal = np.cross(ori[0, :3], ori[0, 3:])
+    z = np.sort(np.asarray(positions) @ normal)
+    gaps = np.diff(z)
+    if np.any(gaps < 1e-3):
+        raise ImageReadError(folder, "DICOM series has duplicate slice positions")
+    median = float(np.median(gaps))
+    uneven = np.abs(gaps - median) > tolerance * median
+    if uneven.any():
+        worst = float(gaps[uneven].max())
+        raise ImageReadError(
+            folder,
+            f"DICOM series has missing slices or uneven gaps ({int(uneven.sum())} gaps differ from "
+            f"{median:.2f} mm, largest {worst:.2f} mm)",
+        )
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.replace(",", "\\").split("\\") if v.strip()]
+
+
+def to_3d(image: sitk.Image) -> sitk.Image:
+    """Drop a trailing singleton 4th dimension (some NIfTI writers add one)."""
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        size = list(image.GetSize())
+        size[3] = 0
+        return sitk.Extract(image, size, [0, 0, 0, 0])
+    return image
+
+
+# --------------------------------------------------------------------------------------------- geometry
+def orientation_code(image: sitk.Image) -> str:
+    """Three-letter code of where each index axis points (ITK convention: ``LPS`` = x->L, y->P, z->S)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def to_canonical(image: sitk.Image) -> sitk.Image:
+    """Permute/flip axes so x->Left, y->Posterior, z->Superior (no resampling; exact and invertible)."""
+    return sitk.DICOMOrient(to_3d(image), "LPS")
+
+
+def from_canonical(canonical: sitk.Image | np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Bring an image (or ``[z, y, x]`` array) on the canonical grid of ``reference`` back to its own grid.
+
+    The result has exactly ``reference``'s size, spacing, origin and direction, so it overlays the scan.
+    """
+    ref = to_3d(reference)
+    if isinstance(canonical, np.ndarray):
+        canon_ref = to_canonical(ref)
+        img = sitk.GetImageFromArray(canonical)
+        img.CopyInformation(canon_ref)
+    else:
+        img = canonical
+    back = sitk.DICOMOrient(img, orientation_code(ref))
+    if back.GetSize() != ref.GetSize():
+        raise ValueError(f"canonical image of size {img.GetSize()} does not match reference {ref.GetSize()}")
+    back.CopyInformation(ref)
+    return back
+
+
+def canonical_array(image: sitk.Image, *, dtype: type = np.float32) -> tuple[np.ndarray, sitk.Image]:
+    """Return the canonical ``[z, y, x]`` array (as ``dtype``) and the canonical image it comes from."""
+    canon = to_canonical(image)
+    return sitk.GetArrayFromImage(canon).astype(dtype, copy=False), canon
+
+
+def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+    """Spacing in array-axis order ``(z, y, x)`` in mm (SimpleITK's ``GetSpacing`` is ``(x, y, z)``)."""
+    sx, sy, sz = image.GetSpacing()[:3]
+    return (float(sz), float(sy), float(sx))
+
+
+# --------------------------------------------------------------------------------------------- discovery
+def discover_cases(root: str | os.PathLike[str] | list, *, recursive: bool = True) -> list[CaseInput]:
+    """List the scans under ``root``: image files and DICOM series (a folder with several series is split).
+
+    Args:
+        root: a folder, one image file, one DICOM folder, or a list of those.
+        recursive: walk sub-folders.
+
+    Returns:
+        Cases sorted by ``case_id``; localizer and non-CT DICOM series are left out with a note on the case list
+        (``notes`` of the first case of that folder). Case ids are unique (a numeric suffix is added on clashes).
+    """
+    roots = root if isinstance(root, list | tuple) else [root]
+    cases: list[CaseInput] = []
+    for r in roots:
+        p = Path(r)
+        if p.is_file() and not _looks_like_dicom_file(p):
+            cases.append(CaseInput(strip_image_suffix(p.name), p))
+        elif p.is_file():
+            cases.extend(_dicom_cases(p.parent, only_file=p))
+        elif p.is_dir():
+            cases.extend(_walk(p, recursive=recursive))
+        else:
+            cases.append(CaseInput(strip_image_suffix(p.name), p))  # fails later with a clear reason
+    return _unique_ids(sorted(cases, key=lambda c: (c.case_id, str(c.path))))
+
+
+def _walk(root: Path, *, recursive: bool) -> list[CaseInput]:
+    found: list[CaseInput] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
+        dicom_like = []
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            f = folder / name
+            lower = name.lower()
+            if lower.endswith(".raw") or lower.endswith(".zraw"):
+                continue
+            if any(lower.endswith(ext) for ext in IMAGE_SUFFIXES):
+                found.append(CaseInput(strip_image_suffix(name), f))
+            elif _looks_like_dicom_file(f):
+                dicom_like.append(f)
+        if dicom_like:
+            found.extend(_dicom_cases(folder))
+        if not recursive:
+            break
+    return found
+
+
+def _looks_like_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_cases(folder: Path, only_file: Path | None = None) -> list[CaseInput]:
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series_ids = ()
+    if not series_ids:
+        return [CaseInput(folder.name, folder, notes=["no readable DICOM series"])]
+    cases, notes = [], []
+    for uid in series_ids:
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        if only_file is not None and str(only_file) not in files:
+            continue
+        skip = _skip_reason(files[0])
+        if skip:
+            notes.append(f"skipped series {series_hash(uid)} in {folder.name}: {skip}")
+            continue
+        case_id = folder.name if len(series_ids) == 1 else f"{folder.name}_{series_hash(uid)}"
+        cases.append(CaseInput(case_id, folder, dicom_files=files))
+    if cases:
+        cases[0].notes.extend(notes)
+    return cases
+
+
+def _skip_reason(first_file: str) -> str:
+    r = sitk.ImageFileReader()
+    r.SetFileName(first_file)
+    try:
+        r.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    modality = r.GetMetaData(_TAG_MODALITY).strip().upper() if r.HasMetaDataKey(_TAG_MODALITY) else ""
+    image_type = r.GetMetaData(_TAG_IMAGE_TYPE).upper() if r.HasMetaDataKey(_TAG_IMAGE_TYPE) else ""
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        return "localizer"
+    if modality and modality not in ("CT", "MR", "PT"):
+        return f"modality {modality} is not a 3D CT/MR series"
+    return ""
+
+
+def series_hash(series_uid: str) -> str:
+    """Short, non-identifying id for a SeriesInstanceUID (first 12 hex digits of its SHA-256)."""
+    return hashlib.sha256(series_uid.encode()).hexdigest()[:12]
+
+
+def _unique_ids(cases: list[CaseInput]) -> list[CaseInput]:
+    seen: dict[str, int] = {}
+    for c in cases:
+        n = seen.get(c.case_id, 0)
+        seen[c.case_id] = n + 1
+        if n:
+            c.case_id = f"{c.case_id}_{n + 1}"
+    return cases
