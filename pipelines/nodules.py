@@ -22,6 +22,7 @@ from skimage.measure import regionprops
 
 from pipelines.nodule_coordinates import add_original_indices, add_world_coordinates
 from pipelines.nodule_density import DensityThresholds, classify_density, equivalent_diameter_mm
+from pipelines.nodule_split import split_touching as split_component
 
 __all__ = [
     "DensityThresholds",
@@ -175,6 +176,39 @@ def _candidate_components(
     return labels, [(lab, boxes[lab - 1]) for lab in np.flatnonzero(keep).tolist()]
 
 
+def _pieces(
+    labels: np.ndarray,
+    components: list[tuple[int, tuple[slice, ...]]],
+    spacing: np.ndarray,
+    min_diameter_mm: float,
+    min_voxels: float,
+    *,
+    split: bool,
+) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """``(bounding box, boolean mask in it)`` of every component, or of its blobs when ``split``."""
+    pieces = []
+    for lab, box in components:
+        component = labels[box] == lab
+        if not split:
+            pieces.append((box, component))
+            continue
+        parts = split_component(component, spacing, min_diameter_mm=min_diameter_mm)
+        for part, sub in enumerate(ndimage.find_objects(parts), start=1):
+            if sub is None:
+                continue
+            piece = parts[sub] == part
+            if piece.sum() >= min_voxels:
+                pieces.append(
+                    (
+                        tuple(
+                            slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True)
+                        ),
+                        piece,
+                    )
+                )
+    return pieces
+
+
 def extract_nodules(
     probability_zyx: np.ndarray,
     hu_zyx: np.ndarray,
@@ -186,6 +220,7 @@ def extract_nodules(
     max_candidates: int = 100,
     lung_labels_zyx: np.ndarray | None = None,
     density: DensityThresholds | None = None,
+    split_touching: bool = False,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Nodule instance mask and per-nodule measurements from a probability map.
 
@@ -193,7 +228,9 @@ def extract_nodules(
     those holding a voxel with ``p > seed_threshold`` are kept (hysteresis: a low threshold shapes the
     mask, a high one decides existence). Components whose equivalent-sphere diameter is below
     ``min_diameter_mm`` are dropped; the remaining ones are ranked by :func:`probability_score` and the
-    best ``max_candidates`` measured. Touching nodules are not split.
+    best ``max_candidates`` measured. With ``split_touching``, a component made of blobs joined by narrow
+    necks is first cut into its blobs (:func:`~pipelines.nodule_split.split_touching`), each then
+    size-filtered and scored on its own (the seed test applies to the whole component).
 
     Args:
         probability_zyx: nodule probability in [0, 1], canonical grid ``[z, y, x]``.
@@ -205,6 +242,8 @@ def extract_nodules(
         max_candidates: most nodules returned (highest scores first).
         lung_labels_zyx: optional lung labels on the same grid (1 right, 2 left) for ``lung_side``.
         density: thresholds for the density type (see :class:`DensityThresholds`).
+        split_touching: split touching nodules at narrow necks (off by default: costs a distance
+            transform per component).
 
     Returns:
         ``(mask, nodules)``. ``mask`` is uint16 ``[z, y, x]``, 0 background and nodule ``i`` labelled
@@ -230,9 +269,10 @@ def extract_nodules(
     labels, components = _candidate_components(probability_zyx, threshold, seed_threshold, min_voxels)
 
     scored = []
-    for lab, box in components:
-        component = labels[box] == lab
-        scored.append((probability_score(probability_zyx[box][component]), lab, box, component))
+    for order, (box, component) in enumerate(
+        _pieces(labels, components, spacing, min_diameter_mm, min_voxels, split=split_touching)
+    ):
+        scored.append((probability_score(probability_zyx[box][component]), order, box, component))
     scored.sort(key=lambda item: (-item[0], item[1]))
 
     mask = np.zeros(probability_zyx.shape, dtype=np.uint16)

@@ -289,3 +289,37 @@ def test_400_cubed_map_with_200_blobs_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert 100 < len(nodules) <= 200 and int(mask.max()) == len(nodules)
     assert elapsed < 15.0, f"extract_nodules took {elapsed:.1f} s on a 400^3 map"
+
+
+# ---------------------------------------------------------------------------------------------- splitting
+
+
+def test_touching_spheres_split_only_when_asked() -> None:
+    spacing = (0.8, 0.7, 0.7)
+    shape = (30, 40, 50)
+    left = _sphere(shape, (15.0, 20.0, 18.0), 5.0, spacing)
+    right = _sphere(shape, (15.0, 20.0, 18.0 + 9.0 / 0.7), 5.0, spacing)  # centres 9 mm apart: neck 2.2 mm
+    assert ndimage.label(left | right, structure=np.ones((3, 3, 3)))[1] == 1
+    prob = np.zeros(shape, np.float32)
+    prob[left] = 0.8
+    prob[right] = 0.9
+    hu = _lung(shape) + (left | right) * 890
+    assert len(extract_nodules(prob, hu, spacing)[1]) == 1
+    mask, nodules = extract_nodules(prob, hu, spacing, split_touching=True)
+    assert len(nodules) == 2
+    assert [n["probability"] for n in nodules] == pytest.approx([0.9, 0.8], abs=0.02)
+    for nod, centre_x in zip(nodules, (18.0 + 9.0 / 0.7, 18.0), strict=True):
+        assert nod["canonical_index_zyx"][2] == pytest.approx(centre_x, abs=1.0)
+        assert 8.5 < nod["diameter_mm"] < 10.5
+    assert int((mask > 0).sum()) == int((left | right).sum())
+
+
+def test_lobulated_nodule_is_not_split() -> None:
+    spacing = (0.8, 0.7, 0.7)
+    shape = (30, 40, 40)
+    body = _sphere(shape, (15.0, 20.0, 20.0), 5.0, spacing)
+    lobe = _sphere(shape, (15.0, 20.0, 20.0 + 5.0 / 0.7), 2.5, spacing)
+    elongated = _ellipsoid(shape, (15.0, 20.0, 20.0), (2.5, 2.5, 9.0), spacing)
+    for blob in (body | lobe, elongated):
+        _, nodules = extract_nodules(blob.astype(np.float32), _lung(shape), spacing, split_touching=True)
+        assert len(nodules) == 1
