@@ -8,7 +8,7 @@ ITK/DICOM LPS frame (as LUNA16's ``coordX, coordY, coordZ``); RAS is ``(-x, -y, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import SimpleITK as sitk
@@ -22,7 +22,9 @@ def image_orientation(image: sitk.Image) -> str:
     return str(sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()))
 
 
-def add_world_coordinates(nodules: Iterable[Mapping[str, Any]], image: sitk.Image) -> list[dict[str, Any]]:
+def add_world_coordinates(
+    nodules: Iterable[MutableMapping[str, Any]], image: sitk.Image
+) -> list[MutableMapping[str, Any]]:
     """Add the world centre of each nodule, in LPS and RAS mm.
 
     Args:
@@ -31,7 +33,7 @@ def add_world_coordinates(nodules: Iterable[Mapping[str, Any]], image: sitk.Imag
             geometry is used.
 
     Returns:
-        New rows (the input is not modified) with ``center_lps_{x,y,z}_mm`` (from
+        The same rows, updated in place, with ``center_lps_{x,y,z}_mm`` (from
         ``image.TransformContinuousIndexToPhysicalPoint((x, y, z))``) and ``center_ras_{x,y,z}_mm``
         ``= (-x, -y, z)``.
 
@@ -48,20 +50,19 @@ def add_world_coordinates(nodules: Iterable[Mapping[str, Any]], image: sitk.Imag
             f"image must be the canonical LPS-oriented image (SimpleITK.DICOMOrient(image, 'LPS')), "
             f"not {orientation!r}"
         )
-    out = []
+    out: list[MutableMapping[str, Any]] = []
     for nodule in nodules:
         z, y, x = (float(v) for v in nodule["canonical_index_zyx"])
         lps = image.TransformContinuousIndexToPhysicalPoint((x, y, z))
-        row = dict(nodule)
-        row.update(zip(_LPS_KEYS, (float(v) for v in lps), strict=True))
-        row.update(zip(_RAS_KEYS, (-float(lps[0]), -float(lps[1]), float(lps[2])), strict=True))
-        out.append(row)
+        nodule.update(zip(_LPS_KEYS, (float(v) for v in lps), strict=True))
+        nodule.update(zip(_RAS_KEYS, (-float(lps[0]), -float(lps[1]), float(lps[2])), strict=True))
+        out.append(nodule)
     return out
 
 
 def add_original_indices(
-    nodules: Iterable[Mapping[str, Any]], original_image: sitk.Image
-) -> list[dict[str, Any]]:
+    nodules: Iterable[MutableMapping[str, Any]], original_image: sitk.Image
+) -> list[MutableMapping[str, Any]]:
     """Add the continuous voxel index of each nodule centre in the original file's grid.
 
     Args:
@@ -69,23 +70,22 @@ def add_original_indices(
         original_image: the image as read from disk, before reorientation (any orientation).
 
     Returns:
-        New rows with ``voxel_i``, ``voxel_j``, ``voxel_k``: SimpleITK's ``(i, j, k)`` = ``(x, y, z)``
-        index of the original file (``TransformPhysicalPointToContinuousIndex``), rounded to 2 decimals.
+        The same rows, updated in place, with ``voxel_i``, ``voxel_j``, ``voxel_k``: SimpleITK's
+        ``(i, j, k)`` = ``(x, y, z)`` index of the original file (``TransformPhysicalPointToContinuousIndex``), rounded to 2 decimals.
         numpy arrays of that file read by SimpleITK are indexed ``[k, j, i]``.
 
     Raises:
         KeyError: if a row has no world centre yet.
     """
-    out = []
+    out: list[MutableMapping[str, Any]] = []
     for nodule in nodules:
         missing = [key for key in _LPS_KEYS if key not in nodule]
         if missing:
             raise KeyError(f"nodule row lacks {missing}; call add_world_coordinates first")
         point = tuple(float(nodule[key]) for key in _LPS_KEYS)
         index = original_image.TransformPhysicalPointToContinuousIndex(point)
-        row = dict(nodule)
-        row.update(
+        nodule.update(
             {"voxel_i": round(index[0], 2), "voxel_j": round(index[1], 2), "voxel_k": round(index[2], 2)}
         )
-        out.append(row)
+        out.append(nodule)
     return out

@@ -255,7 +255,7 @@ def test_world_and_original_index_round_trip(orientation: str) -> None:
     ras = (row["center_ras_x_mm"], row["center_ras_y_mm"], row["center_ras_z_mm"])
     np.testing.assert_allclose(ras, (-expected[0], -expected[1], expected[2]), atol=0.01)
     np.testing.assert_allclose((row["voxel_i"], row["voxel_j"], row["voxel_k"]), ijk, atol=0.01)
-    assert "center_lps_x_mm" not in nodules[0]  # inputs are not modified
+    assert rows[0] is nodules[0]  # rows are updated in place (and returned)
 
 
 def test_world_coordinates_refuse_a_non_canonical_image_and_missing_centres() -> None:
