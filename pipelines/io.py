@@ -50,12 +50,14 @@ class CaseInput:
         path: the image file or the DICOM folder.
         dicom_files: the ordered slice files of a DICOM series (empty for single-file formats).
         notes: reasons why something was skipped next to this case (localizers, non-CT series).
+        image: an in-memory image (then ``path`` is ``<memory>``).
     """
 
     case_id: str
     path: Path
     dicom_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    image: sitk.Image | None = None
 
     @property
     def is_dicom(self) -> bool:
@@ -292,23 +294,62 @@ def to_canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(to_3d(image), "LPS")
 
 
-def from_canonical(canonical: sitk.Image | np.ndarray, reference: sitk.Image) -> sitk.Image:
+@dataclass(frozen=True)
+class ImageHeader:
+    """Geometry of an image without its voxels: size ``(x, y, z)``, spacing (mm), origin (LPS mm), direction."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> ImageHeader:
+        img = to_3d(image)
+        return cls(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+
+    @property
+    def orientation(self) -> str:
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        """Stamp this geometry on ``image`` (sizes must agree)."""
+        if tuple(image.GetSize()) != tuple(self.size):
+            raise ValueError(f"image of size {image.GetSize()} does not match header size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def from_canonical(
+    canonical: sitk.Image | np.ndarray,
+    reference: sitk.Image | ImageHeader,
+    canonical_header: ImageHeader | None = None,
+) -> sitk.Image:
     """Bring an image (or ``[z, y, x]`` array) on the canonical grid of ``reference`` back to its own grid.
 
-    The result has exactly ``reference``'s size, spacing, origin and direction, so it overlays the scan.
+    Args:
+        canonical: image or array on the canonical (LPS) grid of the reference scan.
+        reference: the original scan, or its :class:`ImageHeader`.
+        canonical_header: header of the canonical grid; derived from ``reference`` when it is an image.
+
+    Returns:
+        An image with exactly the reference's size, spacing, origin and direction, so it overlays the scan.
     """
-    ref = to_3d(reference)
+    ref = reference if isinstance(reference, ImageHeader) else ImageHeader.of(reference)
     if isinstance(canonical, np.ndarray):
-        canon_ref = to_canonical(ref)
-        img = sitk.GetImageFromArray(canonical)
-        img.CopyInformation(canon_ref)
+        if canonical_header is None:
+            if not isinstance(reference, sitk.Image):
+                raise ValueError("canonical_header is required when reference is a header")
+            canonical_header = ImageHeader.of(to_canonical(reference))
+        img = canonical_header.apply(sitk.GetImageFromArray(canonical))
     else:
         img = canonical
-    back = sitk.DICOMOrient(img, orientation_code(ref))
-    if back.GetSize() != ref.GetSize():
-        raise ValueError(f"canonical image of size {img.GetSize()} does not match reference {ref.GetSize()}")
-    back.CopyInformation(ref)
-    return back
+    back = sitk.DICOMOrient(img, ref.orientation)
+    if tuple(back.GetSize()) != tuple(ref.size):
+        raise ValueError(f"canonical image of size {img.GetSize()} does not match reference {ref.size}")
+    return ref.apply(back)
 
 
 def canonical_array(image: sitk.Image, *, dtype: type = np.float32) -> tuple[np.ndarray, sitk.Image]:
@@ -317,9 +358,9 @@ def canonical_array(image: sitk.Image, *, dtype: type = np.float32) -> tuple[np.
     return sitk.GetArrayFromImage(canon).astype(dtype, copy=False), canon
 
 
-def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+def spacing_zyx(image: sitk.Image | ImageHeader) -> tuple[float, float, float]:
     """Spacing in array-axis order ``(z, y, x)`` in mm (SimpleITK's ``GetSpacing`` is ``(x, y, z)``)."""
-    sx, sy, sz = image.GetSpacing()[:3]
+    sx, sy, sz = (image.spacing if isinstance(image, ImageHeader) else image.GetSpacing())[:3]
     return (float(sz), float(sy), float(sx))
 
 
@@ -437,3 +478,41 @@ def _unique_ids(cases: list[CaseInput]) -> list[CaseInput]:
         if n:
             c.case_id = f"{c.case_id}_{n + 1}"
     return cases
+
+
+def peek_size(case: CaseInput) -> tuple[int, int, int]:
+    """Image size ``(x, y, z)`` from the header only (no voxel data is read)."""
+    if case.image is not None:
+        return tuple(case.image.GetSize()[:3])  # type: ignore[return-value]
+    first = case.dicom_files[0] if case.dicom_files else str(case.path)
+    r = sitk.ImageFileReader()
+    r.SetFileName(first)
+    try:
+        r.ReadImageInformation()
+    except RuntimeError as err:
+        raise ImageReadError(first, f"cannot read image header: {_first_line(str(err))}") from None
+    size = tuple(int(v) for v in r.GetSize())
+    if case.dicom_files:
+        return (size[0], size[1], len(case.dicom_files))
+    return tuple((list(size) + [1, 1])[:3])  # type: ignore[return-value]
+
+
+def check_size(case: CaseInput, *, max_voxels: int) -> None:
+    """Refuse, before reading voxels, a scan larger than ``max_voxels`` (bounded memory per case)."""
+    if case.image is None and Path(case.path).is_dir() and not case.dicom_files:
+        return  # a folder: read_image will explain what is wrong with it
+    if case.image is None and not Path(case.path).exists():
+        return
+    if case.image is None and Path(case.path).is_file() and Path(case.path).stat().st_size == 0:
+        return
+    try:
+        size = peek_size(case)
+    except ImageReadError:
+        return  # read_image gives the precise reason
+    n = int(np.prod(size, dtype=np.int64))
+    if n > max_voxels:
+        raise ImageReadError(
+            case.path,
+            f"volume of {size[0]}x{size[1]}x{size[2]} = {n / 1e6:.0f} M voxels exceeds the limit of "
+            f"{max_voxels / 1e6:.0f} M voxels (setting max_input_voxels)",
+        )

@@ -1,0 +1,95 @@
+# lungscreen: every target that needs the environment depends on `install`.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+LS := $(BIN)/lungscreen
+
+# demo / pipeline settings (override on the command line: make pipeline FULL=1)
+DEMO_DATA ?= sample_data/demo
+DEMO_OUT ?= outputs/demo
+TRAIN_DATA ?= sample_data/train
+EVAL_DATA ?= sample_data/eval
+RUN_DIR ?= runs/train
+FULL ?= 0
+ifeq ($(FULL),1)
+  TRAIN_N ?= 120
+  EVAL_N ?= 20
+  EVAL_SIZE ?= full
+  TRAIN_SIZE ?= full
+  PROFILE ?= gpu
+else
+  TRAIN_N ?= 12
+  EVAL_N ?= 4
+  EVAL_SIZE ?= small
+  TRAIN_SIZE ?= small
+  PROFILE ?= cpu
+endif
+TRAIN_SEED ?= 1000
+EVAL_SEED ?= 9000
+IN ?= $(DEMO_DATA)/images
+OUT ?= $(DEMO_OUT)
+
+.PHONY: install demo test test-slow lint format sample-data train screen evaluate bench pipeline clean help
+
+help:
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+install: $(STAMP) ## create .venv and install lungscreen (CPU torch pinned by constraints-cpu.txt)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: install ## generate 3 sample scans and screen them end to end; prints the report path
+	$(LS) sample-data $(DEMO_DATA) --n 3 --seed 7 --size small --preview
+	$(LS) screen $(DEMO_DATA)/images $(DEMO_OUT) --device cpu
+
+test: install ## lint with ruff, then the fast test suite
+	$(BIN)/ruff check pipelines tests
+	$(BIN)/ruff format --check pipelines tests
+	$(BIN)/python -m pytest -q
+
+test-slow: install ## the slow tests (realism, training to quality, long runs)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install ## ruff + mypy on pipelines/
+	$(BIN)/ruff check pipelines tests
+	$(BIN)/ruff format --check pipelines tests
+	$(BIN)/mypy pipelines
+
+format: install
+	$(BIN)/ruff check --fix pipelines tests
+	$(BIN)/ruff format pipelines tests
+
+sample-data: install ## training and evaluation sets (TRAIN_N / EVAL_N scans)
+	$(LS) sample-data $(TRAIN_DATA) --n $(TRAIN_N) --seed $(TRAIN_SEED) --size $(TRAIN_SIZE)
+	$(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE)
+
+train: install ## train the nodule UNet and the false-positive classifier on TRAIN_DATA
+	test -f $(TRAIN_DATA)/datalist.json || $(LS) sample-data $(TRAIN_DATA) --n $(TRAIN_N) --seed $(TRAIN_SEED) --size $(TRAIN_SIZE)
+	$(LS) train --dataset $(TRAIN_DATA) --out $(RUN_DIR) --profile $(PROFILE) --seed 0
+
+screen: install ## screen IN=folder OUT=folder
+	$(LS) screen $(IN) $(OUT)
+
+evaluate: install ## screen EVAL_DATA and compute LUNA16 FROC/CPM and segmentation metrics
+	test -f $(EVAL_DATA)/datalist.json || $(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE)
+	$(LS) screen $(EVAL_DATA)/images outputs/eval --device auto --no-report $(SCREEN_ARGS)
+	$(LS) evaluate --annotations $(EVAL_DATA)/annotations.csv --predictions outputs/eval/submission.csv \
+	  --seriesuids $(EVAL_DATA)/seriesuids.csv --cases $(EVAL_DATA)/cases.csv \
+	  --pred-dir outputs/eval/cases --ref-dir $(EVAL_DATA) --out outputs/eval/metrics
+
+bench: install ## stage timings and the plain-MONAI baseline, same run; writes benchmarks/results/
+	$(LS) bench --out benchmarks/results
+
+pipeline: install ## sample data -> training -> screening -> evaluation (FULL=1 for full settings)
+	$(MAKE) sample-data train
+	$(MAKE) evaluate SCREEN_ARGS="--weights $(RUN_DIR)/model.pt --classifier-weights $(RUN_DIR)/classifier.pt --overwrite"
+
+clean: ## remove generated data, outputs and caches (keeps .venv)
+	rm -rf sample_data/demo sample_data/train sample_data/eval outputs runs .pytest_cache .ruff_cache .mypy_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,188 @@
+"""Write one screened case (masks, tables, report, ``result.json`` last) and the run-level files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+
+from pipelines import io, outputs
+from pipelines.postprocess import CaseResult
+from pipelines.preprocess import CaseGeometry
+from pipelines.settings import ScreeningSettings
+
+
+def write_case(
+    *,
+    output_dir: Path,
+    case: io.CaseInput,
+    data: dict[str, Any],
+    result: CaseResult,
+    settings: ScreeningSettings,
+    timings: dict[str, float],
+    bundle_version: str,
+    write_start: float,
+) -> Path:
+    """Write every output of one case atomically; ``result.json`` goes last and marks the case complete."""
+    from pipelines.lungrads import categorize_scan
+
+    geometry: CaseGeometry = data["geometry"]
+    folder = outputs.case_dir(output_dir, case.case_id)
+    done = folder / "result.json"
+    if done.exists():
+        done.unlink()  # an overwrite: the case is incomplete until the new record lands
+    ext = ".nii.gz" if settings.compress else ".nii"
+    spacing = io.spacing_zyx(geometry.canonical)
+    category = categorize_scan(result.nodules)
+    for n in result.nodules:
+        n["lung_rads"] = _nodule_category(category, n)
+    outputs.write_mask(result.lung_mask, geometry, folder / f"lungs{ext}", compress=settings.compress)
+    outputs.write_mask(
+        outputs.smallest_label_dtype(result.nodule_mask),
+        geometry,
+        folder / f"nodules{ext}",
+        compress=settings.compress,
+    )
+    if settings.write_probability and result.probability is not None:
+        outputs.write_probability(
+            result.probability, geometry, folder / f"probability{ext}", compress=settings.compress
+        )
+    volumes = outputs.lung_volumes_ml(result.lung_mask, spacing)
+    meta = {
+        "case_id": case.case_id,
+        "bundle_version": bundle_version,
+        "settings_sha256": settings.sha256(),
+        "units": {
+            "coordinates": "mm, ITK/DICOM LPS world frame (RAS given too)",
+            "volume": "mm3",
+            "hu": "HU",
+        },
+        "input_geometry": _geometry_dict(geometry),
+        "lung_rads": category,
+        "warnings": result.warnings + list(case.notes),
+        **volumes,
+    }
+    io.atomic_write_text(folder / "nodules.csv", outputs.to_csv(result.nodules, outputs.NODULE_COLUMNS))
+    outputs.write_json(folder / "nodules.json", {**meta, "nodules": result.nodules})
+    io.atomic_write_text(
+        folder / "candidates.csv",
+        outputs.to_csv(result.candidates, ("candidate_id", *outputs.NODULE_COLUMNS[1:-1])),
+    )
+    report_rel = ""
+    if settings.report:
+        report_rel = _write_report(folder, case, data, result, category, meta)
+    timings["write"] = time.perf_counter() - write_start
+    summary = {
+        "case_id": case.case_id,
+        "status": "ok",
+        "nodule_count": len(result.nodules),
+        "largest_nodule_mm": max((n["diameter_mm"] for n in result.nodules), default=0.0),
+        "lung_rads": category.get("category", ""),
+        **volumes,
+        **{f"seconds_{k}": round(v, 3) for k, v in timings.items()},
+        "seconds_total": round(sum(timings.values()), 3),
+        "warnings": "; ".join(meta["warnings"]),
+        "report": report_rel,
+    }
+    record = {
+        "case_id": case.case_id,
+        "summary": summary,
+        "candidates": [
+            {k: c[k] for k in ("center_lps_x_mm", "center_lps_y_mm", "center_lps_z_mm", "probability")}
+            for c in result.candidates
+        ],
+        "info": result.info,
+    }
+    return outputs.write_json(done, record)
+
+
+def _nodule_category(scan_category: dict[str, Any], nodule: dict[str, Any]) -> str:
+    for item in scan_category.get("nodules", []):
+        if item.get("nodule_id") == nodule["nodule_id"]:
+            return str(item.get("category", ""))
+    from pipelines.lungrads import categorize_nodule
+
+    return str(
+        categorize_nodule(
+            type=nodule["type"],
+            diameter_mm=nodule["diameter_mm"],
+            solid_component_mm=nodule.get("solid_component_mm"),
+        ).get("category", "")
+    )
+
+
+def _geometry_dict(g: CaseGeometry) -> dict[str, Any]:
+    return {
+        "size_xyz": list(g.original.size),
+        "spacing_xyz_mm": [round(v, 6) for v in g.original.spacing],
+        "origin_lps_mm": [round(v, 4) for v in g.original.origin],
+        "direction": [round(v, 6) for v in g.original.direction],
+        "orientation": g.original.orientation,
+        "network_spacing_zyx_mm": [round(v, 4) for v in g.network_spacing_zyx],
+    }
+
+
+def _write_report(
+    folder: Path, case: io.CaseInput, data: dict[str, Any], result: CaseResult, category: dict, meta: dict
+) -> str:
+    from pipelines.report import write_case_report
+
+    geometry: CaseGeometry = data["geometry"]
+    path = write_case_report(
+        case_id=case.case_id,
+        out_dir=folder,
+        hu_zyx=data["hu"],
+        spacing_zyx=io.spacing_zyx(geometry.canonical),
+        nodules=result.nodules,
+        nodule_mask_zyx=result.nodule_mask,
+        probability_zyx=result.probability,
+        lung_mask_zyx=result.lung_mask,
+        category=category,
+        extra={
+            k: meta[k] for k in ("lung_volume_ml", "right_lung_volume_ml", "left_lung_volume_ml", "warnings")
+        },
+    )
+    return str(Path(path).relative_to(folder.parent.parent))
+
+
+def write_run_files(output_dir: Path, settings: ScreeningSettings, bundle_version: str) -> dict[str, int]:
+    """Rebuild summary/failures/submission tables, the index page and ``run.json``."""
+    counts = outputs.rebuild_run_tables(output_dir)
+    if settings.report:
+        from pipelines.report import write_index
+
+        rows = _summary_rows(output_dir)
+        write_index(run_dir=Path(output_dir), rows=rows)
+    outputs.write_json(
+        Path(output_dir) / "run.json",
+        {
+            "bundle_version": bundle_version,
+            "settings": settings.to_dict(),
+            "settings_sha256": settings.sha256(),
+            "versions": {
+                "python": platform.python_version(),
+                "monai": monai.__version__,
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+            },
+            **counts,
+        },
+    )
+    return counts
+
+
+def _summary_rows(output_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for p in sorted((Path(output_dir) / "cases").glob("*/result.json")):
+        rows.append(json.loads(p.read_text())["summary"])
+    for p in sorted((Path(output_dir) / ".state" / "failed").glob("*.json")):
+        f = json.loads(p.read_text())
+        if not (Path(output_dir) / "cases" / f["case_id"] / "result.json").exists():
+            rows.append({"case_id": f["case_id"], "status": "failed", "warnings": f["reason"]})
+    return sorted(rows, key=lambda r: r["case_id"])

@@ -1,0 +1,302 @@
+"""``lungscreen`` command line: a thin argparse adapter over the keyword-only Python API.
+
+Heavy modules (torch, MONAI, SimpleITK) are imported inside each command so ``lungscreen --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_sample_data(a: argparse.Namespace) -> int:
+    from pipelines.phantom import make_dataset
+
+    out = make_dataset(
+        a.out, n=a.n, seed=a.seed, size=a.size, modality=a.modality, fmt=a.format, preview=a.preview
+    )
+    print(f"wrote {a.n} {a.size} {a.modality} case(s) to {out}")
+    return 0
+
+
+def cmd_insert_nodules(a: argparse.Namespace) -> int:
+    from pipelines.phantom import insert_nodules
+
+    out = insert_nodules(a.ct, a.out, n=a.n, seed=a.seed, lung_mask_path=a.lungs)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_screen(a: argparse.Namespace) -> int:
+    from pipelines.screen import screen
+
+    settings: dict[str, Any] = _key_values(a.set or [])
+    for name in ("device", "sw_batch_size", "overlap", "prob_threshold"):
+        value = getattr(a, name)
+        if value is not None:
+            settings[name] = value
+    if a.roi_size:
+        settings["roi_size"] = a.roi_size
+    if a.no_report:
+        settings["report"] = False
+    if a.write_probability:
+        settings["write_probability"] = True
+    if a.no_compress:
+        settings["compress"] = False
+    res = screen(
+        a.inputs,
+        a.out,
+        weights=a.weights,
+        classifier_weights=a.classifier_weights,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        bundle_root=a.bundle_root,
+        **settings,
+    )
+    print(
+        f"{res.succeeded} succeeded, {res.failed} failed, {res.skipped} skipped (already done) of {res.total}; "
+        f"summary: {res.output_dir / 'summary.csv'}"
+    )
+    if res.failed:
+        print(f"failures: {res.output_dir / 'failures.csv'}")
+    if res.index_html.exists():
+        print(f"report: {res.index_html.resolve()}")
+    return res.exit_code
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from pipelines.evaluation import evaluate
+
+    metrics = evaluate(
+        annotations=a.annotations,
+        predictions=a.predictions,
+        out_dir=a.out,
+        excluded=a.excluded,
+        seriesuids=a.seriesuids,
+        cases_table=a.cases,
+        pred_dir=a.pred_dir,
+        ref_dir=a.ref_dir,
+        n_bootstrap=a.bootstrap,
+        seed=a.seed,
+    )
+    det = metrics.get("detection", metrics)
+    print(f"CPM {det.get('cpm', float('nan')):.4f}; metrics in {Path(a.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_prepare_luna16(a: argparse.Namespace) -> int:
+    from pipelines.luna16 import prepare_luna16
+
+    out = prepare_luna16(root=a.root, annotations=a.annotations, out=a.out, excluded=a.excluded)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from pipelines.train import train
+
+    result = train(
+        dataset=a.dataset,
+        out=a.out,
+        profile=a.profile,
+        seed=a.seed,
+        device=a.device,
+        overrides=_key_values(a.set or []),
+        resume=a.resume,
+        stages=a.stages,
+    )
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pipelines.bench import run_bench
+
+    result = run_bench(
+        out_dir=a.out, sizes=a.sizes, device=a.device, repeats=a.repeats, baseline=not a.no_baseline
+    )
+    print(result["markdown"])
+    return 0
+
+
+def cmd_train_seg(a: argparse.Namespace) -> int:
+    from pipelines.segtrain import train_segmentation
+
+    out = train_segmentation(
+        images=a.images,
+        labels=a.labels,
+        modality=a.modality,
+        out=a.out,
+        iterations=a.iterations,
+        seed=a.seed,
+        device=a.device,
+    )
+    print(f"model written to {out}")
+    return 0
+
+
+def cmd_segment(a: argparse.Namespace) -> int:
+    from pipelines.segment import segment
+
+    res = segment(a.model, a.inputs, a.out, device=a.device, overwrite=a.overwrite, progress=not a.quiet)
+    print(f"{res['succeeded']} succeeded, {res['failed']} failed, {res['skipped']} skipped")
+    return 0 if res["failed"] == 0 else (1 if res["succeeded"] + res["skipped"] else 2)
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lungscreen",
+        description="Screen 3D chest CT for lung nodules; segment 3D CT and MRI. Not a medical device.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("sample-data", help="generate synthetic chest CT (or MRI) with labelled nodules")
+    s.add_argument("out", type=Path)
+    s.add_argument("--n", type=int, default=4)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", choices=("small", "full"), default="small")
+    s.add_argument("--modality", choices=("ct", "mri"), default="ct")
+    s.add_argument("--format", choices=("nii", "mhd"), default="nii")
+    s.add_argument("--preview", action="store_true", help="also write preview.png, a montage through nodules")
+    s.set_defaults(func=cmd_sample_data)
+
+    s = sub.add_parser("insert-nodules", help="insert synthetic nodules into a real CT (labelled test cases)")
+    s.add_argument("ct", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--n", type=int, default=3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lungs", type=Path, default=None, help="lung mask of the CT (else segmented)")
+    s.set_defaults(func=cmd_insert_nodules)
+
+    s = sub.add_parser("screen", help="screen a folder/file/DICOM series for lung nodules")
+    s.add_argument(
+        "inputs", nargs="+", type=Path, help="folders, files or DICOM folders; the last argument is OUT"
+    )
+    s.add_argument("--weights", type=Path, default=None)
+    s.add_argument("--classifier-weights", type=Path, default=None)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    s.add_argument("--sw-batch-size", dest="sw_batch_size", type=int, default=None)
+    s.add_argument("--overlap", type=float, default=None)
+    s.add_argument("--roi-size", dest="roi_size", type=int, nargs=3, default=None)
+    s.add_argument(
+        "--threshold", dest="prob_threshold", type=float, default=None, help="reporting probability"
+    )
+    s.add_argument("--write-probability", action="store_true")
+    s.add_argument("--no-report", action="store_true")
+    s.add_argument("--no-compress", action="store_true", help="write .nii instead of .nii.gz")
+    s.add_argument("--overwrite", action="store_true", help="recompute cases that are already complete")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--bundle-root", type=Path, default=None)
+    s.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="any screening setting, e.g. lung_margin_mm=15"
+    )
+    s.set_defaults(func=cmd_screen)
+
+    s = sub.add_parser("evaluate", help="LUNA16 FROC/CPM and segmentation metrics")
+    s.add_argument("--annotations", type=Path, required=True)
+    s.add_argument("--predictions", type=Path, required=True)
+    s.add_argument("--excluded", type=Path, default=None)
+    s.add_argument("--seriesuids", type=Path, default=None)
+    s.add_argument("--cases", type=Path, default=None, help="per-nodule table with type (cases.csv)")
+    s.add_argument("--pred-dir", type=Path, default=None, help="screening output cases/ folder (masks)")
+    s.add_argument("--ref-dir", type=Path, default=None, help="dataset folder with labels/ and lungs/")
+    s.add_argument("--bootstrap", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("prepare-luna16", help="LUNA16 subsets -> nodule masks and a 10-fold MONAI datalist")
+    s.add_argument("--root", type=Path, required=True)
+    s.add_argument("--annotations", type=Path, required=True)
+    s.add_argument("--excluded", type=Path, default=None)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_prepare_luna16)
+
+    s = sub.add_parser("train", help="train the nodule UNet and the false-positive classifier")
+    s.add_argument(
+        "--dataset", type=Path, required=True, help="folder with datalist.json (sample-data output)"
+    )
+    s.add_argument("--out", type=Path, default=Path("runs/train"))
+    s.add_argument("--profile", choices=("cpu", "gpu", "smoke"), default="cpu")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument(
+        "--stages", nargs="+", choices=("segmentation", "classifier"), default=["segmentation", "classifier"]
+    )
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="train.json overrides by ID path")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("bench", help="benchmark every stage against the plain MONAI chain")
+    s.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    s.add_argument("--sizes", nargs="+", choices=("small", "full"), default=["small", "full"])
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--no-baseline", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("train-seg", help="train a generic 3D segmentation model on images/ + labels/")
+    s.add_argument("--images", type=Path, required=True)
+    s.add_argument("--labels", type=Path, required=True)
+    s.add_argument("--modality", choices=("ct", "mri"), required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--iterations", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.set_defaults(func=cmd_train_seg)
+
+    s = sub.add_parser("segment", help="segment a folder with a model trained by train-seg")
+    s.add_argument("model", type=Path)
+    s.add_argument("inputs", type=Path)
+    s.add_argument("out", type=Path)
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_segment)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "screen":
+        if len(args.inputs) < 2:
+            parser.error(
+                "screen needs at least one input and an output folder: lungscreen screen IN [IN ...] OUT"
+            )
+        args.out = args.inputs[-1]
+        args.inputs = args.inputs[:-1] if len(args.inputs) > 2 else args.inputs[0]
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lungscreen {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The screening engine: the bundle's ``evaluator``; runs a folder of scans resumably and fault-tolerantly.
+
+It is built from the components that ``monai_bundle/configs/inference.json`` declares (preprocessing,
+network, inferer, classifier, settings) and is what both ``python -m monai.bundle run`` and
+``lungscreen screen`` execute. Per case: preprocess (prefetched in a thread while the previous case is on the
+network) -> sliding window -> postprocess -> write (in a background thread). A failing case is recorded with a
+one-line reason and the batch goes on. Cases already complete (``result.json`` present) are skipped unless
+``overwrite``. Under ``torchrun`` the cases are sharded over ranks and rank 0 merges the run tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines import io, outputs
+from pipelines.inference import load_weights, select_device, sliding_window_probability
+from pipelines.postprocess import CaseResult, analyse_case
+from pipelines.settings import ScreeningSettings
+
+log = logging.getLogger("lungscreen")
+
+
+def shard_info() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class ScreeningEngine:
+    """Screen a list of cases into ``output_dir`` (see :mod:`pipelines.outputs` for the layout).
+
+    Args:
+        dataset: cases from :func:`pipelines.io.discover_cases` (or paths / in-memory images).
+        output_dir: where results go; never inside an input folder.
+        preprocessing: the bundle's preprocessing ``Compose`` (dict in, dict out).
+        network: nodule segmentation network (logits ``[B, 1, z, y, x]``).
+        inferer: MONAI ``SlidingWindowInferer``.
+        settings: validated :class:`ScreeningSettings`.
+        weights: checkpoint for ``network`` (loaded with ``weights_only=True``); None keeps its weights.
+        classifier, classifier_weights: the false-positive classifier and its checkpoint (optional).
+        overwrite: recompute completed cases.
+        bundle_version: recorded with every output.
+        progress: show a progress bar.
+        input_roots: the folders the cases came from; the output may not lie inside any of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: Sequence[Any],
+        output_dir: str | os.PathLike[str],
+        preprocessing: Callable[[dict[str, Any]], dict[str, Any]],
+        network: torch.nn.Module,
+        inferer: Any,
+        settings: ScreeningSettings,
+        weights: str | os.PathLike[str] | None = None,
+        classifier: torch.nn.Module | None = None,
+        classifier_weights: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        bundle_version: str = "",
+        progress: bool = True,
+        input_roots: Sequence[str | os.PathLike[str]] = (),
+    ) -> None:
+        self.input_roots = [Path(r) for r in input_roots]
+        self.cases = [c if isinstance(c, io.CaseInput) else _as_case(c, i) for i, c in enumerate(dataset)]
+        self.output_dir = Path(output_dir)
+        self.preprocessing = preprocessing
+        self.settings = settings
+        self.device = select_device(settings.device)
+        self.network = network.to(self.device).eval()
+        if weights:
+            load_weights(self.network, weights)
+        self.classifier = None
+        if classifier is not None and classifier_weights and Path(classifier_weights).is_file():
+            self.classifier = load_weights(classifier, classifier_weights).to(self.device).eval()
+        elif classifier is not None and classifier_weights:
+            log.warning(
+                "classifier weights %s not found: scoring with the segmentation network only",
+                classifier_weights,
+            )
+        self.inferer = inferer
+        self.overwrite = overwrite
+        self.bundle_version = bundle_version
+        self.progress = progress
+        self.stats: dict[str, int] = {}
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, int]:
+        """Process every case of this rank's shard; return counts (succeeded, failed, skipped)."""
+        _refuse_output_inside_inputs(self.output_dir, self.cases, self.input_roots)
+        rank, world = shard_info()
+        todo = [c for i, c in enumerate(self.cases) if i % world == rank]
+        skipped = [c for c in todo if not self.overwrite and outputs.is_done(self.output_dir, c.case_id)]
+        todo = [c for c in todo if c not in skipped]
+        counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(self.cases)}
+        torch.set_grad_enabled(False)
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
+        ):
+            pending_writes: list[tuple[io.CaseInput, Future[Any], float]] = []
+            nxt = reader.submit(self._preprocess, todo[0]) if todo else None
+            bar = _progress(len(todo), enabled=self.progress)
+            for i, case in enumerate(todo):
+                assert nxt is not None
+                fut, nxt = nxt, (reader.submit(self._preprocess, todo[i + 1]) if i + 1 < len(todo) else None)
+                t0 = time.perf_counter()
+                try:
+                    data, t_pre = fut.result()
+                    result, timings = self._compute(data)
+                    timings["preprocess"] = t_pre
+                    pending_writes.append((case, writer.submit(self._write, case, data, result, timings), t0))
+                except Exception as err:  # noqa: BLE001 - one bad case must never stop the batch
+                    self._fail(case, err, counts)
+                pending_writes = self._collect(pending_writes, counts, block=False)
+                bar.update(1)
+                bar.set_postfix_str(f"{case.case_id}: {time.perf_counter() - t0:.1f}s")
+            self._collect(pending_writes, counts, block=True)
+            bar.close()
+        self._finish(rank, world)
+        self.stats = counts
+        return counts
+
+    def _collect(self, pending: list, counts: dict[str, int], *, block: bool) -> list:
+        left = []
+        for case, fut, _t0 in pending:
+            if not block and not fut.done():
+                left.append((case, fut, _t0))
+                continue
+            try:
+                fut.result()
+                outputs.clear_failure(self.output_dir, case.case_id)
+                counts["succeeded"] += 1
+            except Exception as err:  # noqa: BLE001
+                self._fail(case, err, counts)
+        return left
+
+    def _fail(self, case: io.CaseInput, err: BaseException, counts: dict[str, int]) -> None:
+        reason = str(err) if isinstance(err, io.ImageReadError) else f"{type(err).__name__}: {err}"
+        if not isinstance(err, io.ImageReadError):
+            reason = f"{case.path}: {reason}"
+        log.warning("case %s failed: %s", case.case_id, reason)
+        outputs.record_failure(self.output_dir, case.case_id, str(case.path), reason)
+        counts["failed"] += 1
+
+    # ----------------------------------------------------------------------------------------- stages
+    def _preprocess(self, case: io.CaseInput) -> tuple[dict[str, Any], float]:
+        t = time.perf_counter()
+        io.check_size(case, max_voxels=self.settings.max_input_voxels)
+        data = self.preprocessing({"image": case, "case_id": case.case_id})
+        return data, time.perf_counter() - t
+
+    def _compute(self, data: dict[str, Any]) -> tuple[CaseResult, dict[str, float]]:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if data.get("no_lung"):
+            prob_net = torch.zeros(tuple(data["image"].shape[1:]))
+            info: dict[str, Any] = {"windows_run": 0, "windows_skipped": 0}
+        else:
+            prob_net, info = sliding_window_probability(
+                data["image"],
+                data.get("lungs"),
+                network=self.network,
+                inferer=self.inferer,
+                settings=self.settings,
+                device=self.device,
+            )
+        timings["network"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result = analyse_case(
+            data, prob_net, settings=self.settings, classifier=self.classifier, device=self.device
+        )
+        result.info.update(info)
+        if data.get("no_lung"):
+            result.warnings.append("no lung tissue found: nothing screened")
+        timings["postprocess"] = time.perf_counter() - t
+        return result, timings
+
+    def _write(
+        self, case: io.CaseInput, data: dict[str, Any], result: CaseResult, timings: dict[str, float]
+    ) -> None:
+        from pipelines.case_writer import write_case
+
+        t = time.perf_counter()
+        write_case(
+            output_dir=self.output_dir,
+            case=case,
+            data=data,
+            result=result,
+            settings=self.settings,
+            timings=timings,
+            bundle_version=self.bundle_version,
+            write_start=t,
+        )
+
+    def _finish(self, rank: int, world: int) -> None:
+        if world > 1 and torch.distributed.is_available():
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group("gloo")
+            torch.distributed.barrier()
+        if rank == 0:
+            from pipelines.case_writer import write_run_files
+
+            write_run_files(self.output_dir, self.settings, self.bundle_version)
+
+
+def _as_case(item: Any, index: int) -> io.CaseInput:
+    if isinstance(item, dict):
+        src = item.get("image")
+        case_id = item.get("case_id") or item.get("seriesuid")
+        cases = io.discover_cases(src) if not hasattr(src, "GetSize") else []
+        if cases:
+            c = cases[0]
+            c.case_id = case_id or c.case_id
+            return c
+        return io.CaseInput(case_id or f"image_{index:04d}", Path("<memory>"), image=src)
+    if hasattr(item, "GetSize"):
+        return io.CaseInput(f"image_{index:04d}", Path("<memory>"), image=item)
+    found = io.discover_cases(item)
+    return found[0] if found else io.CaseInput(io.strip_image_suffix(Path(item).name), Path(item))
+
+
+def _refuse_output_inside_inputs(
+    output_dir: Path, cases: Sequence[io.CaseInput], roots: Sequence[Path]
+) -> None:
+    """Refuse an output folder inside an input folder (given folders and DICOM series folders)."""
+    out = output_dir.resolve()
+    folders = {Path(r).resolve() for r in roots if Path(r).is_dir()}
+    folders |= {Path(c.path).resolve() for c in cases if c.is_dicom}
+    for folder in folders:
+        if out == folder or folder in out.parents:
+            raise ValueError(f"output folder {out} lies inside the input folder {folder}: choose another OUT")
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix_str(self, s: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="scan", dynamic_ncols=True)

@@ -1,0 +1,184 @@
+"""Writing per-case and per-run outputs atomically; rebuilding run tables from per-case records.
+
+Layout of an output folder::
+
+    OUT/cases/<case_id>/lungs.nii.gz       lung labels (1 right, 2 left), the input's exact grid
+    OUT/cases/<case_id>/nodules.nii.gz     nodule instance labels 1..N (ids of nodules.csv), same grid
+    OUT/cases/<case_id>/probability.nii.gz nodule probability (only with write_probability)
+    OUT/cases/<case_id>/nodules.csv|json   reported nodules (units in every column name)
+    OUT/cases/<case_id>/candidates.csv     every candidate with its scores (what the LUNA16 CSV holds)
+    OUT/cases/<case_id>/report.html        visual report (+ report_files/)
+    OUT/cases/<case_id>/result.json        written last: its presence means the case is complete
+    OUT/summary.csv, OUT/failures.csv, OUT/submission.csv (LUNA16), OUT/index.html, OUT/run.json
+
+Per-case ``result.json`` and ``.state/failed/<case_id>.json`` records are the truth; the run tables are
+rebuilt from them, so sharded runs (one writer per rank) and resumed runs merge by construction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipelines import io
+from pipelines.preprocess import CaseGeometry
+
+NODULE_COLUMNS = (
+    "nodule_id",
+    "probability",
+    "segmentation_probability",
+    "classifier_probability",
+    "center_lps_x_mm",
+    "center_lps_y_mm",
+    "center_lps_z_mm",
+    "center_ras_x_mm",
+    "center_ras_y_mm",
+    "center_ras_z_mm",
+    "voxel_i",
+    "voxel_j",
+    "voxel_k",
+    "diameter_mm",
+    "long_axis_mm",
+    "short_axis_mm",
+    "volume_mm3",
+    "mean_hu",
+    "max_hu",
+    "type",
+    "solid_component_mm",
+    "lung_side",
+    "lung_rads",
+)
+SUMMARY_COLUMNS = (
+    "case_id",
+    "status",
+    "nodule_count",
+    "largest_nodule_mm",
+    "lung_rads",
+    "lung_volume_ml",
+    "right_lung_volume_ml",
+    "left_lung_volume_ml",
+    "seconds_total",
+    "seconds_preprocess",
+    "seconds_network",
+    "seconds_postprocess",
+    "seconds_write",
+    "warnings",
+    "report",
+)
+SUBMISSION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
+
+
+def case_dir(output_dir: Path, case_id: str) -> Path:
+    return Path(output_dir) / "cases" / case_id
+
+
+def failure_path(output_dir: Path, case_id: str) -> Path:
+    return Path(output_dir) / ".state" / "failed" / f"{case_id}.json"
+
+
+def is_done(output_dir: Path, case_id: str) -> bool:
+    return (case_dir(output_dir, case_id) / "result.json").is_file()
+
+
+def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}" if abs(float(value)) < 1e5 else f"{float(value):.2f}"
+    return value
+
+
+def write_mask(array_zyx: np.ndarray, geometry: CaseGeometry, path: Path, *, compress: bool) -> Path:
+    """Write a canonical ``[z, y, x]`` array on the input file's own grid (size, spacing, origin, direction)."""
+    image = io.from_canonical(array_zyx, geometry.original, geometry.canonical)
+    return io.write_image(image, path, compress=compress)
+
+
+def smallest_label_dtype(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.uint8) if int(array.max(initial=0)) <= 255 else array.astype(np.uint16)
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return io.atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def record_failure(output_dir: Path, case_id: str, source: str, reason: str) -> None:
+    one_line = " ".join(str(reason).split())[:500]
+    write_json(failure_path(output_dir, case_id), {"case_id": case_id, "input": source, "reason": one_line})
+
+
+def clear_failure(output_dir: Path, case_id: str) -> None:
+    p = failure_path(output_dir, case_id)
+    if p.exists():
+        p.unlink()
+
+
+def rebuild_run_tables(output_dir: Path) -> dict[str, int]:
+    """Rebuild ``summary.csv``, ``failures.csv`` and ``submission.csv`` from the per-case records."""
+    out = Path(output_dir)
+    results = [json.loads(p.read_text()) for p in sorted((out / "cases").glob("*/result.json"))]
+    failures = [json.loads(p.read_text()) for p in sorted((out / ".state" / "failed").glob("*.json"))]
+    done_ids = {r["case_id"] for r in results}
+    failures = [f for f in failures if f["case_id"] not in done_ids]
+    rows = [r["summary"] for r in results] + [
+        {"case_id": f["case_id"], "status": "failed", "warnings": f["reason"]} for f in failures
+    ]
+    rows.sort(key=lambda r: r["case_id"])
+    io.atomic_write_text(out / "summary.csv", to_csv(rows, SUMMARY_COLUMNS))
+    io.atomic_write_text(out / "failures.csv", to_csv(failures, ("case_id", "input", "reason")))
+    submission = []
+    for r in results:
+        for c in r.get("candidates", []):
+            submission.append(
+                {
+                    "seriesuid": r["case_id"],
+                    "coordX": c["center_lps_x_mm"],
+                    "coordY": c["center_lps_y_mm"],
+                    "coordZ": c["center_lps_z_mm"],
+                    "probability": c["probability"],
+                }
+            )
+    io.atomic_write_text(out / "submission.csv", to_csv(submission, SUBMISSION_COLUMNS))
+    return {"succeeded": len(results), "failed": len(failures)}
+
+
+def lung_volumes_ml(lungs_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> dict[str, float]:
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    right = float(np.count_nonzero(lungs_zyx == 1)) * voxel_ml
+    left = float(np.count_nonzero(lungs_zyx == 2)) * voxel_ml
+    return {
+        "right_lung_volume_ml": round(right, 1),
+        "left_lung_volume_ml": round(left, 1),
+        "lung_volume_ml": round(right + left, 1),
+    }
+
+
+def write_probability(prob_zyx: np.ndarray, geometry: CaseGeometry, path: Path, *, compress: bool) -> Path:
+    image = io.from_canonical(prob_zyx.astype(np.float32), geometry.original, geometry.canonical)
+    return io.write_image(sitk.Cast(image, sitk.sitkFloat32), path, compress=compress)

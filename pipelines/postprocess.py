@@ -1,0 +1,169 @@
+"""From the network's probability map to scored, measured nodules on the canonical grid.
+
+Steps: probability back to the crop (exact inverse of the resampling) -> connected candidates with
+measurements (:func:`pipelines.nodules.extract_nodules`) -> false-positive classifier re-scores each
+candidate on the network grid -> world LPS/RAS centres and the input file's voxel indices -> reported
+nodules are those whose combined probability reaches ``settings.prob_threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from pipelines import preprocess
+from pipelines.io import ImageHeader
+from pipelines.preprocess import CaseGeometry
+from pipelines.settings import ScreeningSettings
+
+CLASSIFIER_PATCH = (48, 48, 48)
+
+
+@dataclass
+class CaseResult:
+    """Per-case outcome on the canonical grid (arrays ``[z, y, x]``)."""
+
+    nodules: list[dict[str, Any]]
+    candidates: list[dict[str, Any]]
+    nodule_mask: np.ndarray
+    lung_mask: np.ndarray
+    probability: np.ndarray | None
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def header_image(header: ImageHeader) -> sitk.Image:
+    """A 1-voxel image carrying ``header``'s origin, spacing and direction (for index <-> world mapping)."""
+    img = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    img.SetSpacing(header.spacing)
+    img.SetOrigin(header.origin)
+    img.SetDirection(header.direction)
+    return img
+
+
+def classify_candidates(
+    candidates: list[dict[str, Any]],
+    network_image: torch.Tensor,
+    geometry: CaseGeometry,
+    *,
+    classifier: torch.nn.Module | None,
+    device: torch.device,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """False-positive classifier probability per candidate (``nan`` when there is no classifier).
+
+    ``network_image`` is the scaled ``[1, z, y, x]`` network-grid volume; patches of :data:`CLASSIFIER_PATCH`
+    voxels are centred on each candidate (mapped from the canonical to the network grid).
+    """
+    if classifier is None or not candidates:
+        return np.full(len(candidates), np.nan)
+    from pipelines.patches import extract_patch
+
+    vol = network_image[0].cpu().numpy()
+    patches = []
+    for c in candidates:
+        center = geometry.canonical_to_network_index(np.asarray(c["canonical_index_zyx"], float))
+        patches.append(extract_patch(vol, center, size=CLASSIFIER_PATCH, pad_value=0.0))
+    batch = torch.as_tensor(np.stack(patches)[:, None]).float()
+    scores = []
+    with torch.inference_mode():
+        for i in range(0, len(batch), batch_size):
+            scores.append(torch.sigmoid(classifier(batch[i : i + batch_size].to(device)).float()).cpu())
+    return torch.cat(scores)[:, 0].numpy().astype(float)
+
+
+def combine_scores(seg: np.ndarray, cls: np.ndarray, weight: float) -> np.ndarray:
+    """Weighted geometric mean ``seg^(1-w) * cls^w``; the segmentation score alone where ``cls`` is nan."""
+    seg = np.clip(np.asarray(seg, float), 1e-6, 1.0)
+    cls = np.asarray(cls, float)
+    out = seg.copy()
+    ok = np.isfinite(cls)
+    out[ok] = seg[ok] ** (1 - weight) * np.clip(cls[ok], 1e-6, 1.0) ** weight
+    return out
+
+
+def analyse_case(
+    data: dict[str, Any],
+    probability_network: torch.Tensor,
+    *,
+    settings: ScreeningSettings,
+    classifier: torch.nn.Module | None,
+    device: torch.device,
+) -> CaseResult:
+    """Turn the network-grid probability into reported nodules and candidates for one case.
+
+    Args:
+        data: the preprocessed case dictionary (``hu``, ``lungs_canonical``, ``image``, ``geometry``).
+        probability_network: ``[z, y, x]`` probabilities on the network grid.
+    """
+    from pipelines.nodules import add_original_indices, add_world_coordinates, extract_nodules
+
+    geometry: CaseGeometry = data["geometry"]
+    sl = geometry.crop_slices
+    spacing = preprocess_spacing(geometry)
+    prob_crop = preprocess.resample(probability_network, geometry.crop_shape).numpy()
+    lungs = data["lungs_canonical"]
+    mask_crop, cands = extract_nodules(
+        prob_crop,
+        data["hu"][sl],
+        spacing,
+        threshold=settings.candidate_threshold,
+        min_diameter_mm=settings.min_diameter_mm,
+        max_candidates=settings.max_candidates,
+        lung_labels_zyx=lungs[sl],
+    )
+    start = np.asarray([b[0] for b in geometry.crop_box], float)
+    for c in cands:
+        c["canonical_index_zyx"] = [round(float(v), 3) for v in np.asarray(c["canonical_index_zyx"]) + start]
+        c["segmentation_probability"] = float(c["probability"])
+    cls = classify_candidates(cands, data["image"], geometry, classifier=classifier, device=device)
+    final = combine_scores(np.asarray([c["probability"] for c in cands]), cls, settings.classifier_weight)
+    for c, pc, pf in zip(cands, cls, final):
+        c["classifier_probability"] = None if not np.isfinite(pc) else round(float(pc), 4)
+        c["probability"] = round(float(pf), 4)
+    add_world_coordinates(cands, header_image(geometry.canonical))
+    add_original_indices(cands, header_image(geometry.original))
+    return _select_reported(cands, mask_crop, data, geometry, settings, prob_crop)
+
+
+def preprocess_spacing(geometry: CaseGeometry) -> tuple[float, float, float]:
+    from pipelines.io import spacing_zyx
+
+    return spacing_zyx(geometry.canonical)
+
+
+def _select_reported(
+    cands: list[dict[str, Any]],
+    mask_crop: np.ndarray,
+    data: dict[str, Any],
+    geometry: CaseGeometry,
+    settings: ScreeningSettings,
+    prob_crop: np.ndarray,
+) -> CaseResult:
+    order = sorted(range(len(cands)), key=lambda i: -cands[i]["probability"])
+    cands = [cands[i] for i in order]
+    lut = np.zeros(int(mask_crop.max(initial=0)) + 1, dtype=np.uint16)
+    reported = []
+    for c in cands:
+        c["candidate_id"] = int(c.pop("nodule_id"))
+        if c["probability"] >= settings.prob_threshold:
+            c["nodule_id"] = len(reported) + 1
+            lut[c["candidate_id"]] = c["nodule_id"]
+            reported.append(c)
+    nodule_mask = np.zeros(geometry.canonical_shape, dtype=np.uint16)
+    nodule_mask[geometry.crop_slices] = lut[mask_crop]
+    probability = None
+    if settings.write_probability or settings.report:
+        probability = np.zeros(geometry.canonical_shape, dtype=np.float32)
+        probability[geometry.crop_slices] = prob_crop
+    return CaseResult(
+        nodules=reported,
+        candidates=cands,
+        nodule_mask=nodule_mask,
+        lung_mask=np.asarray(data["lungs_canonical"], dtype=np.uint8),
+        probability=probability,
+    )

@@ -1,0 +1,122 @@
+"""One validated settings object for screening; the bundle config is its only source of values.
+
+``monai_bundle/configs/inference.json`` builds :class:`ScreeningSettings` under the id ``settings``; the CLI and
+the Python API override those keys (``settings#prob_threshold``) and never hold defaults of their own. Errors
+name the field, the bad value and what is allowed, as nnU-Net's plans accessors do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_DTYPES = ("auto", "float32", "bfloat16", "float16")
+STITCH_POLICIES = ("auto", "device", "cpu")
+
+
+class SettingsError(ValueError):
+    """A screening setting is invalid; the message names it and the allowed values."""
+
+
+@dataclass(frozen=True)
+class ScreeningSettings:
+    """Settings of one screening run (all lengths in mm, intensities in HU, probabilities in [0, 1]).
+
+    Attributes:
+        target_spacing_mm: isotropic voxel size of the network grid. 1 mm: the smallest LUNA16 nodule (3 mm)
+            spans 3 voxels, 30 mm nodules fit a 96 mm window with context, and isotropy makes 90-degree
+            rotations valid augmentations.
+        hu_min, hu_max: HU window clipped and scaled to [0, 1] for the network (air to dense bone edge).
+        lung_margin_mm: margin kept around the lung bounding box (juxta-pleural nodules, chest wall context).
+        roi_size: sliding-window size in voxels of the network grid ``(z, y, x)``.
+        sw_batch_size: windows per network call (>= 2 on CPU: batch 1 hits PyTorch's slow conv3d path).
+        overlap: window overlap fraction; windows are blended with Gaussian weights.
+        skip_empty_windows: run the network only on windows that contain lung.
+        candidate_threshold: probability above which voxels form a candidate (all go to the LUNA16 CSV).
+        prob_threshold: final probability (segmentation x classifier) at which a candidate is a reported nodule.
+        min_diameter_mm: smallest equivalent diameter kept as a candidate.
+        max_candidates: per scan, at most this many candidates (LUNA16 caps submissions at 100 per scan).
+        classifier_weight: weight of the false-positive classifier in the geometric mean of the scores
+            (0 = segmentation only).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        amp: ``auto`` (bfloat16 on CUDA, float32 on CPU) or an explicit dtype.
+        stitch: where sliding-window outputs are stitched: ``device``, ``cpu`` or ``auto`` (device when the
+            output fits in ``stitch_device_max_voxels``).
+        max_input_voxels: scans with more voxels are refused before reading (bounded memory: 512x512x1500
+            = 393 M voxels passes and peaks near 6 GB on CPU at 1 mm).
+        write_probability: also write the probability map (``probability.nii.gz``).
+        report: write the per-case HTML report and the run's ``index.html``.
+        compress: gzip written NIfTI files (level chosen by SimpleITK); ``False`` writes ``.nii``.
+    """
+
+    target_spacing_mm: float = 1.0
+    hu_min: float = -1000.0
+    hu_max: float = 500.0
+    lung_margin_mm: float = 12.0
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    sw_batch_size: int = 2
+    overlap: float = 0.25
+    skip_empty_windows: bool = True
+    candidate_threshold: float = 0.3
+    prob_threshold: float = 0.5
+    min_diameter_mm: float = 3.0
+    max_candidates: int = 100
+    classifier_weight: float = 0.5
+    device: str = "auto"
+    amp: str = "auto"
+    stitch: str = "auto"
+    stitch_device_max_voxels: int = 400_000_000
+    max_input_voxels: int = 400_000_000
+    write_probability: bool = False
+    report: bool = True
+    compress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
+        _check(
+            self.target_spacing_mm > 0, "target_spacing_mm", self.target_spacing_mm, "a positive number of mm"
+        )
+        _check(self.hu_max > self.hu_min, "hu_max", self.hu_max, f"greater than hu_min ({self.hu_min})")
+        _check(self.lung_margin_mm >= 0, "lung_margin_mm", self.lung_margin_mm, ">= 0")
+        _check(
+            len(self.roi_size) == 3 and all(v >= 16 and v % 8 == 0 for v in self.roi_size),
+            "roi_size",
+            self.roi_size,
+            "three multiples of 8, each >= 16",
+        )
+        _check(self.sw_batch_size >= 1, "sw_batch_size", self.sw_batch_size, ">= 1")
+        _check(0 <= self.overlap < 1, "overlap", self.overlap, "in [0, 1)")
+        for name in ("candidate_threshold", "prob_threshold", "classifier_weight"):
+            _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
+        _check(self.min_diameter_mm >= 0, "min_diameter_mm", self.min_diameter_mm, ">= 0")
+        _check(self.max_candidates >= 1, "max_candidates", self.max_candidates, ">= 1")
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        _check(self.amp in AMP_DTYPES, "amp", self.amp, f"one of {AMP_DTYPES}")
+        _check(self.stitch in STITCH_POLICIES, "stitch", self.stitch, f"one of {STITCH_POLICIES}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScreeningSettings:
+        """Build from a mapping, refusing unknown keys with the list of valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {unknown}; valid settings are {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["roi_size"] = list(self.roi_size)
+        return d
+
+    def sha256(self) -> str:
+        """Hash of the settings (first 16 hex digits), recorded with every output."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise SettingsError(f"setting {name} must be {allowed}, not {value!r}")
