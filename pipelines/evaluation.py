@@ -101,6 +101,22 @@ def detection_metrics(
             list(boot.interval(boot.sensitivities[:, i])) for i in range(len(froc.FP_RATES))
         ]
         m["ci95_cpm"] = list(boot.interval(boot.cpm))
+    attrs = (
+        froc.attach_case_attributes(match.nodules, cases_table)
+        if cases_table
+        else [{} for _ in match.nodules]
+    )
+    m.update(_grouped_metrics(match, attrs, n_bootstrap=n_bootstrap, seed=seed))
+    m["nodules"] = _nodule_table(match, curve, attrs)
+    m["missed_nodules"] = [n for n in m["nodules"] if n["missed_at_4fp"]]
+    return m, boot, curve
+
+
+def _grouped_metrics(
+    match: froc.MatchResult, attrs: list[dict[str, str]], *, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """``nodules_ge6mm``, ``by_size`` and, when ``attrs`` carry them, ``by_type`` / ``by_location``."""
+    m: dict[str, Any] = {}
     diam = np.asarray([n.diameter_mm for n in match.nodules], dtype=float)
     m["nodules_ge6mm"] = _group_metrics(match, diam >= LARGE_NODULE_MM, n_bootstrap=n_bootstrap, seed=seed)
     buckets = np.asarray([froc.size_bucket(d) for d in diam])
@@ -109,11 +125,6 @@ def detection_metrics(
         for name, _, _ in froc.SIZE_BUCKETS_MM
         if np.any(buckets == name)
     }
-    attrs = (
-        froc.attach_case_attributes(match.nodules, cases_table)
-        if cases_table
-        else [{} for _ in match.nodules]
-    )
     for col in ("type", "location"):
         vals = np.asarray([a.get(col, "") for a in attrs])
         if np.any(vals != ""):
@@ -121,9 +132,7 @@ def detection_metrics(
                 v: _group_metrics(match, vals == v, n_bootstrap=n_bootstrap, seed=seed)
                 for v in sorted(set(vals))
             }
-    m["nodules"] = _nodule_table(match, curve, attrs)
-    m["missed_nodules"] = [n for n in m["nodules"] if n["missed_at_4fp"]]
-    return m, boot, curve
+    return m
 
 
 def _nodule_table(match: froc.MatchResult, curve: froc.FROCCurve, attrs: list[dict[str, str]]) -> list[dict]:

@@ -173,20 +173,9 @@ def prepare_luna16(
     items: list[dict[str, Any]] = []
     nodule_rows: list[list[Any]] = []
     for uid, (fold, mhd) in sorted(scans.items(), key=lambda kv: (kv[1][0], kv[0])):
-        nods = by_uid.get(uid, [])
-        mask, inside = nodule_mask(read_geometry(mhd), nods)
-        write_image(mask, out_dir / "labels" / f"{uid}.nii.gz")
-        items.append(
-            {
-                "image": str(mhd),
-                "label": f"labels/{uid}.nii.gz",
-                "seriesuid": uid,
-                "fold": fold,
-                "n_nodules": len(nods),
-            }
-        )
-        for label, (n, ok) in enumerate(zip(nods, inside), start=1):
-            nodule_rows.append([uid, label, *n.center_lps_mm, n.diameter_mm, fold, int(ok)])
+        item, rows = _ingest_scan(uid, mhd, fold=fold, nodules=by_uid.get(uid, []), out_dir=out_dir)
+        items.append(item)
+        nodule_rows += rows
     _write_csv(
         out_dir / "nodules.csv",
         ["seriesuid", "label", "coordX", "coordY", "coordZ", "diameter_mm", "fold", "in_image"],
@@ -209,6 +198,26 @@ def prepare_luna16(
         validation_fold=validation_fold,
         n_annotated_elsewhere=len(set(by_uid) - set(scans)),
     )
+
+
+def _ingest_scan(
+    uid: str, mhd: Path, *, fold: int, nodules: list[Finding], out_dir: Path
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Write ``labels/<uid>.nii.gz`` for one scan; return its datalist item and its ``nodules.csv`` rows."""
+    mask, inside = nodule_mask(read_geometry(mhd), nodules)
+    write_image(mask, out_dir / "labels" / f"{uid}.nii.gz")
+    item = {
+        "image": str(mhd),
+        "label": f"labels/{uid}.nii.gz",
+        "seriesuid": uid,
+        "fold": fold,
+        "n_nodules": len(nodules),
+    }
+    rows = [
+        [uid, label, *n.center_lps_mm, n.diameter_mm, fold, int(ok)]
+        for label, (n, ok) in enumerate(zip(nodules, inside), start=1)
+    ]
+    return item, rows
 
 
 def write_datalist(
