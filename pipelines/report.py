@@ -1,0 +1,407 @@
+"""Per-case HTML report: nodule crops with mask and probability overlays, a lung MIP, the nodule table
+and the Lung-RADS category.
+
+``write_case_report`` writes ``out_dir/report.html`` and its PNG figures in ``out_dir/report_files/``;
+the page links them relatively, so the folder can be moved or zipped as a whole. Every file is written to
+a temporary name and renamed (``pipelines.io.atomic_write``); the HTML is written last, so a
+``report.html`` that exists is complete. Nothing is fetched from the network when the page is opened.
+
+Privacy: the page shows only the ``case_id`` given by the caller, the measurements and the entries of
+``extra`` whose keys do not look like identifying DICOM attributes (patient, birth date, accession,
+institution, physician, ...); such keys are dropped and the page says how many were withheld.
+
+``write_index`` (the run's sortable ``index.html``) lives in :mod:`pipelines.report_index` and is
+re-exported here.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.io import atomic_write
+from pipelines.lungrads import NOTE as LUNG_RADS_NOTE
+from pipelines.lungrads import REFERENCE as LUNG_RADS_REFERENCE
+from pipelines.report_images import crop_half_voxels, mip_figure_png, nodule_figure_png
+from pipelines.report_index import BADGE_COLORS, PAGE_CSS, write_index
+
+__all__ = ["NODULE_COLUMNS", "format_value", "write_case_report", "write_index"]
+
+FILES_DIR = "report_files"
+
+#: Nodule table columns: (key, header, unit). Other scalar keys found in the nodule dicts follow them.
+NODULE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("nodule_id", "Nodule", ""),
+    ("type", "Type", ""),
+    ("lung_rads", "Lung-RADS", ""),
+    ("diameter_mm", "Mean diameter", "mm"),
+    ("long_axis_mm", "Long axis", "mm"),
+    ("short_axis_mm", "Short axis", "mm"),
+    ("solid_component_mm", "Solid component", "mm"),
+    ("volume_mm3", "Volume", "mm³"),
+    ("probability", "Probability", "0-1"),
+    ("mean_hu", "Mean density", "HU"),
+    ("max_hu", "Max density", "HU"),
+    ("lung_side", "Lung", ""),
+    ("center_lps_x_mm", "Centre LPS x", "mm"),
+    ("center_lps_y_mm", "Centre LPS y", "mm"),
+    ("center_lps_z_mm", "Centre LPS z", "mm"),
+    ("center_ras_x_mm", "Centre RAS x", "mm"),
+    ("center_ras_y_mm", "Centre RAS y", "mm"),
+    ("center_ras_z_mm", "Centre RAS z", "mm"),
+    ("voxel_i", "Voxel i", "index"),
+    ("voxel_j", "Voxel j", "index"),
+    ("voxel_k", "Voxel k", "index"),
+)
+_HIDDEN_KEYS = {"canonical_index_zyx", "label"}
+_IDENTIFYING = (
+    "patient",
+    "birth",
+    "accession",
+    "institution",
+    "physician",
+    "operator",
+    "referring",
+    "studyid",
+    "study_id",
+    "otherpatient",
+)
+
+
+def format_value(key: str, value: Any) -> str:
+    """Text shown for a nodule value: mm to 0.1, mm³ and HU to 1, probability to 0.01; '–' if missing.
+
+    Lung-RADS v2022 reports diameters to one decimal and volumes to the nearest whole mm³.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)
+    number = float(value)
+    if key == "volume_mm3" or key.endswith("_hu") or key.startswith("voxel_"):
+        return f"{number:.0f}"
+    if key.endswith("_mm"):
+        return f"{number:.1f}"
+    if key == "probability":
+        return f"{number:.2f}"
+    return str(value) if isinstance(value, (int, np.integer)) else f"{number:.4g}"
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _check_inputs(
+    hu_zyx: np.ndarray, spacing_zyx: Sequence[float], arrays: Mapping[str, np.ndarray | None]
+) -> None:
+    if hu_zyx.ndim != 3:
+        raise ValueError(f"hu_zyx must be a 3D [z, y, x] array, not shape {hu_zyx.shape}")
+    if len(spacing_zyx) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing_zyx):
+        raise ValueError(f"spacing_zyx must be three strictly positive mm values, not {tuple(spacing_zyx)}")
+    for name, array in arrays.items():
+        if array is not None and array.shape != hu_zyx.shape:
+            raise ValueError(f"{name} has shape {array.shape}, but hu_zyx has shape {hu_zyx.shape}")
+
+
+def _nodule_label(nodule: Mapping[str, Any], mask_zyx: np.ndarray, center_zyx: Sequence[int]) -> int:
+    """Instance label of a nodule: its ``label`` key, else its integer ``nodule_id``, else the centre voxel."""
+    if nodule.get("label") is not None:
+        return int(nodule["label"])
+    try:
+        label = int(nodule["nodule_id"])
+        if label > 0 and np.any(mask_zyx == label):
+            return label
+    except (KeyError, TypeError, ValueError):
+        pass
+    return int(mask_zyx[tuple(center_zyx)])
+
+
+def _nodule_center(nodule: Mapping[str, Any], shape: Sequence[int]) -> tuple[int, int, int]:
+    index = nodule.get("canonical_index_zyx")
+    if index is None or len(index) != 3:
+        raise ValueError(f"nodule {nodule.get('nodule_id')!r} has no canonical_index_zyx [z, y, x]")
+    return tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(index, shape))  # type: ignore[return-value]
+
+
+def _per_nodule_categories(category: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        str(r.get("nodule_id")): str(r.get("category")) for r in category.get("nodule_categories", []) or []
+    }
+
+
+def _safe_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    kept = {
+        k: v
+        for k, v in extra.items()
+        if not any(part in str(k).lower().replace(" ", "") for part in _IDENTIFYING)
+    }
+    return kept, len(extra) - len(kept)
+
+
+def _write_png(path: Path, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _render_figures(
+    *,
+    files_dir: Path,
+    hu_zyx: np.ndarray,
+    spacing_zyx: Sequence[float],
+    nodules: Sequence[Mapping[str, Any]],
+    nodule_mask_zyx: np.ndarray,
+    probability_zyx: np.ndarray | None,
+    lung_mask_zyx: np.ndarray | None,
+    categories: Mapping[str, str],
+    max_nodule_figures: int,
+) -> tuple[list[str], str, list[str]]:
+    """Write the MIP and the per-nodule PNGs; return (nodule image names, MIP caption, written names)."""
+    markers, images = [], []
+    for number, nodule in enumerate(nodules, start=1):
+        center = _nodule_center(nodule, hu_zyx.shape)
+        radius = float(nodule.get("long_axis_mm") or nodule.get("diameter_mm") or 8.0) / 2.0 + 3.0
+        cat = categories.get(str(nodule.get("nodule_id")), "")
+        markers.append({"number": number, "center_zyx": center, "radius_mm": radius, "category": cat})
+        if number > max_nodule_figures:
+            continue
+        label = _nodule_label(nodule, nodule_mask_zyx, center)
+        heading = _nodule_heading(number, nodule, cat)
+        png = nodule_figure_png(
+            hu_zyx=hu_zyx,
+            spacing_zyx=spacing_zyx,
+            nodule_mask_zyx=nodule_mask_zyx,
+            probability_zyx=probability_zyx,
+            label=label,
+            center_zyx=center,
+            half_zyx=crop_half_voxels(nodule, spacing_zyx),
+            heading=heading,
+        )
+        name = f"nodule_{number:03d}.png"
+        _write_png(files_dir / name, png)
+        images.append(name)
+    mip, caption = mip_figure_png(
+        hu_zyx=hu_zyx,
+        spacing_zyx=spacing_zyx,
+        lung_mask_zyx=lung_mask_zyx,
+        nodule_mask_zyx=nodule_mask_zyx,
+        markers=markers,
+    )
+    _write_png(files_dir / "mip_coronal.png", mip)
+    return images, caption, [*images, "mip_coronal.png"]
+
+
+def _nodule_heading(number: int, nodule: Mapping[str, Any], category: str) -> str:
+    parts = [
+        f"#{number}",
+        str(nodule.get("type", "")),
+        f"{format_value('diameter_mm', nodule.get('diameter_mm'))} mm",
+    ]
+    if category:
+        parts.append(f"Lung-RADS {category}")
+    if nodule.get("probability") is not None:
+        parts.append(f"p = {format_value('probability', nodule.get('probability'))}")
+    if nodule.get("lung_side"):
+        parts.append(f"{nodule['lung_side']} lung")
+    return " · ".join(p for p in parts if p)
+
+
+def _table_columns(nodules: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    known = {key for key, _, _ in NODULE_COLUMNS}
+    extra_keys: list[str] = []
+    for nodule in nodules:
+        for key, value in nodule.items():
+            scalar = value is None or isinstance(value, (str, int, float, np.integer, np.floating))
+            if key not in known and key not in _HIDDEN_KEYS and key not in extra_keys and scalar:
+                extra_keys.append(key)
+    return [*NODULE_COLUMNS, *((k, k, "") for k in extra_keys)]
+
+
+def _nodule_table(nodules: Sequence[Mapping[str, Any]], categories: Mapping[str, str]) -> str:
+    if not nodules:
+        return '<p class="muted">No nodules were found.</p>'
+    columns = _table_columns(nodules)
+    head = "".join(
+        f'<th data-key="{_esc(k)}">{_esc(h)}'
+        + (f'<br><span class="unit">({_esc(u)})</span>' if u else "")
+        + "</th>"
+        for k, h, u in columns
+    )
+    rows = []
+    for number, nodule in enumerate(nodules, start=1):
+        cells = [f'<td class="num">{number}</td>']
+        for key, _, _ in columns:
+            value = (
+                categories.get(str(nodule.get("nodule_id")), "–") if key == "lung_rads" else nodule.get(key)
+            )
+            cells.append(f'<td data-key="{_esc(key)}">{_esc(format_value(key, value))}</td>')
+        rows.append(f'<tr id="row-{number}">{"".join(cells)}</tr>')
+    return (
+        '<div class="scroll"><table id="nodules" class="data"><thead><tr><th>#</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _category_box(category: Mapping[str, Any]) -> str:
+    cat = str(category.get("category", "–"))
+    color = BADGE_COLORS.get(cat, "#607d8b")
+    deciding = category.get("deciding_nodule_id")
+    lines = [
+        f'<div class="lr"><span class="badge big" style="background:{color}">Lung-RADS {_esc(cat)}</span>',
+        f'<div><div class="descriptor">{_esc(category.get("descriptor", ""))}</div>',
+        f"<div><b>Management:</b> {_esc(category.get('management', ''))}</div>",
+        f"<div><b>Why:</b> {_esc(category.get('reason', ''))}</div>",
+    ]
+    if deciding is not None:
+        lines.append(f"<div><b>Deciding nodule:</b> {_esc(deciding)}</div>")
+    lines.append(f'<div class="note">{_esc(category.get("note", LUNG_RADS_NOTE))}</div>')
+    lines.append(
+        f'<div class="muted small">{_esc(category.get("reference", LUNG_RADS_REFERENCE))}</div></div></div>'
+    )
+    return "\n".join(lines)
+
+
+def _format_extra(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float, np.integer, np.floating)) for v in value
+    ):
+        return " × ".join(f"{float(v):.4g}" for v in value)
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def _extra_table(extra: Mapping[str, Any]) -> str:
+    kept, withheld = _safe_extra(extra)
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_format_extra(v))}</td></tr>" for k, v in kept.items())
+    note = f'<p class="muted small">{withheld} identifying field(s) withheld.</p>' if withheld else ""
+    return f'<table class="kv">{rows}</table>{note}' if rows else note
+
+
+def _figures_html(
+    nodules: Sequence[Mapping[str, Any]], images: Sequence[str], categories: Mapping[str, str]
+) -> str:
+    parts = []
+    for number, name in enumerate(images, start=1):
+        alt = _nodule_heading(
+            number, nodules[number - 1], categories.get(str(nodules[number - 1].get("nodule_id")), "")
+        )
+        parts.append(
+            f'<figure id="nodule-{number}"><img src="{FILES_DIR}/{name}" alt="{_esc(alt)}" loading="lazy"></figure>'
+        )
+    if len(nodules) > len(images):
+        parts.append(
+            f'<p class="muted">{len(nodules) - len(images)} more nodule(s) are in the table without figures.</p>'
+        )
+    if images:
+        parts.append(
+            '<p class="muted small">Radiological convention: axial and coronal show patient right on the image left; '
+            "sagittal shows anterior on the left. Magenta: this nodule's mask; white dashed: other nodules; colour: "
+            "network probability (shown from 0.1). Pixels keep their physical aspect ratio.</p>"
+        )
+    return "\n".join(parts)
+
+
+def _page(case_id: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>lungscreen · {_esc(case_id)}</title><style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_case_report(
+    *,
+    case_id: str,
+    out_dir: Path,
+    hu_zyx: np.ndarray,
+    spacing_zyx: Sequence[float],
+    nodules: list[dict],
+    nodule_mask_zyx: np.ndarray,
+    probability_zyx: np.ndarray | None,
+    lung_mask_zyx: np.ndarray | None,
+    category: dict,
+    extra: dict,
+    max_nodule_figures: int = 30,
+) -> Path:
+    """Write ``out_dir/report.html`` with figures in ``out_dir/report_files/``; return the HTML path.
+
+    Args:
+        case_id: the case identifier shown on the page (file/folder name or a hash; never a patient ID).
+        out_dir: the case's output folder (created if needed).
+        hu_zyx: CT in HU, ``[z, y, x]`` on the canonical LPS grid.
+        spacing_zyx: voxel spacing in mm, array-axis order ``(z, y, x)``.
+        nodules: nodule dicts as in ``nodules.json`` (``nodule_id``, ``type``, ``diameter_mm``, ...,
+            ``canonical_index_zyx`` = voxel ``[z, y, x]`` of the centre on the canonical grid).
+        nodule_mask_zyx: nodule instance labels (0 background) ``[z, y, x]``; a nodule's label is its
+            ``label`` key, else its integer ``nodule_id``, else the label at its centre.
+        probability_zyx: network probability in [0, 1] ``[z, y, x]``, or ``None`` (no heat map).
+        lung_mask_zyx: lung labels ``[z, y, x]`` (1 right, 2 left), or ``None``.
+        category: the result of :func:`pipelines.lungrads.categorize_scan`.
+        extra: scan and run details shown as a key/value table (e.g. spacing, lung volume, timings,
+            bundle version); identifying keys are dropped.
+        max_nodule_figures: figures are drawn for the first this many nodules; all are in the table.
+
+    Raises:
+        ValueError: shapes that differ from ``hu_zyx``, a non-3D volume, bad spacing, or a nodule
+            without ``canonical_index_zyx``.
+    """
+    _check_inputs(
+        hu_zyx,
+        spacing_zyx,
+        {
+            "nodule_mask_zyx": nodule_mask_zyx,
+            "probability_zyx": probability_zyx,
+            "lung_mask_zyx": lung_mask_zyx,
+        },
+    )
+    out_dir = Path(out_dir)
+    files_dir = out_dir / FILES_DIR
+    files_dir.mkdir(parents=True, exist_ok=True)
+    categories = _per_nodule_categories(category)
+    images, mip_caption, written = _render_figures(
+        files_dir=files_dir,
+        hu_zyx=hu_zyx,
+        spacing_zyx=spacing_zyx,
+        nodules=nodules,
+        nodule_mask_zyx=nodule_mask_zyx,
+        probability_zyx=probability_zyx,
+        lung_mask_zyx=lung_mask_zyx,
+        categories=categories,
+        max_nodule_figures=max_nodule_figures,
+    )
+    largest = max(
+        (float(n["diameter_mm"]) for n in nodules if n.get("diameter_mm") is not None), default=None
+    )
+    summary = f"{len(nodules)} nodule(s)" + (
+        f"; largest {format_value('diameter_mm', largest)} mm" if largest is not None else ""
+    )
+    body = "\n".join(
+        [
+            f'<header><h1>Case {_esc(case_id)}</h1><div class="muted">{_esc(summary)}</div></header>',
+            '<div class="banner">Research use only: not a medical device. Findings need review by a radiologist.</div>',
+            f"<section><h2>Lung-RADS (baseline)</h2>{_category_box(category)}</section>",
+            f'<section class="two"><div><h2>Overview</h2><figure><img src="{FILES_DIR}/mip_coronal.png" '
+            f'alt="coronal MIP with nodules numbered"><figcaption>{_esc(mip_caption)}; circles numbered as in the '
+            f"table, coloured by Lung-RADS category.</figcaption></figure></div>"
+            f"<div><h2>Scan and run</h2>{_extra_table(extra)}</div></section>",
+            f"<section><h2>Nodules</h2>{_nodule_table(nodules, categories)}</section>",
+            f"<section><h2>Nodule views</h2>{_figures_html(nodules, images, categories)}</section>",
+        ]
+    )
+    report = out_dir / "report.html"
+    with atomic_write(report) as tmp:
+        tmp.write_text(_page(case_id, body), encoding="utf-8")
+    _remove_stale(files_dir, keep=set(written))
+    return report
+
+
+def _remove_stale(files_dir: Path, *, keep: set[str]) -> None:
+    """Delete PNGs of an earlier report of this case that the new page no longer links."""
+    for path in files_dir.glob("*.png"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
