@@ -1,1 +1,23 @@
+"""lungscreen: screening of 3D chest CT for lung nodules, and 3D CT/MRI segmentation (MONAI-based).
+
+``from pipelines import screen`` gives the whole screening job as one function; heavy modules are imported
+on first use so that ``lungscreen --help`` stays instant.
+"""
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["screen", "__version__"]
+
+if TYPE_CHECKING:
+    from pipelines.screen import screen
+
+
+def __getattr__(name: str) -> Any:
+    if name == "screen":
+        from pipelines.screen import screen
+
+        return screen
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
