@@ -198,7 +198,8 @@ def nodule_metrics(pred: np.ndarray, ref: np.ndarray, *, spacing_zyx: Sequence[f
 
     Returns:
         ``{"nodules": [...], "n_pred_components": int, "n_unmatched_pred": int}``; each nodule row has the
-        reference label, its volume (mm^3) and equivalent diameter (mm), the matched predicted component
+        reference label, its centroid (array index ``[z, y, x]``), volume (mm^3) and equivalent diameter (mm),
+        the matched predicted component
         (largest overlap, ``None`` when nothing overlaps), Dice (0 when unmatched), volume error (mm^3 and %
         of the reference) and equivalent-diameter error (mm; predicted minus reference).
     """
@@ -215,9 +216,11 @@ def nodule_metrics(pred: np.ndarray, ref: np.ndarray, *, spacing_zyx: Sequence[f
             continue
         overlap = np.bincount(p_lab[sl][r_lab[sl] == r])
         overlap[0] = 0
-        ref_vol = float(np.sum(r_lab[sl] == r) * voxel)
+        inside = np.argwhere(r_lab[sl] == r)
+        ref_vol = float(len(inside) * voxel)
         row: dict[str, Any] = {
             "ref_label": r,
+            "ref_centroid_zyx": (inside.mean(axis=0) + [a.start for a in sl]).tolist(),
             "ref_volume_mm3": ref_vol,
             "ref_diameter_mm": equivalent_diameter_mm(ref_vol),
             "pred_label": None,
@@ -253,16 +256,20 @@ def _union_box(a: tuple[slice, ...], b: tuple[slice, ...] | None) -> tuple[slice
 
 
 def lung_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
-    """Dice per lung side (labels 1 right, 2 left) of ``[z, y, x]`` masks, via MONAI ``compute_dice``.
+    """Dice per lung side (labels 1 right, 2 left) of ``[z, y, x]`` masks; ``None`` for a side absent from ``ref``.
 
-    A side absent from the reference gives ``None``.
+    Same definition as MONAI ``compute_dice(..., ignore_empty=True)`` (checked in the tests), computed by
+    voxel counting: MONAI's one-hot path takes ~14 s on a 512x512x300 scan, counting takes ~0.3 s.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    tp = torch.from_numpy(np.stack([pred == v for v in LUNG_SIDES.values()]))[None]
-    tr = torch.from_numpy(np.stack([ref == v for v in LUNG_SIDES.values()]))[None]
-    d = compute_dice(tp, tr, include_background=True)[0]
-    return {side: (None if torch.isnan(d[i]) else float(d[i])) for i, side in enumerate(LUNG_SIDES)}
+    out: dict[str, float | None] = {}
+    for side, v in LUNG_SIDES.items():
+        a, b = pred == v, ref == v
+        n_ref = int(np.count_nonzero(b))
+        inter = int(np.count_nonzero(a & b))
+        out[side] = None if n_ref == 0 else 2.0 * inter / (int(np.count_nonzero(a)) + n_ref)
+    return out
 
 
 def find_image(folder: Path, stem: str) -> Path | None:
@@ -302,8 +309,8 @@ def segmentation_case(*, pred_case: Path, ref_dir: Path, seriesuid: str) -> dict
         spacing_zyx = tuple(reversed(ref_img.GetSpacing()))
         res = nodule_metrics(_on_grid(pred_nod, ref_img), ref, spacing_zyx=spacing_zyx)
         for row in res["nodules"]:
-            idx = np.argwhere(ref == row["ref_label"]).mean(axis=0)[::-1]  # (i, j, k)
-            row["center_lps_mm"] = list(ref_img.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+            ijk = row["ref_centroid_zyx"][::-1]
+            row["center_lps_mm"] = list(ref_img.TransformContinuousIndexToPhysicalPoint(ijk))
         out.update(res)
     ref_lung = find_image(ref_dir / "lungs", seriesuid)
     pred_lung = find_image(pred_case, "lungs")

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+from monai.metrics import compute_dice
 
 from pipelines import evaluation
 
@@ -138,6 +140,10 @@ def test_lung_dice_per_side():
     d = evaluation.lung_dice(pred, ref)
     assert d["right"] == pytest.approx(2 * 12 / (12 + 14)) and d["left"] == pytest.approx(1.0)
     assert evaluation.lung_dice(pred, np.where(ref == 2, 0, ref))["left"] is None
+    # same numbers as MONAI's compute_dice on one-hot channels
+    one_hot = [torch.from_numpy(np.stack([x == 1, x == 2]))[None] for x in (pred, ref)]
+    monai_dice = compute_dice(one_hot[0], one_hot[1], include_background=True)[0]
+    assert [d["right"], d["left"]] == pytest.approx(monai_dice.tolist())
 
 
 def _write(arr: np.ndarray, path: Path, *, orient: str | None = None) -> None:
