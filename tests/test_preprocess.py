@@ -1,0 +1,71 @@
+"""Preprocessing maths: crop box, resampling to the network grid and its exact inverse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pipelines import io, preprocess
+from pipelines.preprocess import CaseGeometry
+
+
+def _geometry(shape_zyx, spacing_zyx, box, target):
+    img = sitk.Image([shape_zyx[2], shape_zyx[1], shape_zyx[0]], sitk.sitkInt16)
+    img.SetSpacing(spacing_zyx[::-1])
+    hdr = io.ImageHeader.of(img)
+    crop_shape = tuple(b - a for a, b in box)
+    net_shape, net_spacing = preprocess.network_shape_for(crop_shape, spacing_zyx, target)
+    return CaseGeometry(hdr, hdr, box, net_shape, net_spacing)
+
+
+def test_lung_crop_box_adds_margin_in_mm_and_clips():
+    lungs = np.zeros((40, 50, 60), np.uint8)
+    lungs[10:20, 5:45, 30:59] = 1
+    box = preprocess.lung_crop_box(lungs, (2.0, 1.0, 0.5), margin_mm=4.0)
+    assert box == ((8, 22), (1, 49), (22, 60))
+    assert preprocess.lung_crop_box(np.zeros((4, 4, 4), np.uint8), (1, 1, 1), margin_mm=3) is None
+
+
+def test_network_shape_covers_the_same_physical_box():
+    shape, spacing = preprocess.network_shape_for((100, 200, 300), (2.5, 0.7, 0.7), 1.0)
+    assert shape == (250, 140, 210)
+    np.testing.assert_allclose(np.multiply(shape, spacing), (250.0, 140.0, 210.0))
+
+
+def test_resample_round_trip_keeps_a_sphere_in_place():
+    z, y, x = np.mgrid[:30, :64, :64]
+    sphere = ((z - 15) ** 2 * 2.5**2 + ((y - 30) ** 2 + (x - 34) ** 2) * 0.7**2 < 8**2).astype(np.float32)
+    geo = _geometry(sphere.shape, (2.5, 0.7, 0.7), ((0, 30), (0, 64), (0, 64)), 1.0)
+    net = preprocess.resample(sphere, geo.network_shape)
+    back = preprocess.restore_to_canonical(net, geo)
+    c0 = np.array(np.nonzero(sphere > 0.5)).mean(axis=1)
+    c1 = np.array(np.nonzero(back > 0.5)).mean(axis=1)
+    np.testing.assert_allclose(c0, c1, atol=0.15)
+    # the centre maps between grids consistently
+    cn = np.array(np.nonzero(net.numpy() > 0.5)).mean(axis=1)
+    np.testing.assert_allclose(geo.network_to_canonical_index(cn), c0, atol=0.3)
+    np.testing.assert_allclose(
+        geo.canonical_to_network_index(geo.network_to_canonical_index(cn)), cn, atol=1e-9
+    )
+
+
+def test_restore_pastes_into_the_crop_only():
+    geo = _geometry((20, 20, 20), (1.0, 1.0, 1.0), ((5, 15), (2, 12), (0, 10)), 2.0)
+    assert geo.network_shape == (5, 5, 5)
+    full = preprocess.restore_to_canonical(torch.ones(geo.network_shape), geo)
+    assert full.shape == (20, 20, 20)
+    assert full[5:15, 2:12, 0:10].min() == 1.0 and full.sum() == 1000
+
+
+def test_scale_hu_clips_and_scales():
+    t = torch.tensor([-2000.0, -1000.0, -250.0, 500.0, 3000.0])
+    np.testing.assert_allclose(preprocess.scale_hu(t, hu_min=-1000, hu_max=500), [0, 0, 0.5, 1, 1])
+
+
+def test_check_ct_units_refuses_raw_stored_values():
+    raw = np.random.default_rng(0).integers(0, 4096, (16, 32, 32)).astype(np.float32)
+    with pytest.raises(io.ImageReadError, match="scan.nii.gz.*not Hounsfield"):
+        preprocess.check_ct_units(raw, path="scan.nii.gz")
+    preprocess.check_ct_units(raw - 1024, path="ok")

@@ -1,0 +1,96 @@
+"""Settings validation, device/precision policy, lung-gated windows and checkpoint loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from pipelines.inference import (
+    CheckpointError,
+    LungGatedNetwork,
+    autocast_dtype,
+    load_weights,
+    sliding_window_probability,
+)
+from pipelines.settings import ScreeningSettings, SettingsError
+
+
+def test_settings_errors_name_field_and_choices():
+    with pytest.raises(SettingsError, match="device must be one of"):
+        ScreeningSettings(device="tpu")
+    with pytest.raises(SettingsError, match="roi_size"):
+        ScreeningSettings(roi_size=(96, 96, 20))
+    with pytest.raises(SettingsError, match="valid settings are"):
+        ScreeningSettings.from_dict({"treshold": 0.5})
+    a, b = ScreeningSettings(), ScreeningSettings(prob_threshold=0.6)
+    assert a.sha256() != b.sha256() and a.sha256() == ScreeningSettings().sha256()
+
+
+def test_fp32_on_cpu_and_bf16_on_cuda_by_default():
+    s = ScreeningSettings()
+    assert autocast_dtype(s, torch.device("cpu")) is None
+    assert autocast_dtype(s, torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype(ScreeningSettings(amp="float16"), torch.device("cpu")) is torch.float16
+
+
+class _Count(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += x.shape[0]
+        return torch.full_like(x, 5.0)
+
+
+def test_lung_gated_network_skips_windows_without_lung():
+    net = _Count()
+    gated = LungGatedNetwork(net)
+    x = torch.zeros(3, 2, 8, 8, 8)
+    x[1, 1, 2, 2, 2] = 1  # only window 1 holds lung
+    out = gated(x)
+    assert net.calls == 1 and gated.windows_skipped == 2
+    assert out[1].min() == 5.0 and out[0].max() == -20.0
+
+
+def test_sliding_window_probability_only_runs_on_lung_region():
+    net = _Count()
+    image = torch.rand(1, 64, 64, 64)
+    lungs = torch.zeros(64, 64, 64)
+    lungs[:16, :16, :16] = 1
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=2, overlap=0.0, mode="gaussian")
+    prob, info = sliding_window_probability(
+        image, lungs, network=net, inferer=inferer, settings=ScreeningSettings(), device=torch.device("cpu")
+    )
+    assert prob.shape == (64, 64, 64)
+    assert info["windows_run"] == 1 and info["windows_skipped"] == 7
+    assert prob[:16, :16, :16].min() > 0.99 and prob[40:, 40:, 40:].max() < 1e-6
+
+
+def test_load_weights_errors_name_the_file(tmp_path):
+    net = torch.nn.Conv3d(1, 1, 3)
+    with pytest.raises(CheckpointError, match="missing.pt.*not found"):
+        load_weights(net, tmp_path / "missing.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_weights(net, bad)
+    other = tmp_path / "other.pt"
+    torch.save(torch.nn.Conv3d(1, 2, 3).state_dict(), other)
+    with pytest.raises(CheckpointError, match="other.pt.*architecture"):
+        load_weights(net, other)
+    good = tmp_path / "good.pt"
+    torch.save({"model": net.state_dict()}, good)
+    load_weights(torch.nn.Conv3d(1, 1, 3), good)
+
+
+class Evil:
+    """A class that weights_only unpickling must refuse."""
+
+
+def test_foreign_pickle_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, p)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_weights(torch.nn.Conv3d(1, 1, 3), p)
