@@ -320,17 +320,25 @@ def segmentation_case(*, pred_case: Path, ref_dir: Path, seriesuid: str) -> dict
     return out
 
 
+def cases_root(pred_dir: PathLike) -> Path:
+    """Folder of per-case outputs: ``pred_dir/cases`` for a screening output folder, else ``pred_dir``."""
+    p = Path(pred_dir)
+    return p / "cases" if (p / "cases").is_dir() else p
+
+
 def segmentation_metrics(
     *, pred_dir: PathLike, ref_dir: PathLike, seriesuids: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Segmentation metrics over the cases present in both ``pred_dir/<uid>/`` and ``ref_dir``.
+
+    ``pred_dir`` may be a screening output folder (its ``cases/<uid>/`` are used) or the ``cases`` folder.
 
     Returns:
         ``{"cases": [...], "summary": {...}}``; the summary gives mean nodule Dice (all reference nodules
         with unmatched = 0, detected only, and both for nodules >= 6 mm equivalent diameter), median
         absolute volume error (%), mean absolute diameter error (mm) and mean lung Dice per side.
     """
-    pred_root, ref_root = Path(pred_dir), Path(ref_dir)
+    pred_root, ref_root = cases_root(pred_dir), Path(ref_dir)
     uids = sorted(p.name for p in pred_root.iterdir() if p.is_dir()) if pred_root.is_dir() else []
     if seriesuids is not None:
         uids = [u for u in uids if u in set(seriesuids)]
@@ -490,8 +498,8 @@ def _default_seriesuids(
     if cases_table:
         with open(cases_table, newline="", encoding="utf-8") as fh:
             uids += [r["seriesuid"].strip() for r in csv.DictReader(fh) if r.get("seriesuid")]
-    if pred_dir and Path(pred_dir).is_dir():
-        uids += sorted(p.name for p in Path(pred_dir).iterdir() if p.is_dir())
+    if pred_dir and cases_root(pred_dir).is_dir():
+        uids += sorted(p.name for p in cases_root(pred_dir).iterdir() if p.is_dir())
     return list(dict.fromkeys(uids))
 
 
@@ -520,7 +528,7 @@ def evaluate(
             (scans with neither nodules nor marks are then missed: pass the list when you have it).
         cases_table: generator ``cases.csv`` (``seriesuid, coordX..Z, type, location, ...``) for per-type
             and per-location sensitivity.
-        pred_dir: screening output folder (``<pred_dir>/<uid>/nodules.nii.gz`` and ``lungs.nii.gz``).
+        pred_dir: screening output folder (``<pred_dir>[/cases]/<uid>/nodules.nii.gz`` and ``lungs.nii.gz``).
         ref_dir: reference dataset with ``labels/<uid>.*`` and ``lungs/<uid>.*``.
         n_bootstrap: bootstrap replicates (scans resampled with replacement); 0 disables CIs.
         seed: bootstrap seed.

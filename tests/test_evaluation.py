@@ -163,8 +163,9 @@ def test_evaluate_segmentation_folders_resamples_other_orientation(tmp_path: Pat
     lungs[5:35, 5:35, 22:38] = 2
     _write(ref, tmp_path / "ref" / "labels" / "A.nii.gz")
     _write(lungs, tmp_path / "ref" / "lungs" / "A.mhd")
-    _write(pred, tmp_path / "pred" / "A" / "nodules.nii.gz")
-    _write(lungs, tmp_path / "pred" / "A" / "lungs.nii.gz", orient="RAS")  # other orientation, same content
+    # a screening output folder keeps its cases under cases/
+    _write(pred, tmp_path / "pred" / "cases" / "A" / "nodules.nii.gz")
+    _write(lungs, tmp_path / "pred" / "cases" / "A" / "lungs.nii.gz", orient="RAS")  # other orientation
     f = _write_csvs(tmp_path)
     m = evaluation.evaluate(
         annotations=f["annotations"],
