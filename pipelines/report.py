@@ -128,10 +128,14 @@ def _nodule_center(nodule: Mapping[str, Any], shape: Sequence[int]) -> tuple[int
     return tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(index, shape))  # type: ignore[return-value]
 
 
-def _per_nodule_categories(category: Mapping[str, Any]) -> dict[str, str]:
-    return {
-        str(r.get("nodule_id")): str(r.get("category")) for r in category.get("nodule_categories", []) or []
-    }
+def _per_nodule_categories(
+    category: Mapping[str, Any], nodules: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Lung-RADS category per ``nodule_id``: from ``categorize_scan``, else each nodule's ``lung_rads`` key."""
+    found = {str(n.get("nodule_id")): str(n["lung_rads"]) for n in nodules if n.get("lung_rads")}
+    for item in category.get("nodule_categories", []) or []:
+        found[str(item.get("nodule_id"))] = str(item.get("category"))
+    return found
 
 
 def _safe_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
@@ -270,6 +274,8 @@ def _format_extra(value: Any) -> str:
         isinstance(v, (int, float, np.integer, np.floating)) for v in value
     ):
         return " × ".join(f"{float(v):.4g}" for v in value)
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value) if value else "none"
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4g}"
     return str(value)
@@ -311,6 +317,37 @@ def _page(case_id: str, body: str) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>lungscreen · {_esc(case_id)}</title><style>{PAGE_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def _body_html(
+    *,
+    case_id: str,
+    nodules: Sequence[Mapping[str, Any]],
+    category: Mapping[str, Any],
+    categories: Mapping[str, str],
+    extra: Mapping[str, Any],
+    images: Sequence[str],
+    mip_caption: str,
+) -> str:
+    largest = max(
+        (float(n["diameter_mm"]) for n in nodules if n.get("diameter_mm") is not None), default=None
+    )
+    summary = f"{len(nodules)} nodule(s)"
+    if largest is not None:
+        summary += f"; largest {format_value('diameter_mm', largest)} mm"
+    return "\n".join(
+        [
+            f'<header><h1>Case {_esc(case_id)}</h1><div class="muted">{_esc(summary)}</div></header>',
+            '<div class="banner">Research use only: not a medical device. Findings need review by a radiologist.</div>',
+            f"<section><h2>Lung-RADS (baseline)</h2>{_category_box(category)}</section>",
+            f'<section class="two"><div><h2>Overview</h2><figure><img src="{FILES_DIR}/mip_coronal.png" '
+            f'alt="coronal MIP with nodules numbered"><figcaption>{_esc(mip_caption)}; circles numbered as in the '
+            f"table, coloured by Lung-RADS category.</figcaption></figure></div>"
+            f"<div><h2>Scan and run</h2>{_extra_table(extra)}</div></section>",
+            f"<section><h2>Nodules</h2>{_nodule_table(nodules, categories)}</section>",
+            f"<section><h2>Nodule views</h2>{_figures_html(nodules, images, categories)}</section>",
+        ]
     )
 
 
@@ -362,7 +399,7 @@ def write_case_report(
     out_dir = Path(out_dir)
     files_dir = out_dir / FILES_DIR
     files_dir.mkdir(parents=True, exist_ok=True)
-    categories = _per_nodule_categories(category)
+    categories = _per_nodule_categories(category, nodules)
     images, mip_caption, written = _render_figures(
         files_dir=files_dir,
         hu_zyx=hu_zyx,
@@ -374,24 +411,14 @@ def write_case_report(
         categories=categories,
         max_nodule_figures=max_nodule_figures,
     )
-    largest = max(
-        (float(n["diameter_mm"]) for n in nodules if n.get("diameter_mm") is not None), default=None
-    )
-    summary = f"{len(nodules)} nodule(s)" + (
-        f"; largest {format_value('diameter_mm', largest)} mm" if largest is not None else ""
-    )
-    body = "\n".join(
-        [
-            f'<header><h1>Case {_esc(case_id)}</h1><div class="muted">{_esc(summary)}</div></header>',
-            '<div class="banner">Research use only: not a medical device. Findings need review by a radiologist.</div>',
-            f"<section><h2>Lung-RADS (baseline)</h2>{_category_box(category)}</section>",
-            f'<section class="two"><div><h2>Overview</h2><figure><img src="{FILES_DIR}/mip_coronal.png" '
-            f'alt="coronal MIP with nodules numbered"><figcaption>{_esc(mip_caption)}; circles numbered as in the '
-            f"table, coloured by Lung-RADS category.</figcaption></figure></div>"
-            f"<div><h2>Scan and run</h2>{_extra_table(extra)}</div></section>",
-            f"<section><h2>Nodules</h2>{_nodule_table(nodules, categories)}</section>",
-            f"<section><h2>Nodule views</h2>{_figures_html(nodules, images, categories)}</section>",
-        ]
+    body = _body_html(
+        case_id=case_id,
+        nodules=nodules,
+        category=category,
+        categories=categories,
+        extra=extra,
+        images=images,
+        mip_caption=mip_caption,
     )
     report = out_dir / "report.html"
     with atomic_write(report) as tmp:

@@ -343,6 +343,40 @@ def _region_bounds(region_zx: np.ndarray, margin: int) -> tuple[slice, slice]:
     return slice(int(z0), int(z1)), slice(int(x0), int(x1))
 
 
+def _draw_markers(
+    ax: Axes,
+    markers: Sequence[Mapping[str, Any]],
+    *,
+    origin_zx: tuple[int, int],
+    spacing_zx: tuple[float, float],
+    extent_mm: tuple[float, float],
+) -> None:
+    """Numbered circles on a coronal display whose top row is z = ``origin_zx[0] - 1``, left column x = ``origin_zx[1]``.
+
+    The axes grow so that every circle and its number stay visible.
+    """
+    top_z, left_x = origin_zx
+    sz, sx = spacing_zx
+    bounds = [0.0, extent_mm[0], extent_mm[1], 0.0]
+    for marker in markers:
+        z, _, x = marker["center_zyx"]
+        cx, cy = (x - left_x + 0.5) * sx, (top_z - 1 - z + 0.5) * sz
+        color = MARKER_COLORS.get(str(marker.get("category")), "#00e5ff")
+        radius = max(float(marker.get("radius_mm", 5.0)), 4.0)
+        ax.add_patch(Circle((cx, cy), radius, fill=False, edgecolor=color, linewidth=1.6))
+        number = str(marker["number"])
+        ax.text(cx + radius * 0.75, cy - radius * 0.75, number, color=color, fontsize=10, fontweight="bold")
+        reach = radius + 8.0
+        bounds = [
+            min(bounds[0], cx - reach),
+            max(bounds[1], cx + reach),
+            max(bounds[2], cy + reach),
+            min(bounds[3], cy - reach),
+        ]
+    ax.set_xlim(bounds[0], bounds[1])
+    ax.set_ylim(bounds[2], bounds[3])
+
+
 def mip_figure_png(
     *,
     hu_zyx: np.ndarray,
@@ -379,36 +413,9 @@ def mip_figure_png(
     ax.set_aspect("equal")
     title = f"Coronal maximum-intensity projection (lungs), W{MIP_WINDOW[0]:.0f}/L{MIP_WINDOW[1]:.0f}"
     draw_view(ax, view, shown, window=MIP_WINDOW, title=title)
-    top_z = zsl.stop if zsl.stop is not None else mip_zx.shape[0]
-    left_x = xsl.start or 0
     ax.set_facecolor("black")
-    bounds = [0.0, width_mm, height_mm, 0.0]
-    for marker in markers:
-        z, _, x = marker["center_zyx"]
-        cx = (x - left_x + 0.5) * sx
-        cy = (top_z - 1 - z + 0.5) * sz
-        color = MARKER_COLORS.get(str(marker.get("category")), "#00e5ff")
-        radius = max(float(marker.get("radius_mm", 5.0)), 4.0)
-        ax.add_patch(Circle((cx, cy), radius, fill=False, edgecolor=color, linewidth=1.6))
-        ax.text(
-            cx + radius * 0.75,
-            cy - radius * 0.75,
-            str(marker["number"]),
-            color=color,
-            fontsize=10,
-            fontweight="bold",
-            ha="left",
-            va="bottom",
-        )
-        reach = radius + 8.0  # circle plus its number stay inside the axes
-        bounds = [
-            min(bounds[0], cx - reach),
-            max(bounds[1], cx + reach),
-            max(bounds[2], cy + reach),
-            min(bounds[3], cy - reach),
-        ]
-    ax.set_xlim(bounds[0], bounds[1])
-    ax.set_ylim(bounds[2], bounds[3])
+    origin_zx = (zsl.stop if zsl.stop is not None else mip_zx.shape[0], xsl.start or 0)
+    _draw_markers(ax, markers, origin_zx=origin_zx, spacing_zx=(sz, sx), extent_mm=(width_mm, height_mm))
     caption = (
         "Projection over the lung mask (voxels outside it count as air)"
         if region is not None

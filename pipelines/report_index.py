@@ -100,7 +100,7 @@ def _number(value: Any) -> float | None:
 
 
 def _category_of(row: Mapping[str, Any]) -> str:
-    category = row.get("category")
+    category = row.get("category", row.get("lung_rads"))
     if isinstance(category, Mapping):
         category = category.get("category")
     return "" if category is None else str(category)
@@ -123,6 +123,7 @@ def _row_html(run_dir: Path, row: Mapping[str, Any]) -> str:
     count = _number(row.get("nodule_count"))
     largest = _number(row.get("largest_nodule_mm"))
     link = _report_link(run_dir, row)
+    note = row.get("reason") or row.get("warnings") or ""
     badge = (
         f'<span class="badge" style="background:{BADGE_COLORS.get(category, "#607d8b")}">{_esc(category)}</span>'
         if category
@@ -137,7 +138,7 @@ def _row_html(run_dir: Path, row: Mapping[str, Any]) -> str:
         f'<td class="left" data-v="{_esc(link or "")}">'
         + (f'<a href="{_esc(link)}">report</a>' if link else "–")
         + "</td>",
-        f'<td class="left" data-v="{_esc(row.get("reason") or "")}">{_esc(row.get("reason") or "")}</td>',
+        f'<td class="left" data-v="{_esc(note)}">{_esc(note)}</td>',
     ]
     css = ' class="failed"' if status.lower() in ("failed", "error") else ""
     return f"<tr{css}>{''.join(cells)}</tr>"
@@ -164,10 +165,12 @@ def write_index(*, run_dir: Path, rows: list[dict]) -> Path:
     Args:
         run_dir: the run's output folder; report links are made relative to it.
         rows: one dict per case with ``case_id``, ``status`` (e.g. ``ok`` / ``failed``), ``category``
-            (Lung-RADS string such as ``"4A"``, or the dict from ``categorize_scan``, or ``None``),
+            (Lung-RADS string such as ``"4A"``, or the dict from ``categorize_scan``, or ``None``; the
+            key ``lung_rads`` of ``summary.csv`` is accepted instead),
             ``nodule_count``, ``largest_nodule_mm`` and optionally ``report`` (path to the case's
             ``report.html``, absolute or relative to ``run_dir``; default ``<case_id>/report.html``)
-            and ``reason`` (shown as a note, e.g. why a case failed). A link is shown only when the
+            and ``reason`` or ``warnings`` (shown as a note, e.g. why a case failed). A link is shown
+            only when the
             report file exists.
 
     Clicking a column header sorts by it (Lung-RADS sorts by severity: 0 < 1 < 2 < 3 < 4A < 4B < 4X),

@@ -289,13 +289,14 @@ def test_identifying_extra_fields_and_markup_are_not_shown(tmp_path, phantom):
         "patient_birth_date": "19500101",
         "AccessionNumber": "A123",
         "slice_count": 40,
+        "warnings": ["spacing 5 mm", "MRI-like"],
     }
     report = _write(tmp_path, phantom, case_id="<b>scan&1</b>", extra=extra)
     text = report.read_text(encoding="utf-8")
     for secret in ("DOE", "JANE", "19500101", "A123"):
         assert secret not in text
     assert "3 identifying field(s) withheld" in text
-    assert "slice_count" in text
+    assert "slice_count" in text and "spacing 5 mm; MRI-like" in text
     assert "<b>scan" not in text and "&lt;b&gt;scan&amp;1&lt;/b&gt;" in text
 
 
@@ -323,6 +324,21 @@ def test_many_nodules_cap_figures_but_not_the_table(tmp_path, phantom):
     assert len(parsed.rows) == 2
     assert sorted(u for u in parsed.urls if "nodule_" in u) == ["report_files/nodule_001.png"]
     assert "1 more nodule(s)" in report.read_text()
+
+
+def test_per_nodule_category_falls_back_to_the_nodule_lung_rads_key(tmp_path, phantom):
+    nodules = [dict(n, lung_rads=c) for n, c in zip(phantom[4], ("4B", "3"))]
+    category = {
+        "category": "4B",
+        "descriptor": "Very suspicious",
+        "management": "m",
+        "reason": "r",
+        "note": "n",
+    }
+    parsed = _parse(_write(tmp_path, phantom, nodules=nodules, category=category))
+    assert [r["lung_rads"] for r in parsed.rows] == ["4B", "3"]
+    full = _parse(_write(tmp_path / "full", phantom, nodules=nodules))  # categorize_scan wins over the key
+    assert [r["lung_rads"] for r in full.rows] == ["4A", "2"]
 
 
 @pytest.mark.parametrize(
@@ -359,7 +375,14 @@ def _index_rows(run_dir: Path) -> list[dict]:
             "nodule_count": 1,
             "largest_nodule_mm": 4.0,
         },
-        {"case_id": "d", "status": "ok", "category": "1", "nodule_count": 0, "largest_nodule_mm": None},
+        {
+            "case_id": "d",
+            "status": "ok",
+            "lung_rads": "1",
+            "nodule_count": 0,
+            "largest_nodule_mm": 0.0,
+            "warnings": "MRI-like",
+        },
     ]
 
 
@@ -370,7 +393,7 @@ def test_index_lists_cases_with_relative_links(tmp_path):
     assert index == run_dir / "index.html"
     assert text.count("<tr>") + text.count('<tr class="failed">') == 1 + 4
     assert '<a href="b/report.html">' in text and text.count("<a href=") == 1  # missing reports: no link
-    assert "truncated gzip" in text and "16.0" in text
+    assert "truncated gzip" in text and "16.0" in text and "MRI-like" in text
     assert 'data-v="5"' in text and 'data-v="2"' in text and 'data-v="-1"' in text  # severity ranks
     assert "4 case(s): 1 failed, 3 ok. Lung-RADS 1: 1, 2: 1, 4B: 1" in text
     assert not re.search(r"""(src|href)=["'](https?:)?//""", text)
