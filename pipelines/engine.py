@@ -143,9 +143,7 @@ class ScreeningEngine:
         return left
 
     def _fail(self, case: io.CaseInput, err: BaseException, counts: dict[str, int]) -> None:
-        reason = str(err) if isinstance(err, io.ImageReadError) else f"{type(err).__name__}: {err}"
-        if not isinstance(err, io.ImageReadError):
-            reason = f"{case.path}: {reason}"
+        reason = failure_reason(case, err)
         log.warning("case %s failed: %s", case.case_id, reason)
         outputs.record_failure(self.output_dir, case.case_id, str(case.path), reason)
         counts["failed"] += 1
@@ -209,6 +207,28 @@ class ScreeningEngine:
             from pipelines.case_writer import write_run_files
 
             write_run_files(self.output_dir, self.settings, self.bundle_version)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The exception that started it all: MONAI's ``Compose`` wraps a transform's error in
+    ``RuntimeError("applying transform ...")``; the useful message is in the ``__cause__`` chain."""
+    seen = {id(err)}
+    while True:
+        if isinstance(err, io.ImageReadError):
+            return err
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None or id(nxt) in seen:
+            return err
+        seen.add(id(nxt))
+        err = nxt
+
+
+def failure_reason(case: io.CaseInput, err: BaseException) -> str:
+    """One line naming the input file and what went wrong with it."""
+    cause = root_cause(err)
+    if isinstance(cause, io.ImageReadError):
+        return str(cause)
+    return f"{case.path}: {type(cause).__name__}: {cause}"
 
 
 def _as_case(item: Any, index: int) -> io.CaseInput:
