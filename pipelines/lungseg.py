@@ -107,9 +107,11 @@ def _keep_lung_components(
     main_mask = np.concatenate([[False], main])[lab]
     satellites = ok & ~main
     if satellites.any():
-        near = dilate_mm(main_mask, satellite_mm, spacing_zyx)
+        sat_mask = np.concatenate([[False], satellites])[lab]
+        box = bounding_box(sat_mask, margin=[int(np.ceil(satellite_mm / s)) + 1 for s in spacing_zyx])
+        near = dilate_mm(main_mask[box], satellite_mm, spacing_zyx)
         touched = np.zeros(n + 1, dtype=bool)
-        touched[np.unique(lab[near])] = True
+        touched[np.unique(lab[box][near])] = True
         main |= satellites & touched[1:]
     return np.concatenate([[False], main])[lab]
 
@@ -168,14 +170,17 @@ def _assign_sides(
 
 
 def _refine_sides(
-    labels: np.ndarray, outside: np.ndarray, spacing_zyx: Sequence[float], *, close_radius_mm: float
+    labels: np.ndarray, forbidden: np.ndarray, spacing_zyx: Sequence[float], *, close_radius_mm: float
 ) -> np.ndarray:
-    """Close each side by a ball (juxta-pleural nodules) and fill per-slice holes; never into outside air."""
+    """Close each side by a ball (juxta-pleural nodules) and fill per-slice holes (vessels, consolidation).
+
+    Neither step may add ``forbidden`` voxels (outside air, the mediastinal airway and its wall).
+    """
     grown = {}
     for side in (RIGHT, LEFT):
         mask = labels == side
         if mask.any():
-            mask = fill_holes_per_slice(close_mm(mask, close_radius_mm, spacing_zyx)) & ~outside
+            mask |= fill_holes_per_slice(close_mm(mask, close_radius_mm, spacing_zyx)) & ~forbidden
         grown[side] = mask
     out = np.zeros(labels.shape, dtype=np.uint8)
     out[grown[RIGHT]] = RIGHT
@@ -183,6 +188,15 @@ def _refine_sides(
     both = grown[RIGHT] & grown[LEFT]
     out[both] = labels[both]
     return out
+
+
+def _mediastinal_airway(airway: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Airway not enclosed by lung in its slice (trachea, main bronchi), grown by a wall margin (~3 mm)."""
+    enclosed = fill_holes_per_slice(lungs | airway) & ~fill_holes_per_slice(airway) | lungs
+    central = airway & ~enclosed
+    if not central.any():
+        central = airway
+    return dilate_mm(central, max(3.0, max(spacing_zyx[1:])), spacing_zyx)
 
 
 def segment_lungs(
@@ -243,10 +257,12 @@ def segment_lungs(
     lungs = _keep_lung_components(air & ~outside, pure, sp, **keep)
     midline = _midline_x(outside, lungs if lungs.any() else air)
     airway = find_airway(lungs, hu_s, sp, midline, airway_hu=airway_hu)
+    forbidden = outside
     if airway.any():
         lungs = _keep_lung_components(lungs & ~dilate_mm(airway, max(sp), sp), pure, sp, **keep)
+        forbidden = outside | _mediastinal_airway(airway, lungs, sp)
     labels = _assign_sides(lungs, hu_s, sp, midline)
-    labels = _refine_sides(labels, outside, sp, close_radius_mm=close_radius_mm)
+    labels = _refine_sides(labels, forbidden, sp, close_radius_mm=close_radius_mm)
     return upsample_labels(labels, factors, hu_zyx.shape)
 
 
