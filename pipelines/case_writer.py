@@ -103,7 +103,7 @@ def write_case(
 
 
 def _nodule_category(scan_category: dict[str, Any], nodule: dict[str, Any]) -> str:
-    for item in scan_category.get("nodules", []):
+    for item in scan_category.get("nodule_categories", []):
         if item.get("nodule_id") == nodule["nodule_id"]:
             return str(item.get("category", ""))
     from pipelines.lungrads import categorize_nodule

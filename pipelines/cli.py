@@ -111,7 +111,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_prepare_luna16(a: argparse.Namespace) -> int:
     from pipelines.luna16 import prepare_luna16
 
-    out = prepare_luna16(root=a.root, annotations=a.annotations, out=a.out, excluded=a.excluded)
+    out = prepare_luna16(
+        root=a.root,
+        annotations=a.annotations,
+        out=a.out,
+        excluded=a.excluded,
+        subsets=a.subsets,
+        validation_fold=a.validation_fold,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -235,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--annotations", type=Path, required=True)
     s.add_argument("--excluded", type=Path, default=None)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument(
+        "--subsets", type=int, nargs="*", default=None, help="subset numbers to ingest (default all)"
+    )
+    s.add_argument("--validation-fold", dest="validation_fold", type=int, default=0)
     s.set_defaults(func=cmd_prepare_luna16)
 
     s = sub.add_parser("train", help="train the nodule UNet and the false-positive classifier")

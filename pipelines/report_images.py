@@ -202,11 +202,18 @@ def figure_png(fig: Figure) -> bytes:
 
 
 def crop_half_voxels(
-    nodule: Mapping[str, Any], spacing_zyx: Sequence[float], *, min_fov_mm: float = 40.0
+    nodule: Mapping[str, Any],
+    spacing_zyx: Sequence[float],
+    *,
+    min_fov_mm: float = 40.0,
+    max_fov_mm: float = 120.0,
 ) -> tuple[int, int, int]:
-    """Half box size in voxels per axis: a cube of ``max(min_fov_mm, 3 x long axis)`` mm."""
+    """Half box size in voxels per axis: a cube of ``3 x long axis`` mm, within ``[min_fov_mm, max_fov_mm]``.
+
+    The upper bound keeps memory and figure size bounded for masses and for implausible long axes.
+    """
     long_axis = _finite(nodule.get("long_axis_mm")) or _finite(nodule.get("diameter_mm")) or 0.0
-    half_mm = max(min_fov_mm, 3.0 * long_axis) / 2.0
+    half_mm = min(max_fov_mm, max(min_fov_mm, 3.0 * long_axis)) / 2.0
     return tuple(max(1, math.ceil(half_mm / float(s))) for s in spacing_zyx)  # type: ignore[return-value]
 
 
