@@ -1,0 +1,328 @@
+"""One benchmark measurement, run in its own process so its peak memory is its own.
+
+``python -m pipelines.bench_worker TASK SPEC.json RESULT.json`` runs one task of :data:`TASKS` on the scan
+named in ``SPEC.json`` and writes timings (wall seconds), the process's CPU seconds, its peak resident memory
+(``getrusage(RUSAGE_SELF).ru_maxrss``, bytes) and, on CUDA, the peak GPU memory to ``RESULT.json``.
+:mod:`pipelines.bench` builds the specs and reads the results; nothing here knows about other processes.
+
+Spec keys: ``case`` (scan path), ``device``, ``weights``, ``classifier_weights`` (paths or null), ``settings``
+(:class:`pipelines.settings.ScreeningSettings` overrides), ``work`` (scratch folder for outputs) and
+task-specific keys (``sw_batch_sizes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Spec = dict[str, Any]
+
+
+class StageClock:
+    """Wall and CPU seconds per named stage; ``with clock("read"): ...`` adds to ``read``."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.device = device
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        w, c = time.perf_counter(), time.process_time()
+        yield
+        self._sync()
+        self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def peak_memory(device: torch.device | None = None) -> dict[str, float | None]:
+    """Peak resident memory of this process (bytes; Linux reports KiB) and peak CUDA memory (bytes or None)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = float(rss if sys.platform == "darwin" else rss * 1024)
+    gpu = None
+    if device is not None and device.type == "cuda":
+        gpu = float(torch.cuda.max_memory_allocated(device))
+    return {"peak_rss_bytes": rss_bytes, "peak_gpu_bytes": gpu}
+
+
+# --------------------------------------------------------------------------------------------- our path
+def _components(spec: Spec) -> dict[str, Any]:
+    """The bundle's own components (preprocessing, network, inferer, classifier, settings) for ``spec``."""
+    from pipelines.bundle import load_workflow, settings_overrides
+    from pipelines.inference import load_weights, select_device
+
+    overrides = {
+        "output_dir": str(Path(spec["work"]) / "out"),
+        "dataset_dir": str(spec["case"]),
+        **settings_overrides({**spec.get("settings", {}), "device": spec["device"]}),
+    }
+    wf = load_workflow("inference.json", overrides=overrides)
+    get = wf.parser.get_parsed_content
+    settings = get("settings")
+    device = select_device(settings.device)
+    network = get("network_def").to(device).eval()
+    if spec.get("weights"):
+        load_weights(network, spec["weights"])
+    classifier = None
+    if spec.get("classifier_weights"):
+        classifier = load_weights(get("classifier_def"), spec["classifier_weights"]).to(device).eval()
+    return {
+        "settings": settings,
+        "device": device,
+        "preprocessing": get("preprocessing"),
+        "network": network,
+        "inferer": get("inferer"),
+        "classifier": classifier,
+    }
+
+
+_STAGE_OF_TRANSFORM = {"LoadScand": "reorient", "LungMaskd": "lung_mask"}
+
+
+def task_stages(spec: Spec) -> dict[str, Any]:
+    """Our path stage by stage, with the bundle's own transforms and functions, in the engine's order."""
+    from pipelines import io
+    from pipelines.inference import sliding_window_probability
+    from pipelines.postprocess import analyse_case, classify_candidates
+
+    comp = _components(spec)
+    settings, device = comp["settings"], comp["device"]
+    clock = StageClock(device)
+    torch.set_grad_enabled(False)
+    case = io.discover_cases(spec["case"])[0]
+    with clock("read"):
+        image = io.read_image(case.path)
+    data: dict[str, Any] = {
+        "image": io.CaseInput(case.case_id, case.path, image=image),
+        "case_id": case.case_id,
+    }
+    for t in comp["preprocessing"].transforms:
+        with clock(_STAGE_OF_TRANSFORM.get(type(t).__name__, "resample")):
+            data = t(data)
+    with clock("sliding_window"):
+        prob, info = sliding_window_probability(
+            data["image"],
+            data.get("lungs"),
+            network=comp["network"],
+            inferer=comp["inferer"],
+            settings=settings,
+            device=device,
+        )
+    with clock("postprocess"):
+        result = analyse_case(data, prob, settings=settings, classifier=None, device=device)
+    with clock("classifier"):
+        classify_candidates(
+            result.candidates, data["image"], data["geometry"], classifier=comp["classifier"], device=device
+        )
+    _time_writes(clock, Path(spec["work"]), case, data, result, settings)
+    return {
+        "stages": clock.wall,
+        "stages_cpu": clock.cpu,
+        "windows_run": info["windows_run"],
+        "windows_skipped": info["windows_skipped"],
+        "network_shape_zyx": list(data["image"].shape[1:]),
+        "candidates": len(result.candidates),
+    }
+
+
+def _time_writes(
+    clock: StageClock, out: Path, case: Any, data: dict[str, Any], result: Any, settings: Any
+) -> None:
+    """Masks and tables as ``write_case`` writes them (report off), then the HTML report on its own."""
+    from pipelines.case_writer import _write_report, write_case
+    from pipelines.lungrads import categorize_scan
+
+    no_report = dataclasses.replace(settings, report=False)
+    with clock("write"):
+        write_case(
+            output_dir=out / "stages",
+            case=case,
+            data=data,
+            result=result,
+            settings=no_report,
+            timings={},
+            bundle_version="bench",
+            write_start=time.perf_counter(),
+        )
+    if settings.report:
+        folder = out / "stages" / "cases" / case.case_id
+        meta = json.loads((folder / "nodules.json").read_text())
+        with clock("report"):
+            _write_report(folder, case, data, result, categorize_scan(result.nodules), meta)
+
+
+def task_screen(spec: Spec) -> dict[str, Any]:
+    """The whole screening through :func:`pipelines.screen.screen` (read to report written), timed once."""
+    from pipelines.screen import screen
+
+    out = Path(spec["work"]) / "screen"
+    t = time.perf_counter()
+    c = time.process_time()
+    res = screen(
+        str(spec["case"]),
+        out,
+        weights=spec.get("weights") or "",
+        classifier_weights=spec.get("classifier_weights") or "",
+        overwrite=True,
+        progress=False,
+        device=spec["device"],
+        **spec.get("settings", {}),
+    )
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    if res.succeeded != 1:
+        raise RuntimeError(f"screen() did not succeed on {spec['case']}: {res}")
+    record = json.loads(next((out / "cases").glob("*/result.json")).read_text())
+    return {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "engine_timings": {k: v for k, v in record["summary"].items() if k.startswith("seconds_")},
+        "detections": record["candidates"],
+        "info": record.get("info", {}),
+    }
+
+
+def task_sw_sweep(spec: Spec) -> dict[str, Any]:
+    """Sliding-window seconds for each ``sw_batch_size`` (gated), and once without lung gating."""
+    from pipelines import io
+    from pipelines.inference import sliding_window_probability
+
+    comp = _components(spec)
+    device = comp["device"]
+    case = io.discover_cases(spec["case"])[0]
+    data = comp["preprocessing"]({"image": case, "case_id": case.case_id})
+    runs: list[dict[str, Any]] = []
+    configs = [(b, True) for b in spec.get("sw_batch_sizes", (2, 4, 8))] + [
+        (comp["settings"].sw_batch_size, False)
+    ]
+    for batch, gated in configs:
+        settings = dataclasses.replace(comp["settings"], sw_batch_size=batch, skip_empty_windows=gated)
+        comp["inferer"].sw_batch_size = batch
+        clock = StageClock(device)
+        with torch.no_grad(), clock("sw"):
+            _, info = sliding_window_probability(
+                data["image"],
+                data["lungs"],
+                network=comp["network"],
+                inferer=comp["inferer"],
+                settings=settings,
+                device=device,
+            )
+        runs.append(
+            {"sw_batch_size": batch, "skip_empty_windows": gated, "seconds": clock.wall["sw"], **info}
+        )
+    return {"runs": runs, "network_shape_zyx": list(data["image"].shape[1:])}
+
+
+def task_write_levels(spec: Spec) -> dict[str, Any]:
+    """Seconds and bytes to write the scan's lung-sized uint8 mask and int16 CT with several codecs/levels."""
+    import SimpleITK as sitk
+
+    from pipelines import io
+
+    image = io.read_image(io.discover_cases(spec["case"])[0].path)
+    arr = sitk.GetArrayViewFromImage(image)
+    mask = sitk.GetImageFromArray(((arr > -500) & (arr < -300)).astype(np.uint8))
+    mask.CopyInformation(image)
+    out = Path(spec["work"]) / "write_levels"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for what, img in (("uint8 mask", mask), ("int16 CT", image)):
+        for name, ext, level in (
+            ("nii (none)", ".nii", None),
+            ("gzip level 1", ".nii.gz", 1),
+            ("gzip default", ".nii.gz", -1),
+        ):
+            path = out / f"{what.split()[1]}{ext}"
+            w = sitk.ImageFileWriter()
+            w.SetFileName(str(path))
+            w.SetUseCompression(level is not None)
+            if level is not None and level > 0:
+                w.SetCompressionLevel(level)
+            t = time.perf_counter()
+            w.Execute(img)
+            rows.append(
+                {
+                    "image": what,
+                    "codec": name,
+                    "seconds": time.perf_counter() - t,
+                    "bytes": path.stat().st_size,
+                }
+            )
+        rows.append(_nibabel_write(img, out / f"{what.split()[1]}_nib.nii.gz", what))
+    return {"runs": rows}
+
+
+def _nibabel_write(img: Any, path: Path, what: str) -> dict[str, Any]:
+    """What MONAI's ``SaveImage`` does by default: nibabel ``.nii.gz``."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
+    affine = np.diag([*(-s for s in img.GetSpacing()[:2]), img.GetSpacing()[2], 1.0])
+    t = time.perf_counter()
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return {
+        "image": what,
+        "codec": "nibabel gzip (MONAI SaveImage)",
+        "seconds": time.perf_counter() - t,
+        "bytes": path.stat().st_size,
+    }
+
+
+def task_baseline(spec: Spec) -> dict[str, Any]:
+    from pipelines.bench_baseline import run_baseline
+
+    return run_baseline(spec)
+
+
+TASKS: dict[str, Callable[[Spec], dict[str, Any]]] = {
+    "stages": task_stages,
+    "screen": task_screen,
+    "sw_sweep": task_sw_sweep,
+    "write_levels": task_write_levels,
+    "baseline": task_baseline,
+}
+
+
+def run_task(task: str, spec: Spec) -> dict[str, Any]:
+    """Run ``task`` on ``spec`` in this process; adds peak memory and the load average around it."""
+    device = torch.device(
+        spec["device"] if spec["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    load_before = os.getloadavg()[0]
+    out = TASKS[task](spec)
+    out.update(peak_memory(device))
+    out["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    task, spec_path, result_path = args
+    spec = json.loads(Path(spec_path).read_text())
+    result = run_task(task, spec)
+    Path(result_path).write_text(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
