@@ -1,0 +1,138 @@
+"""Inserting synthetic nodules into an existing (real, unlabelled) CT, the standard CAD evaluation trick.
+
+The scan is read and put on the canonical LPS grid (arrays ``[z, y, x]``, HU); nodules are placed inside
+the lungs (given mask, the project's lung segmenter, or a simple air threshold), rendered onto a smoothed
+copy of the scan, and only the *difference* is blurred and added back, so the scan's own noise and
+texture stay inside the nodule. The result is written in the scan's original orientation, in the layout of
+:func:`pipelines.phantom.make_dataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from pipelines.io import orientation_code, read_image, strip_image_suffix, to_canonical
+from pipelines.phantom_nodules import Nodule, design_nodule, place_nodules, render_nodules
+from pipelines.phantom_shapes import Array, Grid
+
+
+def threshold_lungs(hu: Array) -> Array:
+    """Crude lung labels (uint8, 1 right = smaller x, 2 left) from HU ``[z, y, x]``: inner air, two largest parts."""
+    air = hu < -400
+    lab, n = ndimage.label(air)
+    border = np.unique(
+        np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
+    )
+    sizes = ndimage.sum_labels(air, lab, index=np.arange(1, n + 1))
+    sizes[border[border > 0] - 1] = 0
+    keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] > 0.002 * air.size]
+    out = np.zeros(hu.shape, dtype=np.uint8)
+    if len(keep) == 1:  # the two lungs touch: split at the median x of the component
+        xs = np.nonzero(lab == keep[0])[2]
+        mid = int(np.median(xs))
+        comp = lab == keep[0]
+        out[comp] = 2
+        out[:, :, :mid][comp[:, :, :mid]] = 1
+        return out
+    cx = [np.nonzero(lab == k)[2].mean() for k in keep]
+    for k, c in zip(keep, cx):
+        out[lab == k] = 1 if c == min(cx) else 2
+    return out
+
+
+def _lungs_for(ct: sitk.Image, hu: Array, lung_mask_path: str | Path | None) -> Array:
+    if lung_mask_path is not None:
+        mask = to_canonical(read_image(lung_mask_path))
+        mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        return sitk.GetArrayFromImage(mask).astype(np.uint8)
+    try:
+        from pipelines.lungseg import segment_lungs
+    except ImportError:
+        return threshold_lungs(hu)
+    return np.asarray(segment_lungs(hu, tuple(ct.GetSpacing()[::-1])), dtype=np.uint8)
+
+
+def _sdf_fns(lungs: Array, grid: Grid) -> tuple[dict[int, object], dict[int, Array]]:
+    fns: dict[int, object] = {}
+    cands: dict[int, Array] = {}
+    for side in (1, 2):
+        inside = ndimage.distance_transform_edt(lungs == side, sampling=grid.spacing_zyx)
+
+        def fn(p: Array, inside: Array = inside) -> Array:
+            idx = np.round(grid.world_to_index_zyx(p)).astype(int)
+            ok = np.all((idx >= 0) & (idx < np.asarray(grid.shape_zyx)), axis=-1)
+            idx = np.clip(idx, 0, np.asarray(grid.shape_zyx) - 1)
+            d = inside[idx[:, 0], idx[:, 1], idx[:, 2]]
+            return np.where(ok & (d > 0), -d, 5.0)
+
+        fns[side] = fn
+        deep = np.argwhere(inside > 4.0)
+        cands[side] = (
+            grid.index_to_world(deep[:: max(1, len(deep) // 4000)]) if len(deep) else np.zeros((0, 3))
+        )
+    return fns, cands
+
+
+def insert_into_array(
+    hu: Array, lungs: Array, grid: Grid, *, n: int, seed: int
+) -> tuple[Array, Array, list[Nodule]]:
+    """Insert up to ``n`` nodules into HU ``[z, y, x]`` on the canonical ``grid``.
+
+    Returns:
+        ``(new_hu float32, labels, nodules)``; nodules that do not fit in the lungs are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    fns, cands = _sdf_fns(lungs, grid)
+    sides = [s for s in (1, 2) if len(cands[s])]
+    if not sides:
+        return hu.astype(np.float32), np.zeros(hu.shape, np.uint8), []
+    specs = [design_nodule(rng, d_min=max(3.0, 1.5 * min(grid.spacing_zyx))) for _ in range(n)]
+    for s in (1, 2):
+        if s not in sides:
+            fns[s], cands[s] = fns[sides[0]], cands[sides[0]]
+    empty = np.zeros((0, 3))
+    placed = place_nodules(specs, lungs=fns, candidates=cands, vessels=(empty, empty, np.zeros(0)), rng=rng)  # type: ignore[arg-type]
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), 1.0)
+    before = smooth.copy()
+    labels = render_nodules(smooth, grid, placed, rng)
+    delta = ndimage.gaussian_filter(smooth - before, [0.5 / s for s in grid.spacing_zyx])
+    return hu.astype(np.float32) + delta, labels, placed
+
+
+def insert_nodules(
+    ct_path: str | Path, out_dir: str | Path, *, n: int, seed: int, lung_mask_path: str | Path | None = None
+) -> Path:
+    """Insert ``n`` nodules into the CT at ``ct_path`` and write ``out_dir`` in the make_dataset layout.
+
+    The case id is the file name without extension plus ``_ins_s{seed}``; the image keeps the scan's
+    own orientation, spacing and origin.
+    """
+    from pipelines.phantom import _measure
+    from pipelines.phantom_write import write_case, write_tables
+
+    original = read_image(ct_path)
+    code = orientation_code(original)
+    ct = to_canonical(original)
+    if not np.allclose(np.asarray(ct.GetDirection()), np.eye(3).ravel(), atol=1e-4):
+        raise ValueError(f"{ct_path}: oblique scans are not supported for nodule insertion")
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    grid = Grid(hu.shape, tuple(ct.GetSpacing()[::-1]), tuple(ct.GetOrigin()))  # type: ignore[arg-type]
+    lungs = _lungs_for(ct, hu, lung_mask_path)
+    new, labels, placed = insert_into_array(hu, lungs, grid, n=n, seed=seed)
+    out_hu = np.clip(np.round(new), -32768, 32767).astype(np.int16)
+    labels, rows = _measure(labels, out_hu, grid, placed)
+    for r in rows:
+        lungs[labels == r["nodule_id"]] = r["side"]
+    case_id = f"{strip_image_suffix(Path(ct_path).name)}_ins_s{seed}"
+    out = Path(out_dir)
+    imgs = []
+    for a in (out_hu, lungs, labels):
+        img = grid.to_image(a)
+        imgs.append(sitk.DICOMOrient(img, code) if code != "LPS" else img)
+    entry = write_case(out, case_id, imgs[0], imgs[1], imgs[2], fmt="nii")
+    write_tables(out, [case_id], {case_id: rows}, {case_id: entry}, seed=seed, splits=(1.0, 0.0, 0.0))
+    return out

@@ -1,0 +1,252 @@
+"""Writing phantom datasets in a LUNA16-like layout, and the preview montage.
+
+Layout of ``OUT``::
+
+    images/<case_id>.nii.gz   (or .mhd + .raw)   CT int16 HU / MRI float32
+    labels/<case_id>.nii.gz   nodule instance masks 1..N, same geometry as the image
+    lungs/<case_id>.nii.gz    lung labels 0 background, 1 right, 2 left
+    annotations.csv           seriesuid,coordX,coordY,coordZ,diameter_mm   (LPS world mm, as LUNA16)
+    seriesuids.csv            one case id per line, no header
+    cases.csv                 one row per nodule (type, location, size, solid part, centre, mean HU)
+    datalist.json             MONAI datalist with training / validation / test, paths relative to OUT
+    preview.png               (optional) montage of slices through nodules
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipelines.io import atomic_write_text, write_image
+
+CASES_COLUMNS = (
+    "seriesuid",
+    "nodule_id",
+    "type",
+    "location",
+    "diameter_mm",
+    "solid_component_mm",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "mean_hu",
+)
+
+
+def case_seed(seed: int, index: int) -> int:
+    """The generator seed of case ``index`` of a dataset made with ``seed`` (stable across versions of numpy)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def split_ids(ids: list[str], *, seed: int, splits: tuple[float, float, float]) -> dict[str, list[str]]:
+    """Deterministic training/validation/test split; validation and test get a case each once n >= 3."""
+    if len(splits) != 3 or min(splits) < 0 or sum(splits) <= 0:
+        raise ValueError(f"splits must be three non-negative fractions, not {splits}")
+    n = len(ids)
+    order = list(np.random.default_rng(seed).permutation(n))
+    frac = np.asarray(splits, dtype=float) / float(sum(splits))
+    n_val = int(round(frac[1] * n))
+    n_test = int(round(frac[2] * n))
+    if n >= 3:
+        n_val = max(n_val, 1) if frac[1] > 0 else 0
+        n_test = max(n_test, 1) if frac[2] > 0 else 0
+    n_val = min(n_val, max(n - 1, 0))
+    n_test = min(n_test, max(n - 1 - n_val, 0))
+    val = sorted(ids[i] for i in order[:n_val])
+    test = sorted(ids[i] for i in order[n_val : n_val + n_test])
+    train = sorted(ids[i] for i in order[n_val + n_test :])
+    return {"training": train, "validation": val, "test": test}
+
+
+def _csv_text(rows: list[list[Any]], header: list[str] | tuple[str, ...] | None) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def write_case(
+    out: Path, case_id: str, image: sitk.Image, lungs: sitk.Image, labels: sitk.Image, *, fmt: str
+) -> dict[str, str]:
+    """Write one case's image, nodule labels and lung labels; return its datalist entry (paths relative to ``out``)."""
+    ext = ".nii.gz" if fmt == "nii" else ".mhd"
+    entry = {
+        "image": f"images/{case_id}{ext}",
+        "label": f"labels/{case_id}{ext}",
+        "lung": f"lungs/{case_id}{ext}",
+        "seriesuid": case_id,
+    }
+    for key, img in (("image", image), ("label", labels), ("lung", lungs)):
+        write_image(img, out / entry[key], compress=(fmt == "nii"))
+    return entry
+
+
+def write_tables(
+    out: Path,
+    ids: list[str],
+    tables: dict[str, list[dict[str, Any]]],
+    entries: dict[str, dict[str, str]],
+    *,
+    seed: int,
+    splits: tuple[float, float, float],
+) -> None:
+    """Write annotations.csv, seriesuids.csv, cases.csv and datalist.json for the cases in ``ids``."""
+    ann, cases = [], []
+    for cid in ids:
+        for r in tables[cid]:
+            x, y, z = r["center_lps_mm"]
+            ann.append([cid, _fmt(x), _fmt(y), _fmt(z), f"{r['diameter_mm']:.2f}"])
+            cases.append(
+                [
+                    cid,
+                    r["nodule_id"],
+                    r["type"],
+                    r["location"],
+                    f"{r['diameter_mm']:.2f}",
+                    f"{r['solid_component_mm']:.2f}",
+                    _fmt(x),
+                    _fmt(y),
+                    _fmt(z),
+                    f"{r['mean_hu']:.1f}",
+                ]
+            )
+    atomic_write_text(
+        out / "annotations.csv", _csv_text(ann, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+    )
+    atomic_write_text(out / "seriesuids.csv", "".join(f"{c}\n" for c in ids))
+    atomic_write_text(out / "cases.csv", _csv_text(cases, CASES_COLUMNS))
+    parts = split_ids(ids, seed=seed, splits=splits)
+    datalist = {k: [entries[c] for c in v] for k, v in parts.items()}
+    atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")
+
+
+def write_dataset(
+    out_dir: str | Path,
+    *,
+    n: int,
+    seed: int,
+    size: str = "small",
+    modality: str = "ct",
+    fmt: str = "nii",
+    preview: bool = False,
+    splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> Path:
+    """Generate and write ``n`` cases (see the module docstring for the layout); deterministic for ``seed``."""
+    from pipelines.phantom import generate_case
+
+    if fmt not in ("nii", "mhd"):
+        raise ValueError(f"fmt must be 'nii' or 'mhd', not {fmt!r}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids: list[str] = []
+    tables: dict[str, list[dict[str, Any]]] = {}
+    entries: dict[str, dict[str, str]] = {}
+    for i in range(n):
+        cid = f"phantom_s{seed}_{i:04d}"
+        case = generate_case(seed=case_seed(seed, i), size=size, modality=modality)
+        entries[cid] = write_case(out, cid, case.image, case.lungs, case.nodules, fmt=fmt)
+        ids.append(cid)
+        tables[cid] = case.nodules_table
+    write_tables(out, ids, tables, entries, seed=seed, splits=splits)
+    if preview:
+        save_preview(out, out / "preview.png")
+    return out
+
+
+def _read_canonical(path: Path) -> sitk.Image:
+    return sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+
+
+def _panels(root: Path, max_panels: int) -> list[tuple[str, int | None, dict[str, str]]]:
+    """(case id, nodule id or None, row) for up to ``max_panels`` slices, spreading over cases."""
+    datalist = json.loads((root / "datalist.json").read_text())
+    ids = [e["seriesuid"] for part in ("training", "validation", "test") for e in datalist.get(part, [])]
+    by_case: dict[str, list[dict[str, str]]] = {c: [] for c in ids}
+    if (root / "cases.csv").exists():
+        with open(root / "cases.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                by_case.setdefault(row["seriesuid"], []).append(row)
+    panels: list[tuple[str, int | None, dict[str, str]]] = []
+    depth = 0
+    while len(panels) < max_panels and depth < 20:
+        for cid in sorted(by_case):
+            rows = by_case[cid]
+            if depth < len(rows):
+                panels.append((cid, int(rows[depth]["nodule_id"]), rows[depth]))
+            elif depth == 0:
+                panels.append((cid, None, {}))
+            if len(panels) >= max_panels:
+                break
+        depth += 1
+    return panels
+
+
+def save_preview(dataset_dir: str | Path, png_path: str | Path, *, max_panels: int = 12) -> Path:
+    """Montage PNG of axial slices through nodules (lung window for CT), each nodule outlined and captioned.
+
+    Args:
+        dataset_dir: a folder written by :func:`write_dataset`.
+        png_path: output PNG path.
+        max_panels: number of slices shown.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(dataset_dir)
+    datalist = json.loads((root / "datalist.json").read_text())
+    entries = {e["seriesuid"]: e for part in datalist.values() for e in part}
+    panels = _panels(root, max_panels)
+    cols = min(4, max(1, len(panels)))
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False)
+    cache: dict[str, tuple[np.ndarray, np.ndarray, sitk.Image]] = {}
+    for ax, (cid, nid, row) in zip(axes.ravel(), panels):
+        if cid not in cache:
+            img = _read_canonical(root / entries[cid]["image"])
+            lab = sitk.GetArrayFromImage(_read_canonical(root / entries[cid]["label"]))
+            cache = {cid: (sitk.GetArrayFromImage(img), lab, img)}
+        arr, lab, img = cache[cid]
+        ct = arr.dtype == np.int16
+        if nid is None:
+            k, title = arr.shape[0] // 2, f"{cid}: no nodule"
+        else:
+            k = int(
+                round(
+                    img.TransformPhysicalPointToContinuousIndex(
+                        [float(row[c]) for c in ("coordX", "coordY", "coordZ")]
+                    )[2]
+                )
+            )
+            title = f"{row['type']} {row['location']} {float(row['diameter_mm']):.1f} mm"
+        k = int(np.clip(k, 0, arr.shape[0] - 1))
+        vmin, vmax = (-1350, 150) if ct else tuple(np.percentile(arr, [1, 99.5]))
+        sp = img.GetSpacing()
+        ax.imshow(arr[k], cmap="gray", vmin=vmin, vmax=vmax, aspect=sp[1] / sp[0], interpolation="bilinear")
+        if nid is not None and (lab[k] == nid).any():
+            ax.contour(lab[k] == nid, levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(png_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=72)
+    plt.close(fig)
+    return out
