@@ -1,0 +1,304 @@
+"""Batch inference of a model trained by ``lungscreen train-seg``: resumable, fault-tolerant, input geometry.
+
+:func:`segment` (``lungscreen segment MODEL IN OUT``) builds :class:`SegmentationEngine` from the bundle's
+``configs/seg_inference.json`` with the model folder's ``plan.json`` as the only source of spacing, patch size
+and channels. Output layout::
+
+    OUT/cases/<case_id>/segmentation.nii.gz  label values of the training labels, the input's exact grid
+    OUT/cases/<case_id>/volumes.csv|json     per label: voxels, volume_mm3, volume_ml
+    OUT/cases/<case_id>/result.json          written last: its presence means the case is complete
+    OUT/summary.csv                          one row per case (status, seconds, volume_ml_<label> columns)
+    OUT/failures.csv                         failed cases with a one-line reason (.state/failed/*.json)
+
+A failing case (unreadable file, channel geometry mismatch, wrong channel count) is recorded and the batch
+goes on; completed cases are skipped unless ``overwrite`` (resume after an interruption).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines import io, outputs
+from pipelines.engine import _progress, _refuse_output_inside_inputs
+from pipelines.inference import load_weights
+from pipelines.plan import SegPlan
+from pipelines.preprocess import CaseGeometry, resample
+from pipelines.seg_transforms import classes_to_labels
+from pipelines.segdata import SegCase
+
+log = logging.getLogger("lungscreen")
+
+SUMMARY_BASE = (
+    "case_id",
+    "status",
+    "seconds_total",
+    "seconds_preprocess",
+    "seconds_network",
+    "seconds_write",
+)
+VOLUME_COLUMNS = ("label_value", "label_name", "voxels", "volume_mm3", "volume_ml")
+
+
+def label_volumes(
+    labels_zyx: np.ndarray, spacing_zyx: Sequence[float], plan: SegPlan
+) -> list[dict[str, Any]]:
+    """Per-label voxel count and volume (mm^3, mL) of a label-value map ``[z, y, x]`` with ``spacing_zyx`` mm.
+
+    Every non-zero label of the plan gets a row (0 voxels when absent), in ``plan.label_values`` order.
+    """
+    voxel_mm3 = float(np.prod(np.asarray(spacing_zyx, dtype=float)))
+    counts = np.bincount(labels_zyx.ravel().astype(np.int64), minlength=max(plan.label_values) + 1)
+    rows = []
+    for value in plan.label_values[1:]:
+        n = int(counts[value])
+        rows.append(
+            {
+                "label_value": int(value),
+                "label_name": plan.label_name(value),
+                "voxels": n,
+                "volume_mm3": round(n * voxel_mm3, 3),
+                "volume_ml": round(n * voxel_mm3 / 1000.0, 4),
+            }
+        )
+    return rows
+
+
+def probabilities_to_canonical(prob: torch.Tensor, geometry: CaseGeometry) -> np.ndarray:
+    """Class map on the canonical grid from network-grid probabilities ``[K, z, y, x]``.
+
+    Each class's probability is resampled (trilinear, voxel-edge convention) to the canonical grid and the
+    running maximum kept, so memory stays two canonical float arrays whatever the number of classes.
+    """
+    shape = geometry.canonical_shape
+    if tuple(prob.shape[1:]) == tuple(shape):
+        return prob.argmax(0).cpu().numpy().astype(np.int64)
+    best = torch.full(shape, -1.0)
+    arg = torch.zeros(shape, dtype=torch.long)
+    for k in range(prob.shape[0]):
+        pk = resample(prob[k], shape, mode="trilinear").cpu()
+        better = pk > best
+        best = torch.where(better, pk, best)
+        arg[better] = k
+    return arg.numpy()
+
+
+class SegmentationEngine:
+    """Segment a list of cases into ``output_dir`` (layout in the module docstring).
+
+    Args:
+        dataset: :class:`SegCase` list (:func:`pipelines.segdata.find_cases`).
+        output_dir: where results go; never inside an input folder.
+        plan: the model's plan.
+        preprocessing: the bundle's preprocessing ``Compose``.
+        network: the bundle's UNet (logits ``[B, K, z, y, x]``).
+        inferer: MONAI ``SlidingWindowInferer`` (roi = the plan's patch size).
+        weights: ``model.pt`` (loaded with ``weights_only=True``); None keeps the network's weights.
+        device: where the network runs.
+        overwrite: recompute completed cases.
+        progress: show a progress bar.
+        input_roots: input folders; the output may not lie inside any of them.
+        compress: write ``.nii.gz`` (else ``.nii``).
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: Sequence[SegCase],
+        output_dir: str | os.PathLike[str],
+        plan: SegPlan,
+        preprocessing: Callable[[dict[str, Any]], dict[str, Any]],
+        network: torch.nn.Module,
+        inferer: Any,
+        weights: str | os.PathLike[str] | None = None,
+        device: torch.device | str = "cpu",
+        overwrite: bool = False,
+        progress: bool = True,
+        input_roots: Sequence[str | os.PathLike[str]] = (),
+        compress: bool = True,
+    ) -> None:
+        self.cases = list(dataset)
+        self.output_dir = Path(output_dir)
+        self.plan, self.preprocessing, self.inferer = plan, preprocessing, inferer
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        if weights:
+            load_weights(self.network, weights)
+        self.overwrite, self.progress, self.compress = overwrite, progress, compress
+        self.input_roots = [Path(r) for r in input_roots]
+
+    def run(self) -> dict[str, int]:
+        """Segment every case; return counts ``succeeded``, ``failed``, ``skipped``, ``total``."""
+        _refuse_output_inside_inputs(
+            self.output_dir, [c.channels[0] for c in self.cases if c.channels], self.input_roots
+        )
+        counts = {"succeeded": 0, "failed": 0, "skipped": 0, "total": len(self.cases)}
+        bar = _progress(len(self.cases), enabled=self.progress)
+        for case in self.cases:
+            if not self.overwrite and outputs.is_done(self.output_dir, case.case_id):
+                counts["skipped"] += 1
+            else:
+                try:
+                    self.process(case)
+                    outputs.clear_failure(self.output_dir, case.case_id)
+                    counts["succeeded"] += 1
+                except Exception as err:  # noqa: BLE001 - one bad case must never stop the batch
+                    self._fail(case, err)
+                    counts["failed"] += 1
+            bar.update(1)
+        bar.close()
+        rebuild_tables(self.output_dir, self.plan)
+        return counts
+
+    def _fail(self, case: SegCase, err: BaseException) -> None:
+        cause: BaseException = err
+        while not isinstance(cause, io.ImageReadError) and cause.__cause__ is not None:
+            cause = cause.__cause__  # MONAI's Compose wraps transform errors
+        reason = (
+            str(cause)
+            if isinstance(cause, io.ImageReadError)
+            else f"{case.path}: {type(cause).__name__}: {cause}"
+        )
+        log.warning("case %s failed: %s", case.case_id, reason)
+        outputs.record_failure(self.output_dir, case.case_id, str(case.path), reason)
+
+    def predict(self, data: dict[str, Any]) -> np.ndarray:
+        """Class indices ``[z, y, x]`` on the canonical grid from a preprocessed dict."""
+        x = torch.as_tensor(data["image"]).float()[None].to(self.device)
+        amp = torch.bfloat16 if self.device.type == "cuda" else None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            logits = self.inferer(x, self.network)
+        prob = torch.softmax(logits[0].float(), dim=0)
+        return probabilities_to_canonical(prob, data["geometry"])
+
+    def process(self, case: SegCase) -> dict[str, Any]:
+        """Segment one case and write its outputs (``result.json`` last)."""
+        if case.problem:
+            raise io.ImageReadError(case.path, case.problem)
+        if len(case.channels) != self.plan.num_channels:
+            names = ", ".join(Path(c.path).name for c in case.channels)
+            raise io.ImageReadError(
+                case.path,
+                f"case has {len(case.channels)} channel(s) ({names}); the model expects {self.plan.num_channels} "
+                f"(files {case.case_id}_0000 .. {case.case_id}_{self.plan.num_channels - 1:04d})",
+            )
+        t0 = time.perf_counter()
+        data = self.preprocessing({"image": SegCase(case.case_id, case.channels)})
+        t1 = time.perf_counter()
+        classes = self.predict(data)
+        t2 = time.perf_counter()
+        labels = classes_to_labels(classes, self.plan)
+        geometry: CaseGeometry = data["geometry"]
+        folder = outputs.case_dir(self.output_dir, case.case_id)
+        ext = ".nii.gz" if self.compress else ".nii"
+        outputs.write_mask(labels, geometry, folder / f"segmentation{ext}", compress=self.compress)
+        volumes = label_volumes(labels, io.spacing_zyx(geometry.canonical), self.plan)
+        io.atomic_write_text(folder / "volumes.csv", outputs.to_csv(volumes, VOLUME_COLUMNS))
+        outputs.write_json(folder / "volumes.json", volumes)
+        t3 = time.perf_counter()
+        summary = {
+            "case_id": case.case_id,
+            "status": "ok",
+            "seconds_total": round(t3 - t0, 2),
+            "seconds_preprocess": round(t1 - t0, 2),
+            "seconds_network": round(t2 - t1, 2),
+            "seconds_write": round(t3 - t2, 2),
+            **{f"volume_ml_{v['label_name']}": v["volume_ml"] for v in volumes},
+        }
+        result = {
+            "case_id": case.case_id,
+            "inputs": [str(c.path) for c in case.channels],
+            "segmentation": f"segmentation{ext}",
+            "geometry": {
+                "size_xyz": list(geometry.original.size),
+                "spacing_xyz_mm": list(geometry.original.spacing),
+                "origin_lps_mm": list(geometry.original.origin),
+                "direction": list(geometry.original.direction),
+                "network_shape_zyx": list(geometry.network_shape),
+                "network_spacing_zyx_mm": list(geometry.network_spacing_zyx),
+            },
+            "volumes": volumes,
+            "summary": summary,
+        }
+        outputs.write_json(folder / "result.json", result)
+        return result
+
+
+def rebuild_tables(output_dir: str | Path, plan: SegPlan) -> dict[str, int]:
+    """Rebuild ``summary.csv`` and ``failures.csv`` from the per-case records (resumed runs merge)."""
+    out = Path(output_dir)
+    results = [json.loads(p.read_text()) for p in sorted((out / "cases").glob("*/result.json"))]
+    failures = [json.loads(p.read_text()) for p in sorted((out / ".state" / "failed").glob("*.json"))]
+    done = {r["case_id"] for r in results}
+    failures = [f for f in failures if f["case_id"] not in done]
+    rows = [r["summary"] for r in results] + [
+        {"case_id": f["case_id"], "status": "failed", "reason": f["reason"]} for f in failures
+    ]
+    rows.sort(key=lambda r: r["case_id"])
+    columns = [*SUMMARY_BASE, *(f"volume_ml_{plan.label_name(v)}" for v in plan.label_values[1:]), "reason"]
+    out.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_text(out / "summary.csv", outputs.to_csv(rows, columns))
+    io.atomic_write_text(out / "failures.csv", outputs.to_csv(failures, ("case_id", "input", "reason")))
+    return {"succeeded": len(results), "failed": len(failures)}
+
+
+def segment(
+    model: str | Path,
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    bundle_root: str | Path | None = None,
+) -> dict[str, int]:
+    """Segment a folder (or file) of scans with a ``train-seg`` model; return counts.
+
+    Args:
+        model: the model folder (``plan.json``, ``model.pt``).
+        inputs: folder of ``case.nii.gz`` / ``case_0000.nii.gz``... (channels grouped as in training), a file,
+            or a DICOM folder.
+        out: output folder (see the module docstring); may not lie inside ``inputs``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overwrite: recompute completed cases.
+        progress: show a progress bar.
+        overrides: config ID-path overrides (``{"inferer#overlap": 0.25}``).
+        bundle_root: bundle folder (see :func:`pipelines.bundle.bundle_root`).
+
+    Returns:
+        ``{"succeeded", "failed", "skipped", "total"}``.
+
+    Raises:
+        pipelines.plan.PlanError / pipelines.inference.CheckpointError: for an unusable model folder.
+        FileNotFoundError: when ``inputs`` does not exist.
+    """
+    from pipelines.inference import CheckpointError
+    from pipelines.plan import load_plan
+    from pipelines.segtrain import load_config
+
+    load_plan(model)  # clear errors before the config machinery wraps them
+    if not (Path(model) / "model.pt").is_file():
+        raise CheckpointError(f"{Path(model) / 'model.pt'}: checkpoint file not found (train with train-seg)")
+    if not Path(inputs).exists():
+        raise FileNotFoundError(f"input {inputs} does not exist")
+    pairs = {
+        "model_dir": str(model),
+        "dataset_dir": str(inputs),
+        "output_dir": str(out),
+        "device_name": device,
+        "overwrite": bool(overwrite),
+        "progress": bool(progress),
+        **(overrides or {}),
+    }
+    parser = load_config(["seg_inference.json"], overrides=pairs, bundle_root=bundle_root)
+    parser.get_parsed_content("initialize")
+    return parser.get_parsed_content("evaluator").run()
