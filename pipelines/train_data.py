@@ -1,0 +1,214 @@
+"""Training data plumbing for the bundle's ``train.json``: datalists, sampling indices, progress and checkpoints.
+
+Datalists are the ``datalist.json`` that ``lungscreen sample-data`` and ``lungscreen prepare-luna16`` write
+(MONAI decathlon layout, paths relative to the dataset folder or absolute). Items come out as dictionaries
+``{"image", "label", "lungs", "seriesuid"}`` with absolute paths; ``lungs`` is None when the dataset has no
+reference lung mask (the preprocessing then segments the lungs, as at inference).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+log = logging.getLogger("lungscreen.train")
+
+PathLike = str | os.PathLike[str]
+
+
+def load_datalist(dataset_dir: PathLike, split: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Items of ``split`` (``training``/``validation``/``test``) from ``dataset_dir/datalist.json``.
+
+    Args:
+        dataset_dir: dataset folder holding ``datalist.json``.
+        split: datalist key; a missing key gives an empty list.
+        limit: keep only the first ``limit`` items (None keeps all).
+
+    Returns:
+        Dicts with absolute ``image``, ``label`` and ``lungs`` (or None) paths and ``seriesuid``.
+
+    Raises:
+        FileNotFoundError: naming ``datalist.json`` or a listed file that is missing.
+    """
+    root = Path(dataset_dir)
+    path = root / "datalist.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no datalist.json (make one with `lungscreen sample-data`)")
+    items = json.loads(path.read_text()).get(split, [])
+    out = []
+    for item in items[:limit] if limit else items:
+        image = _resolve(root, item["image"], path)
+        lung = item.get("lung", item.get("lungs"))
+        out.append(
+            {
+                "image": image,
+                "label": _resolve(root, item["label"], path) if item.get("label") else None,
+                "lungs": _resolve(root, lung, path) if lung else None,
+                "seriesuid": item.get("seriesuid") or _stem(image),
+            }
+        )
+    return out
+
+
+def _resolve(root: Path, rel: str, datalist: Path) -> str:
+    p = Path(rel) if Path(rel).is_absolute() else root / rel
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: listed in {datalist} but missing")
+    return str(p)
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class SampleIndicesd(MapTransform):
+    """Precompute patch-centre candidates for ``RandCropByPosNegLabeld`` once, at caching time.
+
+    ``fg_indices``: flat ``[z, y, x]`` indices of every nodule voxel (``label > 0``); ``bg_indices``: at most
+    ``max_bg`` indices of non-nodule voxels inside the lungs (``lungs > 0``; anywhere when there is no lung),
+    drawn with a fixed seed. Both index the spatial shape of ``label`` (``[1, z, y, x]`` or ``[z, y, x]``).
+    Negatives drawn inside the lungs show the network vessels, fissures and pleura, not air.
+    """
+
+    def __init__(
+        self, *, label_key: str = "label", lung_key: str = "lungs", max_bg: int = 50000, seed: int = 0
+    ):
+        super().__init__([label_key])
+        self.label_key, self.lung_key = label_key, lung_key
+        self.max_bg, self.seed = int(max_bg), int(seed)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        label = np.asarray(d[self.label_key]).reshape(-1) > 0
+        lungs = d.get(self.lung_key)
+        inside = np.asarray(lungs).reshape(-1) > 0 if lungs is not None else np.ones_like(label)
+        if not inside.any():
+            inside = np.ones_like(label)
+        bg = np.flatnonzero(inside & ~label)
+        if len(bg) > self.max_bg:
+            rng = np.random.default_rng(self.seed + len(bg))
+            bg = np.sort(rng.choice(bg, self.max_bg, replace=False))
+        d["fg_indices"] = np.flatnonzero(label)
+        d["bg_indices"] = bg
+        return d
+
+
+def latest_checkpoint(ckpt_dir: PathLike) -> str | None:
+    """Newest ``*.pt`` training checkpoint in ``ckpt_dir`` (by modification time), or None."""
+    folder = Path(ckpt_dir)
+    files = sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    return str(files[-1]) if files else None
+
+
+def is_main_process() -> bool:
+    """True outside ``torch.distributed`` and on rank 0 inside it."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class ProgressLogger:
+    """Ignite handler: every iteration's loss to ``log_file`` (JSON lines), a progress line to stdout.
+
+    Lines are ``{"iteration", "epoch", "loss", "lr", "elapsed_s"}``; validation metrics are logged at the end of
+    each epoch that has them. Only rank 0 writes.
+    """
+
+    def __init__(self, *, log_file: PathLike, every: int = 10) -> None:
+        self.log_file = Path(log_file)
+        self.every = max(1, int(every))
+        self.losses: list[float] = []
+        self.start = time.perf_counter()
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def iteration_completed(self, engine: Any) -> None:
+        out = engine.state.output
+        first = out[0] if isinstance(out, list) else out
+        loss = float(first["loss"]) if isinstance(first, dict) else float(first)
+        self.losses.append(loss)
+        opt = getattr(engine, "optimizer", None)
+        lr = float(opt.param_groups[0]["lr"]) if opt is not None else None
+        row = {
+            "iteration": engine.state.iteration,
+            "epoch": engine.state.epoch,
+            "loss": round(loss, 6),
+            "lr": lr,
+            "elapsed_s": round(time.perf_counter() - self.start, 2),
+        }
+        self._write(row)
+        if engine.state.iteration % self.every == 0 and is_main_process():
+            total = engine.state.max_epochs * (engine.state.epoch_length or 0)
+            recent = float(np.mean(self.losses[-self.every :]))
+            print(
+                f"[train] it {engine.state.iteration}/{total} epoch {engine.state.epoch} "
+                f"loss {recent:.4f} lr {lr:.2e} {row['elapsed_s']:.0f}s",
+                flush=True,
+            )
+            sys.stdout.flush()
+
+    def epoch_completed(self, engine: Any) -> None:
+        metrics = {k: float(v) for k, v in engine.state.metrics.items() if np.isscalar(v)}
+        if metrics:
+            self._write({"epoch": engine.state.epoch, "iteration": engine.state.iteration, **metrics})
+
+
+def writes_files(handler: Any) -> bool:
+    """Handlers that only rank 0 runs under DDP (checkpoints, logs, TensorBoard, progress)."""
+    from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
+
+    return isinstance(handler, CheckpointSaver | StatsHandler | TensorBoardStatsHandler | ProgressLogger)
+
+
+class TimeLimit:
+    """Ignite handler: stop the engine cleanly once ``seconds`` of wall-clock have passed since it started.
+
+    Checkpoint savers with ``save_final`` still write on completion, so a bounded run always leaves weights.
+    ``seconds=None`` or ``<= 0`` disables it.
+    """
+
+    def __init__(self, *, seconds: float | None = None) -> None:
+        self.seconds = float(seconds) if seconds else 0.0
+        self.start = 0.0
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+
+    def _started(self, engine: Any) -> None:
+        self.start = time.perf_counter()
+
+    def _check(self, engine: Any) -> None:
+        if self.seconds > 0 and time.perf_counter() - self.start > self.seconds:
+            if is_main_process():
+                print(
+                    f"[train] time limit {self.seconds:.0f}s reached at iteration {engine.state.iteration}",
+                    flush=True,
+                )
+            engine.terminate()

@@ -1,0 +1,155 @@
+"""Training: the bundle's train.json runs, the loss falls, checkpoints load at inference and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from pipelines.bundle import bundle_root, load_workflow
+from pipelines.inference import CheckpointError, load_weights
+from pipelines.train import train
+from pipelines.train_data import load_datalist
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import make_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = bundle_root() / "configs"
+TINY = {  # the smoke profile made smaller still: 16^3 patches, 20 iterations, one validation
+    "train#patch_size": [16, 16, 16],
+    "settings#roi_size": [32, 32, 32],
+    "train#epoch_length": 5,
+    "train#trainer#max_epochs": 4,
+    "val_interval": 4,
+}
+
+
+def _inference_parser() -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    return parser
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("train_ds"), n=3, seed=0)
+
+
+def test_train_json_reuses_inference_network_and_preprocessing() -> None:
+    train_cfg = json.loads((CONFIGS / "train.json").read_text())
+    assert "network_def" not in train_cfg and "settings" not in train_cfg
+    assert "hu_min" not in (CONFIGS / "train.json").read_text()
+    wf = load_workflow(
+        ["inference.json", "train.json"], workflow_type="train", overrides={"dataset_dir": "x"}
+    )
+    p = wf.parser
+    assert p["network_def"] == _inference_parser()["network_def"]
+    names = [t["_target_"] for t in p["preprocessing"]["transforms"]]
+    assert names[-1] == "pipelines.transforms.ScaleHUd" and p["preprocessing#transforms#0#label_keys"] == [
+        "label",
+        "lungs",
+    ]
+    assert "@preprocessing" in p["train#preprocessing#transforms"]
+
+
+def test_mlflow_tracking_patches_standard_handler_ids(tmp_path: Path) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(CONFIGS / f) for f in ("inference.json", "train.json")]
+    wf = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        tracking="mlflow",
+        logging_file=False,
+        dataset_dir=str(tmp_path),
+        bundle_root=str(bundle_root()),
+        output_dir=str(tmp_path),
+    )
+    targets = [h.get("_target_") for h in wf.parser["train#handlers"] if isinstance(h, dict)]
+    assert "MLFlowHandler" in targets
+    assert any(h.get("_target_") == "MLFlowHandler" for h in wf.parser["validate#handlers"])
+
+
+def test_datalist_items_are_absolute_with_lungs(tiny_dataset: Path) -> None:
+    items = load_datalist(tiny_dataset, "training")
+    assert len(items) == 2 and all(Path(it["lungs"]).is_file() for it in items)
+    with pytest.raises(FileNotFoundError, match="datalist.json"):
+        load_datalist(tiny_dataset / "nope", "training")
+
+
+def test_smoke_training_loss_falls_checkpoint_loads_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    kw = {"dataset": tiny_dataset, "out": out, "profile": "smoke", "device": "cpu", "evaluate": False}
+    r1 = train(**kw, overrides=TINY, stages=["segmentation"])["segmentation"]
+    assert r1["iterations"] == 20 and len(r1["losses"]) == 20
+    assert r1["loss_last"] < r1["loss_first"] * 0.95, r1["losses"]
+    assert r1["best_val_dice"] is not None
+    ckpt = Path(r1["checkpoint"])
+    assert ckpt.is_file() and (out / "models" / "model.pt").is_file()
+    net = load_weights(_inference_parser().get_parsed_content("network_def"), out / "models" / "model.pt")
+    load_weights(_inference_parser().get_parsed_content("network_def"), ckpt)  # full state: "model" key
+    assert sum(p.numel() for p in net.parameters()) > 100_000
+    r2 = train(**kw, overrides={**TINY, "train#trainer#max_epochs": 6}, stages=["segmentation"], resume=True)
+    seg = r2["segmentation"]
+    assert seg["start_iteration"] == 20 and seg["iterations"] == 30 and len(seg["losses"]) == 10
+
+
+def test_resume_without_or_with_bad_checkpoint_names_the_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
+        train(dataset=tiny_dataset, out=out, profile="smoke", resume=True, stages=["segmentation"])
+    bad = out / "segmentation" / "checkpoints" / "last_checkpoint_epoch=1.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match=str(bad)):
+        train(dataset=tiny_dataset, out=out, profile="smoke", resume=True, stages=["segmentation"])
+
+
+def test_wrong_architecture_checkpoint_is_refused(tmp_path: Path) -> None:
+    parser = _inference_parser()
+    cls = parser.get_parsed_content("classifier_def")
+    path = tmp_path / "classifier_as_unet.pt"
+    torch.save(cls.state_dict(), path)
+    with pytest.raises(CheckpointError, match=f"{path}.*architecture"):
+        load_weights(parser.get_parsed_content("network_def"), path)
+    with pytest.raises(ValueError, match="profile"):
+        train(dataset=tmp_path, out=tmp_path / "o", profile="huge")
+
+
+@pytest.mark.slow
+def test_both_stages_and_validation_metrics_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = train(dataset=tiny_dataset, out=out, profile="smoke", device="cpu", overrides=TINY)
+    cls = r["classifier"]
+    assert cls["patches"]["annotation_pos"] == 4 and cls["patches"]["total"] > 10
+    load_weights(_inference_parser().get_parsed_content("classifier_def"), out / "models" / "classifier.pt")
+    ev = r["evaluation"]
+    assert ev["scans"] == 1 and (out / "evaluation" / "metrics.json").is_file()
+    assert ev["lung_dice_right"] is not None and ev["lung_dice_right"] > 0.9
+    assert json.loads((out / "train_result.json").read_text())["profile"] == "smoke"
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo_multi_gpu_overlay(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    sets = [f"{k}={json.dumps(v)}" for k, v in {**TINY, "train#trainer#max_epochs": 2}.items()]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "pipelines.train", "--dataset", str(tiny_dataset), "--out", str(out), "--profile", "smoke",
+        "--device", "cpu", "--stages", "segmentation", "--set", *sets,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LUNGSCREEN_TRAIN_NO_EVAL": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "segmentation" / "train_log.jsonl").read_text().splitlines()]
+    iters = [row["iteration"] for row in log if "loss" in row]
+    assert iters == list(range(1, 11))  # rank 0 alone logs; 2 epochs x 5 iterations
+    load_weights(_inference_parser().get_parsed_content("network_def"), out / "models" / "model.pt")
