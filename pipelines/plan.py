@@ -383,10 +383,10 @@ def plan_dataset(
 
     ``options`` go to :func:`make_plan` (``max_patch_voxels``, ``n4``, ``base_features``...).
     """
-    from pipelines.segdata import find_cases, pair_labels
+    from pipelines.segdata import find_labelled_cases
 
     get_modality(modality)  # fail fast with the valid choices
-    cases = pair_labels(find_cases(images), labels)
+    cases = find_labelled_cases(images, labels)
     fingerprint = fingerprint_dataset(cases)
     names = options.pop("label_names", None) or read_label_names(images)
     plan = make_plan(fingerprint, modality=modality, label_names=names, **options)

@@ -94,7 +94,7 @@ class NormalizeIntensityd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             arr = np.asarray(d[key])
-            stats = list(self.plan.intensity) or [None] * arr.shape[0]
+            stats: list[dict[str, float] | None] = list(self.plan.intensity) or [None] * arr.shape[0]
             d[key] = np.stack(
                 [
                     modality.normalize(

@@ -71,8 +71,14 @@ class LoadedCase:
 
 
 # ------------------------------------------------------------------------------------------- discovery
-def group_channels(inputs: Sequence[io.CaseInput]) -> list[SegCase]:
+def group_channels(inputs: Sequence[io.CaseInput], *, num_channels: int | None = None) -> list[SegCase]:
     """Group discovered scans into cases by nnU-Net channel suffixes (``_0000``, ``_0001``...).
+
+    Args:
+        inputs: scans from :func:`pipelines.io.discover_cases`.
+        num_channels: channels per case expected by a model. With 1, every file is its own case (so that
+            ``scan_0000``, ``scan_0001`` are two scans, not two channels); a lone ``case_0000`` is named ``case``.
+            With None the suffixes decide.
 
     A lone file whose suffix is not ``_0000`` (``scan_2024.nii.gz``) is a single-channel case named by its
     whole stem. A group whose channel numbers are not ``0..C-1`` gets a ``problem``.
@@ -89,31 +95,54 @@ def group_channels(inputs: Sequence[io.CaseInput]) -> list[SegCase]:
     for name, members in groups.items():
         members.sort(key=lambda t: t[0])
         numbers = [n for n, _ in members]
-        if len(members) == 1 and numbers[0] != 0:
-            cases.append(SegCase(members[0][1].case_id, [members[0][1]]))
+        if len(members) == 1:
+            only = members[0][1]
+            cases.append(SegCase(name if numbers[0] == 0 else only.case_id, [only]))
+        elif num_channels == 1:
+            cases.extend(SegCase(c.case_id, [c]) for _, c in members)
         elif numbers != list(range(len(members))):
             found = ", ".join(f"_{n:04d}" for n in numbers)
-            cases.append(
-                SegCase(
-                    name,
-                    [c for _, c in members],
-                    problem=f"channels {found} are not numbered consecutively from _0000",
-                )
-            )
+            problem = f"channels {found} are not numbered consecutively from _0000"
+            cases.append(SegCase(name, [c for _, c in members], problem=problem))
         else:
             cases.append(SegCase(name, [c for _, c in members]))
-    ids = [c.case_id for c in cases]
-    for c in cases:
-        if ids.count(c.case_id) > 1 and c.problem is None:
-            c.problem = f"case {c.case_id!r} exists both as a plain file and as channel files"
-    return sorted(cases, key=lambda c: c.case_id)
+    ids = [case.case_id for case in cases]
+    for case in cases:
+        if ids.count(case.case_id) > 1 and case.problem is None:
+            case.problem = f"case {case.case_id!r} exists both as a plain file and as channel files"
+    return sorted(cases, key=lambda case: case.case_id)
 
 
-def find_cases(root: str | Path | Sequence[str | Path], *, recursive: bool = False) -> list[SegCase]:
-    """Discover scans under ``root`` (files, folders, DICOM series) and group their channels."""
-    return group_channels(
-        io.discover_cases(root if isinstance(root, str | Path) else list(root), recursive=recursive)
-    )
+def find_cases(
+    root: str | Path | Sequence[str | Path], *, num_channels: int | None = None, recursive: bool = False
+) -> list[SegCase]:
+    """Discover scans under ``root`` (files, folders, DICOM series) and group their channels
+    (:func:`group_channels`)."""
+    found = io.discover_cases(root if isinstance(root, str | Path) else list(root), recursive=recursive)
+    return group_channels(found, num_channels=num_channels)
+
+
+def find_labelled_cases(images: str | Path, labels: str | Path) -> list[SegCase]:
+    """Training cases: ``images/`` grouped into channels, each paired with ``labels/<case_id>``.
+
+    When every image file has a label of its own full name (``scan_0000.nii.gz`` with ``scan_0000.nii.gz``),
+    the files are single-channel cases; otherwise nnU-Net channel suffixes group them.
+    """
+    found = io.discover_cases(images, recursive=False)
+    label_ids = _label_files(labels)
+    if found and all(c.case_id in label_ids for c in found):
+        cases = group_channels(found, num_channels=1)
+        cases = [SegCase(c.channels[0].case_id, c.channels) for c in cases]
+    else:
+        cases = group_channels(found)
+    return pair_labels(cases, labels)
+
+
+def _label_files(labels_dir: str | Path) -> dict[str, Path]:
+    folder = Path(labels_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"labels folder {folder} does not exist")
+    return {io.strip_image_suffix(p.name): p for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
 def pair_labels(cases: Sequence[SegCase], labels_dir: str | Path) -> list[SegCase]:
@@ -124,9 +153,7 @@ def pair_labels(cases: Sequence[SegCase], labels_dir: str | Path) -> list[SegCas
         ValueError: when a case has a ``problem`` (training needs every case whole).
     """
     folder = Path(labels_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"labels folder {folder} does not exist")
-    by_id = {io.strip_image_suffix(p.name): p for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+    by_id = _label_files(folder)
     missing = [c.case_id for c in cases if c.case_id not in by_id]
     if missing:
         raise FileNotFoundError(

@@ -131,7 +131,7 @@ class SegmentationEngine:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         if weights:
-            load_weights(self.network, weights)
+            load_weights(self.network, Path(weights))
         self.overwrite, self.progress, self.compress = overwrite, progress, compress
         self.input_roots = [Path(r) for r in input_roots]
 

@@ -29,7 +29,7 @@ import torch
 
 from pipelines import io
 from pipelines.plan import SegPlan
-from pipelines.segdata import SegCase, find_cases, pair_labels
+from pipelines.segdata import SegCase, find_labelled_cases
 
 log = logging.getLogger("lungscreen")
 
@@ -39,7 +39,7 @@ MAX_FG_COORDS = 20_000
 
 def labelled_cases(*, images: str | Path, labels: str | Path) -> list[SegCase]:
     """Cases of ``images/`` (channels grouped) with their ``labels/`` maps; raises when a label is missing."""
-    return pair_labels(find_cases(images), labels)
+    return find_labelled_cases(images, labels)
 
 
 # ------------------------------------------------------------------------------------------- sampling

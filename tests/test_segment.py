@@ -1,0 +1,154 @@
+"""Batch segmentation with a train-seg model: input geometry, per-label volumes, resume, failures; real MRI.
+
+The fast tests share one tiny model trained for a few iterations on generated MRI phantoms; the slow tests
+train to a meaningful Dice on phantoms and run the whole path on the real MRI of ``../shared/data/mri``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from test_segtrain import TINY, make_mri_phantoms
+
+from pipelines import io
+from pipelines.inference import CheckpointError
+from pipelines.plan import PlanError, SegPlan
+from pipelines.preprocess import CaseGeometry
+from pipelines.segment import label_volumes, probabilities_to_canonical, segment
+from pipelines.segtrain import train_segmentation
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("seg")
+    data = make_mri_phantoms(root / "train", n=2, seed=10)
+    return train_segmentation(
+        images=data / "images", labels=data / "labels", modality="mri", out=root / "model",
+        iterations=3, seed=0, device="cpu", planning=TINY,
+    )  # fmt: skip
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing())
+        and np.allclose(a.GetOrigin(), b.GetOrigin())
+        and np.allclose(a.GetDirection(), b.GetDirection())
+    )
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_segment_overlays_inputs_reports_volumes_resumes_and_isolates_failures(tiny_model, tmp_path):
+    inputs = make_mri_phantoms(tmp_path / "new", n=2, seed=11, with_labels=False) / "images"
+    (inputs / "broken.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    counts = segment(tiny_model, inputs, out, device="cpu", progress=False)
+    assert counts == {"succeeded": 2, "failed": 1, "skipped": 0, "total": 3}
+    for case_id in ("case000", "case001"):
+        seg = sitk.ReadImage(str(out / "cases" / case_id / "segmentation.nii.gz"))
+        src = sitk.ReadImage(str(inputs / f"{case_id}_0000.nii.gz"))
+        assert _same_grid(seg, src), case_id  # case001 is RAS-oriented on disk: mapped back exactly
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+        volumes = json.loads((out / "cases" / case_id / "volumes.json").read_text())
+        assert [v["label_value"] for v in volumes] == [1, 2]
+        n = np.bincount(sitk.GetArrayFromImage(seg).ravel(), minlength=3)
+        voxel_ml = float(np.prod(src.GetSpacing())) / 1000
+        assert [v["voxels"] for v in volumes] == [int(n[1]), int(n[2])]
+        assert volumes[0]["volume_ml"] == pytest.approx(n[1] * voxel_ml, abs=1e-3)
+    failures = _rows(out / "failures.csv")
+    assert [f["case_id"] for f in failures] == ["broken"]
+    assert "broken.nii.gz" in failures[0]["reason"] and "\n" not in failures[0]["reason"]
+    summary = {r["case_id"]: r for r in _rows(out / "summary.csv")}
+    assert summary["case000"]["status"] == "ok" and summary["broken"]["status"] == "failed"
+    assert "volume_ml_label_1" in summary["case000"]
+    # resume: completed cases are skipped, the broken one is retried and fails again
+    stamp = (out / "cases" / "case000" / "result.json").stat().st_mtime_ns
+    again = segment(tiny_model, inputs, out, device="cpu", progress=False)
+    assert again == {"succeeded": 0, "failed": 1, "skipped": 2, "total": 3}
+    assert (out / "cases" / "case000" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_segment_interrupted_case_without_result_json_is_redone(tiny_model, tmp_path):
+    inputs = make_mri_phantoms(tmp_path / "new", n=1, seed=12, with_labels=False) / "images"
+    out = tmp_path / "out"
+    partial = out / "cases" / "case000"
+    partial.mkdir(parents=True)
+    (partial / "segmentation.nii.gz").write_bytes(b"half-written")
+    assert segment(tiny_model, inputs, out, device="cpu", progress=False)["succeeded"] == 1
+    assert sitk.ReadImage(str(partial / "segmentation.nii.gz")).GetSize() == (24, 24, 12)
+
+
+def test_single_channel_model_reads_channel_named_files_as_scans(tiny_model, tmp_path):
+    inputs = make_mri_phantoms(tmp_path / "two", n=1, seed=13, channels=2, with_labels=False) / "images"
+    counts = segment(tiny_model, inputs, tmp_path / "o1", device="cpu", progress=False)
+    assert counts["succeeded"] == 2 and (tmp_path / "o1" / "cases" / "case000_0001" / "result.json").is_file()
+
+
+def test_multichannel_model_groups_channels_and_fails_a_case_missing_one(tmp_path):
+    data = make_mri_phantoms(tmp_path / "train", n=2, seed=15, channels=2)
+    model = train_segmentation(
+        images=data / "images", labels=data / "labels", modality="mri", out=tmp_path / "model",
+        iterations=1, seed=0, device="cpu", planning={**TINY, "n4": False},
+    )  # fmt: skip
+    inputs = make_mri_phantoms(tmp_path / "new", n=1, seed=16, channels=2, with_labels=False) / "images"
+    shutil.copy(inputs / "case000_0000.nii.gz", inputs / "lonely_0000.nii.gz")
+    out = tmp_path / "out"
+    assert segment(model, inputs, out, device="cpu", progress=False)["succeeded"] == 1
+    result = json.loads((out / "cases" / "case000" / "result.json").read_text())
+    assert [Path(p).name for p in result["inputs"]] == ["case000_0000.nii.gz", "case000_0001.nii.gz"]
+    (failure,) = _rows(out / "failures.csv")
+    assert (
+        failure["case_id"] == "lonely"
+        and "1 channel(s)" in failure["reason"]
+        and "expects 2" in failure["reason"]
+    )
+
+
+def test_segment_refuses_unusable_model_and_output_inside_input(tiny_model, tmp_path):
+    with pytest.raises(PlanError, match="plan file not found"):
+        segment(tmp_path, tmp_path, tmp_path / "o", device="cpu", progress=False)
+    broken = tmp_path / "m"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.pt").unlink()
+    with pytest.raises(CheckpointError, match="model.pt"):
+        segment(broken, tmp_path, tmp_path / "o", device="cpu", progress=False)
+    inputs = make_mri_phantoms(tmp_path / "in", n=1, seed=14, with_labels=False) / "images"
+    with pytest.raises(ValueError, match="inside the input folder"):
+        segment(tiny_model, inputs, inputs / "out", device="cpu", progress=False)
+
+
+def test_label_volumes_hand_computed():
+    plan = SegPlan(
+        modality="mri", num_channels=1, label_values=(0, 3, 7), label_names={"3": "liver"},
+        target_spacing_zyx=(2, 1, 1), patch_size_zyx=(8, 8, 8), strides=((2, 2, 2),), features=(4, 8),
+    )  # fmt: skip
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[0, :2, :3] = 3  # 6 voxels
+    rows = label_volumes(labels, (2.0, 1.5, 1.0), plan)
+    assert rows == [
+        {"label_value": 3, "label_name": "liver", "voxels": 6, "volume_mm3": 18.0, "volume_ml": 0.018},
+        {"label_value": 7, "label_name": "label_7", "voxels": 0, "volume_mm3": 0.0, "volume_ml": 0.0},
+    ]
+
+
+def test_probabilities_to_canonical_resamples_each_class():
+    hdr = io.ImageHeader((8, 8, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    geometry = CaseGeometry(hdr, hdr, ((0, 4), (0, 8), (0, 8)), (2, 4, 4), (4.0, 2.0, 2.0))
+    prob = torch.zeros(3, 2, 4, 4)
+    prob[0] = 1
+    prob[:, :, :, 2:] = 0
+    prob[2, :, :, 2:] = 1  # right half of the network grid is class 2
+    classes = probabilities_to_canonical(prob, geometry)
+    assert classes.shape == (4, 8, 8)
+    assert (classes[:, :, :4] == 0).all() and (classes[:, :, 4:] == 2).all()

@@ -1,0 +1,208 @@
+"""Generic segmentation training: channel grouping, label pairing, patch sampling, train-seg end to end.
+
+:func:`make_mri_phantoms` (also used by ``test_segment.py``) writes tiny MRI-like cases: a body ellipsoid,
+an organ (label 1) holding a lesion (label 2), a smooth multiplicative bias field and Rician noise, in the
+nnU-Net layout ``images/case_0000.nii.gz`` (+ ``_0001`` for a second contrast), ``labels/case.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pipelines import io
+from pipelines.inference import load_weights
+from pipelines.modality import UnknownModalityError
+from pipelines.plan import load_plan
+from pipelines.segdata import find_cases, find_labelled_cases, group_channels, load_case
+from pipelines.segtrain import PatchSampler, crop_or_pad, train_segmentation
+
+TINY = {"max_patch_voxels": 16**3, "base_features": 4, "max_features": 16}
+# organ / lesion / body intensities per channel (channel 1 has another contrast, as T2 vs T1)
+CONTRASTS = ((260.0, 420.0, 120.0), (150.0, 60.0, 90.0))
+
+
+def phantom_arrays(
+    rng: np.random.Generator,
+    *,
+    shape_zyx: tuple[int, int, int],
+    spacing_zyx: tuple[float, float, float],
+    channels: int,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Canonical ``[z, y, x]`` channel arrays (a.u.) and labels (0 background, 1 organ, 2 lesion)."""
+    zz, yy, xx = np.meshgrid(
+        *[(np.arange(n) - n / 2 + 0.5) * s for n, s in zip(shape_zyx, spacing_zyx)], indexing="ij"
+    )
+    ext = np.asarray(shape_zyx) * np.asarray(spacing_zyx) / 2
+    body = (zz / (0.95 * ext[0])) ** 2 + (yy / (0.8 * ext[1])) ** 2 + (xx / (0.85 * ext[2])) ** 2 < 1
+    c = rng.uniform(-0.15, 0.15, 3) * ext
+    r = rng.uniform(0.35, 0.5, 3) * ext
+    organ = ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 < 1
+    lc = c + rng.uniform(-0.3, 0.3, 3) * r
+    lesion = ((zz - lc[0]) ** 2 + (yy - lc[1]) ** 2 + (xx - lc[2]) ** 2) < (
+        rng.uniform(0.3, 0.45) * r.min()
+    ) ** 2
+    labels = np.zeros(shape_zyx, np.uint8)
+    labels[organ & body] = 1
+    labels[lesion & organ & body] = 2
+    g = rng.normal(size=3)
+    bias = np.exp(0.35 * (g[0] * zz / ext[0] + g[1] * yy / ext[1] + g[2] * xx / ext[2]) / np.linalg.norm(g))
+    images = []
+    for ch in range(channels):
+        organ_v, lesion_v, body_v = CONTRASTS[ch % 2]
+        s = (
+            np.where(body, body_v, 0.0)
+            + np.where(labels == 1, organ_v - body_v, 0)
+            + np.where(labels == 2, lesion_v - body_v, 0)
+        )
+        s = s * bias
+        n1, n2 = rng.normal(0, 12, shape_zyx), rng.normal(0, 12, shape_zyx)
+        images.append(np.sqrt((s + n1) ** 2 + n2**2).astype(np.float32))  # Rician magnitude noise
+    return images, labels
+
+
+def make_mri_phantoms(
+    root: Path,
+    *,
+    n: int,
+    seed: int,
+    channels: int = 1,
+    shape_zyx: tuple[int, int, int] = (12, 24, 24),
+    spacing_zyx: tuple[float, float, float] = (4.0, 2.0, 2.0),
+    with_labels: bool = True,
+    prefix: str = "case",
+) -> Path:
+    """Write ``n`` phantom cases under ``root/images`` (+ ``root/labels``); odd cases are stored RAS-oriented
+    with a non-zero origin, so outputs must be mapped back to a non-canonical grid."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    if with_labels:
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        images, labels = phantom_arrays(rng, shape_zyx=shape_zyx, spacing_zyx=spacing_zyx, channels=channels)
+        name = f"{prefix}{i:03d}"
+        for ch, arr in enumerate(images):
+            io.write_image(_orient(arr, spacing_zyx, i), root / "images" / f"{name}_{ch:04d}.nii.gz")
+        if with_labels:
+            io.write_image(_orient(labels, spacing_zyx, i), root / "labels" / f"{name}.nii.gz")
+    return root
+
+
+def _orient(arr: np.ndarray, spacing_zyx: tuple[float, float, float], index: int) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    img.SetOrigin((-20.0 + index, 15.0, 30.0 * index))
+    return sitk.DICOMOrient(img, "RAS") if index % 2 else img
+
+
+# ------------------------------------------------------------------------------------------- grouping
+def _inputs(*names: str) -> list[io.CaseInput]:
+    return [io.CaseInput(n, Path(f"/x/{n}.nii.gz")) for n in names]
+
+
+def test_group_channels_follows_nnunet_names():
+    cases = group_channels(_inputs("a_0000", "a_0001", "b_0000", "plain", "scan_2024", "c_0000", "c_0002"))
+    by_id = {c.case_id: c for c in cases}
+    assert sorted(by_id) == ["a", "b", "c", "plain", "scan_2024"]
+    assert [Path(c.path).name for c in by_id["a"].channels] == ["a_0000.nii.gz", "a_0001.nii.gz"]
+    assert len(by_id["b"].channels) == 1 and by_id["b"].problem is None
+    assert by_id["c"].problem and "_0000, _0002" in by_id["c"].problem
+    assert by_id["scan_2024"].problem is None
+    # a single-channel model reads every file as its own scan
+    single = group_channels(_inputs("s_0000", "s_0001"), num_channels=1)
+    assert [c.case_id for c in single] == ["s_0000", "s_0001"]
+
+
+def test_labelled_cases_pairing_and_missing_labels(tmp_path):
+    make_mri_phantoms(tmp_path, n=2, seed=0, channels=2)
+    cases = find_labelled_cases(tmp_path / "images", tmp_path / "labels")
+    assert [(c.case_id, len(c.channels), c.label.name) for c in cases] == [
+        ("case000", 2, "case000.nii.gz"),
+        ("case001", 2, "case001.nii.gz"),
+    ]
+    (tmp_path / "labels" / "case001.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="case001"):
+        find_labelled_cases(tmp_path / "images", tmp_path / "labels")
+
+
+def test_files_named_like_channels_with_own_labels_are_single_channel_cases(tmp_path):
+    make_mri_phantoms(tmp_path, n=2, seed=1)
+    for p in (tmp_path / "labels").iterdir():  # labels named like the image files: scan_0000 <-> scan_0000
+        p.rename(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz")))
+    cases = find_labelled_cases(tmp_path / "images", tmp_path / "labels")
+    assert [c.case_id for c in cases] == ["case000_0000", "case001_0000"]
+
+
+def test_channel_geometry_mismatch_is_a_clear_error(tmp_path):
+    make_mri_phantoms(tmp_path, n=1, seed=2, channels=2)
+    second = tmp_path / "images" / "case000_0001.nii.gz"
+    img = sitk.ReadImage(str(second))
+    img.SetSpacing((2.0, 2.0, 5.0))
+    sitk.WriteImage(img, str(second))
+    (case,) = find_cases(tmp_path / "images")
+    with pytest.raises(io.ImageReadError, match=r"case000_0001.*channel 0001 spacing"):
+        load_case(case, with_label=False)
+
+
+def test_load_case_is_canonical_and_keeps_original_header(tmp_path):
+    make_mri_phantoms(tmp_path, n=2, seed=3)
+    cases = find_labelled_cases(tmp_path / "images", tmp_path / "labels")
+    a, b = (load_case(c) for c in cases)
+    assert a.image.shape == (1, 12, 24, 24) and a.label.shape == (12, 24, 24)
+    assert b.geometry.original.orientation == "RAS" and b.geometry.canonical.orientation == "LPS"
+    assert set(np.unique(b.label)) == {0, 1, 2}
+    # the lesion (label 2) is the brightest tissue of channel 0 on the canonical grid too
+    assert b.image[0][b.label == 2].mean() > b.image[0][b.label == 1].mean()
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def test_crop_or_pad_places_the_window_and_pads_with_zero():
+    a = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4, 4) + 1
+    out = crop_or_pad(a, (-1, 2, 0), (3, 3, 4))
+    assert out.shape == (2, 3, 3, 4)
+    assert torch.equal(out[:, 1:, :2, :], a[:, :2, 2:4, :])
+    assert float(out[:, 0].abs().sum()) == 0 and float(out[:, :, 2].abs().sum()) == 0
+
+
+def test_patch_sampler_oversamples_foreground():
+    label = torch.zeros(1, 40, 40, 40, dtype=torch.long)
+    label[0, 30:33, 5:8, 20:23] = 2
+    item = {"image": torch.randn(1, 40, 40, 40), "label": label}
+    sampler = PatchSampler(patch_size_zyx=(8, 8, 8), batch_size=3, foreground_fraction=0.33, seed=0)
+    item["fg_coords"] = sampler.index(label)
+    hits = []
+    for _ in range(20):
+        x, y = sampler([item])
+        assert x.shape == (3, 1, 8, 8, 8) and y.shape == (3, 1, 8, 8, 8)
+        hits.append([bool((y[b] == 2).any()) for b in range(3)])
+    assert all(h[-1] for h in hits)  # the last patch of every batch is centred on a label voxel
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_train_seg_writes_a_loadable_model(tmp_path):
+    data = make_mri_phantoms(tmp_path / "data", n=2, seed=4, channels=2)
+    model = train_segmentation(
+        images=data / "images", labels=data / "labels", modality="mri", out=tmp_path / "model",
+        iterations=3, seed=0, device="cpu", planning=TINY,
+    )  # fmt: skip
+    plan = load_plan(model)
+    assert plan.num_channels == 2 and plan.label_values == (0, 1, 2) and plan.n4
+    assert np.prod(plan.patch_size_zyx) <= 16**3
+    from monai.networks.nets import UNet
+
+    net = UNet(3, 2, 3, channels=plan.features, strides=plan.strides, num_res_units=2, norm="instance")
+    load_weights(net, model / "model.pt")  # weights_only, strict: the plan rebuilds the architecture
+    log = json.loads((model / "train_log.json").read_text())
+    assert log["iterations"] == 3 and np.isfinite(log["loss_last10"])
+    config = json.loads((model / "config.json").read_text())
+    assert config["overrides"]["modality"] == "mri" and "network_def" in config["config"]
+
+
+def test_train_seg_refuses_unknown_modality(tmp_path):
+    with pytest.raises(UnknownModalityError, match=r"\['ct', 'mri'\]"):
+        train_segmentation(images=tmp_path, labels=tmp_path, modality="pet", out=tmp_path / "m", iterations=1)
