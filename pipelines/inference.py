@@ -60,26 +60,45 @@ class LungGatedNetwork(torch.nn.Module):
     passed through ``network`` as ``[b, 1, z, y, x]``. Output is the logit ``[B, 1, z, y, x]`` in float32.
     """
 
-    def __init__(self, network: torch.nn.Module, *, enabled: bool = True) -> None:
+    def __init__(
+        self, network: torch.nn.Module, *, enabled: bool = True, channels_last: bool = False
+    ) -> None:
         super().__init__()
         self.network = network
         self.enabled = enabled
+        self.channels_last = channels_last
         self.windows_run = 0
         self.windows_skipped = 0
+
+    def _run(self, image: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return self.network(image).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image, lungs = x[:, :1], x[:, 1:2]
         if not self.enabled:
             self.windows_run += x.shape[0]
-            return self.network(image).float()
+            return self._run(image)
         keep = lungs.flatten(1).amax(dim=1) > 0
         out = torch.full_like(image, -20.0, dtype=torch.float32)
         n = int(keep.sum())
         self.windows_run += n
         self.windows_skipped += x.shape[0] - n
         if n:
-            out[keep] = self.network(image[keep]).float()
+            out[keep] = self._run(image[keep])
         return out
+
+
+_COMPILED: dict[int, torch.nn.Module] = {}
+
+
+def compiled(network: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(network)``, cached per network object (the first windows pay the compilation)."""
+    key = id(network)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(network)  # type: ignore[assignment]
+    return _COMPILED[key]
 
 
 def sliding_window_probability(
@@ -90,6 +109,8 @@ def sliding_window_probability(
     inferer: SlidingWindowInferer,
     settings: ScreeningSettings,
     device: torch.device,
+    channels_last: bool = False,
+    compile_network: bool = False,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Nodule probability on the network grid.
 
@@ -99,6 +120,10 @@ def sliding_window_probability(
         network, inferer: the bundle's ``network`` and ``inferer``.
         settings: for gating, precision and stitching policy.
         device: where the network runs.
+        channels_last: run the network on ``channels_last_3d`` windows and weights (meant for CUDA convolutions;
+            slower on CPU, where it is never switched on by default).
+        compile_network: wrap the network in ``torch.compile`` (off by default: the first scan pays the
+            compilation, and every new window batch size recompiles).
 
     Returns:
         ``[z, y, x]`` float32 probabilities on the CPU, and counters (windows run/skipped, stitch device).
@@ -114,7 +139,12 @@ def sliding_window_probability(
     inferer.sw_device = device
     inferer.device = device if stitch_on_device else torch.device("cpu")
     x = x.to(device if stitch_on_device else "cpu")
-    gated = LungGatedNetwork(network, enabled=settings.skip_empty_windows and lungs is not None)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    net = compiled(network) if compile_network else network
+    gated = LungGatedNetwork(
+        net, enabled=settings.skip_empty_windows and lungs is not None, channels_last=channels_last
+    )
     with precision(device, autocast_dtype(settings, device)):
         logits = inferer(x, gated)
     assert isinstance(logits, torch.Tensor)
