@@ -157,13 +157,14 @@ def sweep_table(entry: dict[str, Any]) -> list[str]:
     return lines
 
 
-def writer_table(entry: dict[str, Any]) -> list[str]:
-    wl = entry.get("write_levels", {})
-    if "runs" not in wl:
-        return [f"writer comparison failed: {wl.get('error')}"] if wl else []
-    lines = ["| image | writer | seconds | MiB |", "|---|---|---:|---:|"]
-    for r in wl["runs"]:
-        lines.append(f"| {r['image']} | {r['codec']} | {r['seconds']:.2f} | {r['bytes'] / 2**20:.1f} |")
+def ops_table(entry: dict[str, Any]) -> list[str]:
+    ops = entry.get("io_ops", {})
+    if "runs" not in ops:
+        return [f"operation comparison failed: {ops.get('error')}"] if ops else []
+    lines = ["| operation | implementation | seconds | MiB written |", "|---|---|---:|---:|"]
+    for r in ops["runs"]:
+        size = f"{r['bytes'] / 2**20:.1f}" if "bytes" in r else ""
+        lines.append(f"| {r['op']} | {r['impl']} | {r['seconds']:.2f} | {size} |")
     return lines
 
 
@@ -182,7 +183,17 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     for name, entry in result["scans"].items():
         lines += scan_table(name, entry) + [""]
-        for title, rows in (("sliding window", sweep_table(entry)), ("writers", writer_table(entry))):
+        for title, rows in (
+            ("sliding window", sweep_table(entry)),
+            ("readers, resamplers, writers", ops_table(entry)),
+        ):
             if rows:
                 lines += [f"#### {name}: {title}", "", *rows, ""]
+    if result.get("memory"):
+        lines += ["## Peak memory against scan length (`screen()`, one run each)", ""]
+        lines += ["| slices | size (x, y, z) | seconds | peak RSS |", "|---:|---|---:|---:|"]
+        for r in result["memory"]:
+            size = "x".join(map(str, r["size_xyz"]))
+            lines.append(f"| {r['slices']} | {size} | {_s(r['seconds'])} | {_gib(r['peak_rss_bytes'])} |")
+        lines.append("")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 Spec = dict[str, Any]
@@ -229,60 +228,12 @@ def task_sw_sweep(spec: Spec) -> dict[str, Any]:
     return {"runs": runs, "network_shape_zyx": list(data["image"].shape[1:])}
 
 
-def task_write_levels(spec: Spec) -> dict[str, Any]:
-    """Seconds and bytes to write the scan's lung-sized uint8 mask and int16 CT with several codecs/levels."""
-    import SimpleITK as sitk
-
+def task_io_ops(spec: Spec) -> dict[str, Any]:
+    """Readers, resamplers and writers compared on the scan (:mod:`pipelines.bench_ops`)."""
     from pipelines import io
+    from pipelines.bench_ops import run_io_ops
 
-    image = io.read_image(io.discover_cases(spec["case"])[0].path)
-    arr = sitk.GetArrayViewFromImage(image)
-    mask = sitk.GetImageFromArray(((arr > -500) & (arr < -300)).astype(np.uint8))
-    mask.CopyInformation(image)
-    out = Path(spec["work"]) / "write_levels"
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for what, img in (("uint8 mask", mask), ("int16 CT", image)):
-        for name, ext, level in (
-            ("nii (none)", ".nii", None),
-            ("gzip level 1", ".nii.gz", 1),
-            ("gzip default", ".nii.gz", -1),
-        ):
-            path = out / f"{what.split()[1]}{ext}"
-            w = sitk.ImageFileWriter()
-            w.SetFileName(str(path))
-            w.SetUseCompression(level is not None)
-            if level is not None and level > 0:
-                w.SetCompressionLevel(level)
-            t = time.perf_counter()
-            w.Execute(img)
-            rows.append(
-                {
-                    "image": what,
-                    "codec": name,
-                    "seconds": time.perf_counter() - t,
-                    "bytes": path.stat().st_size,
-                }
-            )
-        rows.append(_nibabel_write(img, out / f"{what.split()[1]}_nib.nii.gz", what))
-    return {"runs": rows}
-
-
-def _nibabel_write(img: Any, path: Path, what: str) -> dict[str, Any]:
-    """What MONAI's ``SaveImage`` does by default: nibabel ``.nii.gz``."""
-    import nibabel as nib
-    import SimpleITK as sitk
-
-    arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
-    affine = np.diag([*(-s for s in img.GetSpacing()[:2]), img.GetSpacing()[2], 1.0])
-    t = time.perf_counter()
-    nib.save(nib.Nifti1Image(arr, affine), str(path))
-    return {
-        "image": what,
-        "codec": "nibabel gzip (MONAI SaveImage)",
-        "seconds": time.perf_counter() - t,
-        "bytes": path.stat().st_size,
-    }
+    return run_io_ops(Path(io.discover_cases(spec["case"])[0].path), Path(spec["work"]))
 
 
 def task_baseline(spec: Spec) -> dict[str, Any]:
@@ -295,7 +246,7 @@ TASKS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "stages": task_stages,
     "screen": task_screen,
     "sw_sweep": task_sw_sweep,
-    "write_levels": task_write_levels,
+    "io_ops": task_io_ops,
     "baseline": task_baseline,
 }
 

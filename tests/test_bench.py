@@ -97,7 +97,8 @@ def test_bench_writes_json_and_markdown(bench_result: tuple[dict, Path]) -> None
     assert text == result["markdown"]
     assert "| stage | ours (s) | baseline (s) | ratio ours/baseline |" in text
     assert "| sliding_window |" in text and "**end to end**" in text and "peak RSS" in text
-    assert "| sw_batch_size | lung gating |" in text and "gzip level 1" in text
+    assert "| sw_batch_size | lung gating |" in text and "SimpleITK gzip level 1" in text
+    assert "MONAI Spacing (bilinear)" in text
 
 
 def test_match_centres_is_one_to_one_within_radius() -> None:
@@ -119,3 +120,34 @@ def test_mask_detections_world_lps_centre_and_size_filter() -> None:
     # centre index (5, 5, 5) -> RAS (10-5, 20-5, -30+10) = (5, 15, -20) -> LPS (-5, -15, -20)
     assert (r["center_lps_x_mm"], r["center_lps_y_mm"], r["center_lps_z_mm"]) == (-5.0, -15.0, -20.0)
     assert r["volume_mm3"] == 54.0
+
+
+def test_channels_last_windows_give_the_same_probabilities() -> None:
+    import torch
+    from monai.inferers import SlidingWindowInferer
+    from monai.networks.nets import UNet
+
+    from pipelines.inference import sliding_window_probability
+    from pipelines.settings import ScreeningSettings
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(4, 8), strides=(2,), norm="instance")
+    image = torch.rand(1, 40, 40, 40)
+    lungs = torch.zeros(40, 40, 40)
+    lungs[5:15, 5:15, 5:15] = 1
+    probs = []
+    for channels_last in (False, True):
+        inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.25, mode="gaussian")
+        prob, info = sliding_window_probability(
+            image,
+            lungs,
+            network=net,
+            inferer=inferer,
+            settings=ScreeningSettings(),
+            device=torch.device("cpu"),
+            channels_last=channels_last,
+        )
+        probs.append(prob)
+    assert info["windows_skipped"] > 0
+    assert torch.allclose(probs[0], probs[1], atol=1e-5)
+    assert 0.0 < float(probs[0][10, 10, 10]) < 1.0
