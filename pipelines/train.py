@@ -306,6 +306,7 @@ def evaluate_validation(
     )
     det = metrics.get("detection", {})
     seg = metrics.get("segmentation", {})
+    seg = seg.get("summary", seg)
     summary = {
         "scans": res.succeeded,
         "failed": res.failed,

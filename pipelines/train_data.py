@@ -172,7 +172,7 @@ class ProgressLogger:
             sys.stdout.flush()
 
     def epoch_completed(self, engine: Any) -> None:
-        metrics = {k: float(v) for k, v in engine.state.metrics.items() if np.isscalar(v)}
+        metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, int | float)}
         if metrics:
             self._write({"epoch": engine.state.epoch, "iteration": engine.state.iteration, **metrics})
 
