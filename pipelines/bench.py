@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-PHANTOM_SEEDS = {"small": 4242, "full": 4243}
+# seeds whose scans match the sizes: full = 512x512x255 at 0.758 x 0.758 x 1.25 mm
+PHANTOM_SEEDS = {"small": 4242, "full": 4374}
 # A random network puts ~57 % of the voxels above the candidate threshold (one lung-sized "candidate" whose
 # measurement dominates postprocessing). Lowering its output bias by this many logits leaves ~1e-4 of the
 # voxels above it: scattered small candidates, as a trained network gives, so postprocess timings are typical.
@@ -86,7 +87,12 @@ def run_bench(
     try:
         weights = resolve_weights(work)
         scans = dict(inputs) if inputs else generate_scans(work / "data", sizes)
-        result: dict[str, Any] = {"machine": machine_info(device), "weights": weights, "scans": {}}
+        result: dict[str, Any] = {
+            "machine": machine_info(device),
+            "weights": weights,
+            "settings_overrides": dict(settings or {}),
+            "scans": {},
+        }
         runner = _Runner(
             work, device, weights, dict(settings or {}), in_process=in_process, timeout_s=timeout_s
         )

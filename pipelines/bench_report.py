@@ -86,32 +86,40 @@ def scan_table(name: str, entry: dict[str, Any]) -> list[str]:
     lines = [
         f"### {name}: {'x'.join(map(str, entry.get('size_xyz', [])))} voxels (x, y, z)",
         "",
-        "| stage | ours (s) | baseline (s) | ratio ours/baseline |",
-        "|---|---:|---:|---:|",
+        "| stage | ours (s) | baseline (s) | ratio ours/baseline | ours CPU (s) | baseline CPU (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    ours_cpu, base_cpu = st.get("stages_cpu", {}), base.get("stages_cpu", {})
     for s in STAGES:
         o, b = ours_st.get(s), base_st.get(s)
         if o is None and b is None:
             continue
-        lines.append(f"| {s} | {_s(o)} | {_s(b)} | {_ratio(o, b)} |")
+        lines.append(
+            f"| {s} | {_s(o)} | {_s(b)} | {_ratio(o, b)} | {_s(ours_cpu.get(s))} | {_s(base_cpu.get(s))} |"
+        )
     o_sum = sum(ours_st.values()) if ours_st else None
     b_sum = sum(base_st.values()) if base_st else None
-    lines.append(f"| sum of stages | {_s(o_sum)} | {_s(b_sum)} | {_ratio(o_sum, b_sum)} |")
+    oc_sum = sum(ours_cpu.values()) if ours_cpu else None
+    bc_sum = sum(base_cpu.values()) if base_cpu else None
+    lines.append(
+        f"| sum of stages | {_s(o_sum)} | {_s(b_sum)} | {_ratio(o_sum, b_sum)} | {_s(oc_sum)} | {_s(bc_sum)} |"
+    )
     scr = entry.get("screen", {})
     med = scr.get("median_seconds")
-    n_ok = len([r for r in scr.get("runs", []) if "error" not in r])
+    ok = [r for r in scr.get("runs", []) if "error" not in r]
+    med_cpu = sorted(r["cpu_seconds"] for r in ok)[len(ok) // 2] if ok else None
     lines.append(
-        f"| **end to end** (ours: `screen()` median of {n_ok}; baseline: its chain) | **{_s(med)}** | "
-        f"**{_s(b_sum)}** | **{_ratio(med, b_sum)}** |"
+        f"| **end to end** (ours: `screen()` median of {len(ok)}; baseline: its chain) | **{_s(med)}** | "
+        f"**{_s(b_sum)}** | **{_ratio(med, b_sum)}** | {_s(med_cpu)} | {_s(bc_sum)} |"
     )
     lines.append(
         f"| peak RSS (per process) | {_gib(scr.get('max_peak_rss_bytes'))} | {_gib(base.get('peak_rss_bytes'))} | "
-        f"{_ratio(scr.get('max_peak_rss_bytes'), base.get('peak_rss_bytes'))} |"
+        f"{_ratio(scr.get('max_peak_rss_bytes'), base.get('peak_rss_bytes'))} | | |"
     )
     if scr.get("max_peak_gpu_bytes") or base.get("peak_gpu_bytes"):
         lines.append(
             f"| peak GPU memory | {_gib(scr.get('max_peak_gpu_bytes'))} | {_gib(base.get('peak_gpu_bytes'))} | "
-            f"{_ratio(scr.get('max_peak_gpu_bytes'), base.get('peak_gpu_bytes'))} |"
+            f"{_ratio(scr.get('max_peak_gpu_bytes'), base.get('peak_gpu_bytes'))} | | |"
         )
     lines += ["", *_notes(entry)]
     return lines
@@ -178,7 +186,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"torch {m['torch']} ({m['torch_threads']} threads), MONAI {m['monai']}, SimpleITK {m['simpleitk']}",
         f"- load average at start {m['loadavg_at_start']} (other jobs on the machine slow every number alike)",
         f"- weights: {result['weights']['note']}",
-        "- every measurement is its own process; peak RSS is that process's `ru_maxrss`",
+        "- every measurement is its own process; peak RSS is that process's `ru_maxrss`; CPU (s) is the process's",
+        "  CPU time (all threads) over the stage: on a busy machine it is the steadier number",
         "",
     ]
     for name, entry in result["scans"].items():

@@ -151,3 +151,16 @@ def test_channels_last_windows_give_the_same_probabilities() -> None:
     assert info["windows_skipped"] > 0
     assert torch.allclose(probs[0], probs[1], atol=1e-5)
     assert 0.0 < float(probs[0][10, 10, 10]) < 1.0
+
+
+def test_stack_slices_mirrors_along_z_to_the_requested_count(tmp_path: Path) -> None:
+    from pipelines.bench import stack_slices
+
+    scan = tiny_chest_ct(tmp_path / "tiny.nii.gz")
+    tall = stack_slices(scan, 100, tmp_path / "tall.nii")
+    src = sitk.GetArrayFromImage(sitk.ReadImage(str(scan)))
+    out = sitk.ReadImage(str(tall))
+    arr = sitk.GetArrayFromImage(out)
+    assert arr.shape == (100, 64, 64) and out.GetSpacing() == (2.0, 2.0, 2.5)
+    assert np.array_equal(arr[:48], src) and np.array_equal(arr[48:96], src[::-1])
+    assert np.array_equal(arr[96:], src[:4])
