@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,21 @@ from pipelines.settings import ScreeningSettings
 log = logging.getLogger("lungscreen")
 
 
+# Rank 0 waits at the final barrier for the slowest rank: shards of large scans can differ by hours, far
+# beyond torch's default 30-minute collective timeout.
+BARRIER_TIMEOUT = timedelta(days=7)
+
+
 def shard_info() -> tuple[int, int]:
     """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun each process takes its own GPU: an unindexed ``cuda`` becomes ``cuda:$LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 class ScreeningEngine:
@@ -73,7 +86,7 @@ class ScreeningEngine:
         self.output_dir = Path(output_dir)
         self.preprocessing = preprocessing
         self.settings = settings
-        self.device = select_device(settings.device)
+        self.device = rank_device(select_device(settings.device))
         self.network = network.to(self.device).eval()
         if weights:
             load_weights(self.network, weights)
@@ -90,12 +103,14 @@ class ScreeningEngine:
         self.bundle_version = bundle_version
         self.progress = progress
         self.stats: dict[str, int] = {}
+        self._shard: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, int]:
         """Process every case of this rank's shard; return counts (succeeded, failed, skipped)."""
         _refuse_output_inside_inputs(self.output_dir, self.cases, self.input_roots)
         rank, world = shard_info()
+        self._shard = {"rank": rank, "world_size": world}
         todo = [c for i, c in enumerate(self.cases) if i % world == rank]
         skipped = [c for c in todo if not self.overwrite and outputs.is_done(self.output_dir, c.case_id)]
         todo = [c for c in todo if c not in skipped]
@@ -175,7 +190,7 @@ class ScreeningEngine:
         result = analyse_case(
             data, prob_net, settings=self.settings, classifier=self.classifier, device=self.device
         )
-        result.info.update(info)
+        result.info.update({**info, **self._shard})
         if data.get("no_lung"):
             result.warnings.append("no lung tissue found: nothing screened")
         timings["postprocess"] = time.perf_counter() - t
@@ -200,9 +215,12 @@ class ScreeningEngine:
 
     def _finish(self, rank: int, world: int) -> None:
         if world > 1 and torch.distributed.is_available():
-            if not torch.distributed.is_initialized():
-                torch.distributed.init_process_group("gloo")
+            created = not torch.distributed.is_initialized()
+            if created:
+                torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
             torch.distributed.barrier()
+            if created:
+                torch.distributed.destroy_process_group()
         if rank == 0:
             from pipelines.case_writer import write_run_files
 
