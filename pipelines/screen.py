@@ -68,6 +68,7 @@ def screen(
     """
     from pipelines import io
     from pipelines.bundle import load_workflow, settings_overrides
+    from pipelines.engine import root_cause
 
     overrides: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -87,8 +88,14 @@ def screen(
     if classifier_weights is not None:
         overrides["classifier_weights"] = str(classifier_weights)
     workflow = load_workflow("inference.json", root=bundle_root, overrides=overrides)
-    workflow.initialize()
-    workflow.run()
+    try:
+        workflow.initialize()
+        workflow.run()
+    except RuntimeError as err:  # MONAI wraps errors of config expressions ("Failed to evaluate ...")
+        cause = root_cause(err)
+        if isinstance(cause, ValueError | OSError):
+            raise cause from None  # a refused output folder, a bad setting, a missing file: say it plainly
+        raise
     engine = workflow.parser.get_parsed_content("evaluator")
     workflow.finalize()
     c = engine.stats
