@@ -37,6 +37,7 @@ def write_case(
     done = folder / "result.json"
     if done.exists():
         done.unlink()  # an overwrite: the case is incomplete until the new record lands
+    outputs.remove_stale_temporaries(folder)  # left by a run killed while writing this case
     ext = ".nii.gz" if settings.compress else ".nii"
     spacing = io.spacing_zyx(geometry.canonical)
     category = categorize_scan(result.nodules)
@@ -153,6 +154,7 @@ def _write_report(
 
 def write_run_files(output_dir: Path, settings: ScreeningSettings, bundle_version: str) -> dict[str, int]:
     """Rebuild summary/failures/submission tables, the index page and ``run.json``."""
+    outputs.remove_stale_temporaries(Path(output_dir))
     counts = outputs.rebuild_run_tables(output_dir)
     if settings.report:
         from pipelines.report import write_index

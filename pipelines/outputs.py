@@ -87,6 +87,24 @@ def is_done(output_dir: Path, case_id: str) -> bool:
     return (case_dir(output_dir, case_id) / "result.json").is_file()
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.tmp-*`` files and folders (from :func:`pipelines.io.atomic_write`) directly in ``folder``.
+
+    Only for a folder this process alone writes to (a case folder it is about to rewrite, or the run folder on
+    rank 0 after every rank finished): there they can only be leftovers of an interrupted run.
+    """
+    removed = []
+    for p in sorted(Path(folder).glob(".tmp-*")) if Path(folder).is_dir() else []:
+        if p.is_dir():
+            for child in p.iterdir():
+                child.unlink()
+            p.rmdir()
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
