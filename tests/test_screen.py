@@ -1,0 +1,228 @@
+"""Batch screening (issue 6): resume without recomputation, overwrite, a kill -9 mid-run, no temp files, nothing
+written inside the input, torchrun sharding with a merged summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+from helpers import (
+    FAST,
+    ROOT,
+    chest_image,
+    read_failures,
+    read_result,
+    read_summary,
+    run_screen,
+    silent_weights,
+    tree,
+    write_case,
+)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
+
+
+def _cases(folder: Path, n: int, *, shape: tuple[int, int, int] = (24, 48, 56)) -> list[str]:
+    ids = []
+    for i in range(n):
+        write_case(chest_image(shape_zyx=shape, noise_hu=10.0, seed=i), folder / f"case{i}.nii.gz")
+        ids.append(f"case{i}")
+    return ids
+
+
+def _temp_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.startswith(".tmp-"))
+
+
+def _cli(inp: Path, out: Path, weights: str, *extra: str) -> list[str]:
+    return [
+        "--device", "cpu", "--roi-size", "32", "32", "32", "--no-report", "--quiet", "--weights", weights,
+        "--set", f"target_spacing_mm={FAST['target_spacing_mm']}", f"lung_margin_mm={FAST['lung_margin_mm']}",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_rerun_skips_completed_cases_and_overwrite_recomputes(tmp_path: Path, weights: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    ids = _cases(inp, 3)
+    before_input = tree(inp)
+    first = run_screen(inp, out, weights=weights)
+    assert (first.succeeded, first.skipped, first.exit_code) == (3, 0, 0)
+    cases_before = tree(out / "cases")
+    assert len(cases_before) == 3 * 6  # lungs, nodules, nodules.csv/json, candidates.csv, result.json
+
+    second = run_screen(inp, out, weights=weights)
+    assert (second.succeeded, second.skipped, second.failed, second.exit_code) == (0, 3, 0, 0)
+    assert tree(out / "cases") == cases_before  # nothing recomputed or rewritten
+    assert set(read_summary(out)) == set(ids)
+
+    third = run_screen(inp, out, weights=weights, overwrite=True)
+    assert (third.succeeded, third.skipped) == (3, 0)
+    after = tree(out / "cases")
+    assert set(after) == set(cases_before)
+    assert all(after[k] > cases_before[k] for k in after)  # every output rewritten
+    assert tree(inp) == before_input  # the input folder was never written to
+    assert _temp_files(out) == [] and _temp_files(inp) == []
+
+
+def test_failed_case_is_retried_and_cleared_once_fixed(tmp_path: Path, weights: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _cases(inp, 1)
+    (inp / "late.nii.gz").write_bytes(b"")  # still being copied
+    res = run_screen(inp, out, weights=weights)
+    assert (res.succeeded, res.failed, res.exit_code) == (1, 1, 1)
+    assert list(read_failures(out)) == ["late"]
+
+    write_case(chest_image(), inp / "late.nii.gz")
+    res = run_screen(inp, out, weights=weights)
+    assert (res.succeeded, res.skipped, res.failed, res.exit_code) == (1, 1, 0, 0)
+    assert read_failures(out) == {}
+    assert {k: v["status"] for k, v in read_summary(out).items()} == {"case0": "ok", "late": "ok"}
+
+
+def test_output_inside_input_is_refused(tmp_path: Path, weights: str) -> None:
+    inp = tmp_path / "in"
+    _cases(inp, 1)
+    before = tree(inp)
+    with pytest.raises(ValueError, match="inside the input folder"):
+        run_screen(inp, inp / "results", weights=weights)
+    with pytest.raises(ValueError, match="inside the input folder"):
+        run_screen(inp, inp, weights=weights)
+    assert tree(inp) == before
+    assert sorted(p.name for p in inp.iterdir()) == ["case0.nii.gz"]
+
+
+def test_dicom_output_inside_series_folder_is_refused(tmp_path: Path, weights: str) -> None:
+    from helpers import write_dicom_series
+
+    series = tmp_path / "exam"
+    write_dicom_series(chest_image(), series)
+    with pytest.raises(ValueError, match="inside the input folder"):
+        run_screen(series / "slice_000.dcm", series / "out", weights=weights)
+
+
+@pytest.mark.slow
+def test_cli_exit_codes(tmp_path: Path, weights: str) -> None:
+    inp = tmp_path / "in"
+    _cases(inp, 1)
+    (inp / "bad.nii.gz").write_text("not an image")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.screen",
+        str(inp),
+        str(tmp_path / "out"),
+        *_cli(inp, tmp_path, weights),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 succeeded, 1 failed" in proc.stdout
+    bad_only = tmp_path / "bad_only"
+    bad_only.mkdir()
+    (bad_only / "bad.nii.gz").write_text("not an image")
+    cmd[3:5] = [str(bad_only), str(tmp_path / "out2")]
+    assert subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120).returncode == 2
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_completes(tmp_path: Path, weights: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    ids = _cases(inp, 8, shape=(40, 96, 112))
+    cmd = [sys.executable, "-m", "pipelines.screen", str(inp), str(out), *_cli(inp, out, weights)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("cases/*/result.json")):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no case finished within 120 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = [p.parent.name for p in out.glob("cases/*/result.json")]
+    assert 1 <= len(done) < len(ids), "kill came too late to test an interrupted run"
+    for case_id in done:  # whatever claims to be done is complete and readable
+        record = read_result(out, case_id)
+        assert record["summary"]["status"] == "ok"
+        folder = out / "cases" / case_id
+        for name in ("lungs.nii.gz", "nodules.nii.gz", "nodules.csv", "nodules.json", "candidates.csv"):
+            assert (folder / name).is_file(), name
+        assert sitk.ReadImage(str(folder / "lungs.nii.gz")).GetSize() == (112, 96, 40)
+        json.loads((folder / "nodules.json").read_text())
+
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = read_summary(out)
+    assert set(summary) == set(ids) and all(r["status"] == "ok" for r in summary.values())
+    assert f"{len(ids) - len(done)} succeeded, 0 failed, {len(done)} skipped" in res.stdout
+    assert _temp_files(out) == [], "stale temp files of the killed run are left behind"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")  # fmt: skip
+def test_torchrun_two_ranks_share_the_cases_and_rank0_merges(tmp_path: Path, weights: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    ids = _cases(inp, 4)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    with socket.socket() as sock:  # torchrun's --master_port 0 hangs at rendezvous: pick a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(torchrun if torchrun.exists() else "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "pipelines.screen", str(inp), str(out), *_cli(inp, out, weights)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = read_summary(out)
+    assert sorted(summary) == ids and all(r["status"] == "ok" for r in summary.values())
+    ranks = {case_id: read_result(out, case_id)["info"]["rank"] for case_id in ids}
+    assert ranks == {"case0": 0, "case1": 1, "case2": 0, "case3": 1}  # each case done once, by its rank
+    assert all(read_result(out, c)["info"]["world_size"] == 2 for c in ids)
+    run = json.loads((out / "run.json").read_text())
+    assert (run["succeeded"], run["failed"]) == (4, 0)
+    assert _temp_files(out) == []
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path, weights: str) -> None:
+    """A kill -9 during a write leaves ``.tmp-*`` files; the rerun of that case and the run tables clear them,
+    and a half-written case (masks but no result.json) is recomputed, not taken for done."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _cases(inp, 1)
+    folder = out / "cases" / "case0"
+    folder.mkdir(parents=True)
+    (folder / "lungs.nii.gz").write_bytes(b"half")  # masks written, result.json not yet
+    (folder / ".tmp-nodules.nii.gz-x1y2.nii.gz").write_bytes(b"partial")
+    (folder / ".tmp-case-abc").mkdir()
+    (folder / ".tmp-case-abc" / "case.raw").write_bytes(b"partial")
+    (out / ".tmp-summary.csv-q9.csv").write_text("case_id\n")
+    res = run_screen(inp, out, weights=weights)
+    assert (res.succeeded, res.skipped) == (1, 0)
+    assert _temp_files(out) == []
+    assert sitk.ReadImage(str(folder / "lungs.nii.gz")).GetSize() == (56, 48, 24)
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from pipelines.engine import rank_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert rank_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert rank_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # an explicit index is kept
+    assert rank_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert rank_device(torch.device("cuda")) == torch.device("cuda")
