@@ -118,13 +118,16 @@ def _measure(
     return out, rows
 
 
-def generate_case(*, seed: int, size: str = "small", modality: str = "ct") -> PhantomCase:
+def generate_case(
+    *, seed: int, size: str = "small", modality: str = "ct", with_tissue: bool = True
+) -> PhantomCase:
     """Generate one synthetic chest scan with labelled nodules.
 
     Args:
         seed: random seed; the same seed always gives the same case.
         size: "small" (128x128, ~2.5 mm voxels, about a second) or "full" (512x512, 0.55-0.95 mm).
         modality: "ct" (int16 HU) or "mri" (float32 arbitrary units; nodules become lesions).
+        with_tissue: also return the tissue-class image (costs a reorientation of one more volume).
 
     Returns:
         A :class:`PhantomCase` whose images share one geometry, in the case's on-disk orientation.
@@ -141,7 +144,7 @@ def generate_case(*, seed: int, size: str = "small", modality: str = "ct") -> Ph
     hu, lungs, tissue = render_thorax(
         t, grid, upsampled_noise(grid, sigma_mm=float(rng.uniform(4, 9)), rng=rng)
     )
-    arteries, veins, bronchi = build_vessels(t, rng, n_points=2200 if size == "full" else 700)
+    arteries, veins, bronchi = build_vessels(t, rng, n_points=3200 if size == "full" else 700)
     vessels, _ = paint_trees(hu, grid, t, arteries, veins, bronchi)
     n_nod = 0 if rng.random() < 0.15 else int(rng.integers(1, 7 if size == "full" else 5))
     specs = [design_nodule(rng, d_min=3.0 if size == "full" else 5.0) for _ in range(n_nod)]
@@ -167,9 +170,15 @@ def generate_case(*, seed: int, size: str = "small", modality: str = "ct") -> Ph
         image = to_mri(tissue, labels, vessels, grid, rng)
     del hu, vessels
     labels, rows = _measure(labels, image, grid, placed)
-    imgs = [to_disk_orientation(grid.to_image(a), spec.orientation) for a in (image, lungs, labels, tissue)]
+    arrays = (image, lungs, labels, tissue) if with_tissue else (image, lungs, labels)
+    imgs = [to_disk_orientation(grid.to_image(a), spec.orientation) for a in arrays]
     return PhantomCase(
-        image=imgs[0], lungs=imgs[1], nodules=imgs[2], nodules_table=rows, spec=spec, tissue=imgs[3]
+        image=imgs[0],
+        lungs=imgs[1],
+        nodules=imgs[2],
+        nodules_table=rows,
+        spec=spec,
+        tissue=imgs[3] if with_tissue else None,
     )
 
 

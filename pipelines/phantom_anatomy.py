@@ -113,7 +113,7 @@ def sample_thorax(rng: np.random.Generator, *, fov_mm: float, z_center: float) -
         rib_slope=rng.uniform(90, 140) * scale,
         rib_half_r=rng.uniform(3.0, 4.5),
         rib_half_z=rng.uniform(4.0, 6.0),
-        med_ant=rng.uniform(4, 14),
+        med_ant=rng.uniform(3, 9),
         med_mid=rng.uniform(22, 32) * scale,
         spine_v=spine_v,
         heart_c=(rng.uniform(0.15, 0.25) * cav_a, -0.3 * cav_b_ant, rng.uniform(18, 32) * scale),

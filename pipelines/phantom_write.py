@@ -157,7 +157,7 @@ def write_dataset(
     entries: dict[str, dict[str, str]] = {}
     for i in range(n):
         cid = f"phantom_s{seed}_{i:04d}"
-        case = generate_case(seed=case_seed(seed, i), size=size, modality=modality)
+        case = generate_case(seed=case_seed(seed, i), size=size, modality=modality, with_tissue=False)
         entries[cid] = write_case(out, cid, case.image, case.lungs, case.nodules, fmt=fmt)
         ids.append(cid)
         tables[cid] = case.nodules_table
@@ -195,13 +195,16 @@ def _panels(root: Path, max_panels: int) -> list[tuple[str, int | None, dict[str
     return panels
 
 
-def save_preview(dataset_dir: str | Path, png_path: str | Path, *, max_panels: int = 12) -> Path:
+def save_preview(
+    dataset_dir: str | Path, png_path: str | Path, *, max_panels: int = 12, dpi: int = 64
+) -> Path:
     """Montage PNG of axial slices through nodules (lung window for CT), each nodule outlined and captioned.
 
     Args:
         dataset_dir: a folder written by :func:`write_dataset`.
         png_path: output PNG path.
         max_panels: number of slices shown.
+        dpi: resolution of the PNG (64 keeps a 12-panel montage under ~500 KB).
     """
     import matplotlib
 
@@ -247,6 +250,6 @@ def save_preview(dataset_dir: str | Path, png_path: str | Path, *, max_panels: i
     fig.tight_layout()
     out = Path(png_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=72)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
