@@ -37,7 +37,14 @@ def cmd_sample_data(a: argparse.Namespace) -> int:
     from pipelines.phantom import make_dataset
 
     out = make_dataset(
-        a.out, n=a.n, seed=a.seed, size=a.size, modality=a.modality, fmt=a.format, preview=a.preview
+        a.out,
+        n=a.n,
+        seed=a.seed,
+        size=a.size,
+        modality=a.modality,
+        fmt=a.format,
+        preview=a.preview,
+        workers=a.workers,
     )
     print(f"wrote {a.n} {a.size} {a.modality} case(s) to {out}")
     return 0
@@ -190,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modality", choices=("ct", "mri"), default="ct")
     s.add_argument("--format", choices=("nii", "mhd"), default="nii")
     s.add_argument("--preview", action="store_true", help="also write preview.png, a montage through nodules")
+    s.add_argument("--workers", type=int, default=1, help="generate cases in this many processes")
     s.set_defaults(func=cmd_sample_data)
 
     s = sub.add_parser("insert-nodules", help="insert synthetic nodules into a real CT (labelled test cases)")

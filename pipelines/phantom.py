@@ -192,8 +192,11 @@ def make_dataset(
     fmt: str = "nii",
     preview: bool = False,
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    workers: int = 1,
 ) -> Path:
     """Write ``n`` synthetic cases in the LUNA16-like layout described in :mod:`pipelines.phantom_write`.
+
+    ``workers`` > 1 generates cases in parallel processes (same bytes as serial).
 
     Returns:
         ``out_dir`` as a Path.
@@ -201,7 +204,15 @@ def make_dataset(
     from pipelines.phantom_write import write_dataset
 
     return write_dataset(
-        out_dir, n=n, seed=seed, size=size, modality=modality, fmt=fmt, preview=preview, splits=splits
+        out_dir,
+        n=n,
+        seed=seed,
+        size=size,
+        modality=modality,
+        fmt=fmt,
+        preview=preview,
+        splits=splits,
+        workers=workers,
     )
 
 

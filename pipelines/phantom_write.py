@@ -132,6 +132,17 @@ def write_tables(
     atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")
 
 
+def _make_case(
+    args: tuple[Path, int, int, str, str, str],
+) -> tuple[str, dict[str, str], list[dict[str, Any]]]:
+    from pipelines.phantom import generate_case
+
+    out, seed, i, size, modality, fmt = args
+    cid = f"phantom_s{seed}_{i:04d}"
+    case = generate_case(seed=case_seed(seed, i), size=size, modality=modality, with_tissue=False)
+    return cid, write_case(out, cid, case.image, case.lungs, case.nodules, fmt=fmt), case.nodules_table
+
+
 def write_dataset(
     out_dir: str | Path,
     *,
@@ -142,25 +153,29 @@ def write_dataset(
     fmt: str = "nii",
     preview: bool = False,
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    workers: int = 1,
 ) -> Path:
-    """Generate and write ``n`` cases (see the module docstring for the layout); deterministic for ``seed``."""
-    from pipelines.phantom import generate_case
+    """Generate and write ``n`` cases (see the module docstring for the layout); deterministic for ``seed``.
 
+    ``workers`` > 1 generates cases in that many processes; the bytes written do not depend on it.
+    """
     if fmt not in ("nii", "mhd"):
         raise ValueError(f"fmt must be 'nii' or 'mhd', not {fmt!r}")
     if n < 1:
         raise ValueError(f"n must be at least 1, not {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids: list[str] = []
-    tables: dict[str, list[dict[str, Any]]] = {}
-    entries: dict[str, dict[str, str]] = {}
-    for i in range(n):
-        cid = f"phantom_s{seed}_{i:04d}"
-        case = generate_case(seed=case_seed(seed, i), size=size, modality=modality, with_tissue=False)
-        entries[cid] = write_case(out, cid, case.image, case.lungs, case.nodules, fmt=fmt)
-        ids.append(cid)
-        tables[cid] = case.nodules_table
+    jobs = [(out, seed, i, size, modality, fmt) for i in range(n)]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, n)) as pool:
+            results = list(pool.map(_make_case, jobs))
+    else:
+        results = [_make_case(j) for j in jobs]
+    ids = [cid for cid, _, _ in results]
+    entries = {cid: entry for cid, entry, _ in results}
+    tables = {cid: table for cid, _, table in results}
     write_tables(out, ids, tables, entries, seed=seed, splits=splits)
     if preview:
         save_preview(out, out / "preview.png")
