@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import hashlib
 import io as _io
+import logging
 import os
 import re
 import struct
@@ -492,24 +493,31 @@ def discover_cases(root: str | os.PathLike[str] | list, *, recursive: bool = Tru
 
     Returns:
         Cases sorted by ``case_id``; localizer and non-CT DICOM series are left out with a note on the case list
-        (``notes`` of the first case of that folder). Case ids are unique (a numeric suffix is added on clashes).
+        (``notes`` of the first case of that folder, or of the first case overall when nothing else is in that
+        folder) and a logged warning. Case ids are unique (a numeric suffix is added on clashes).
     """
     roots = root if isinstance(root, list | tuple) else [root]
     cases: list[CaseInput] = []
+    orphans: list[str] = []  # notes of folders whose every series was skipped
     for r in roots:
         p = Path(r)
         if p.is_file() and not _looks_like_dicom_file(p):
             cases.append(CaseInput(strip_image_suffix(p.name), p))
         elif p.is_file():
-            cases.extend(_dicom_cases(p.parent, only_file=p))
+            cases.extend(_dicom_cases(p.parent, orphans, only_file=p))
         elif p.is_dir():
-            cases.extend(_walk(p, recursive=recursive))
+            cases.extend(_walk(p, orphans, recursive=recursive))
         else:
             cases.append(CaseInput(strip_image_suffix(p.name), p))  # fails later with a clear reason
-    return _unique_ids(sorted(cases, key=lambda c: (c.case_id, str(c.path))))
+    cases = _unique_ids(sorted(cases, key=lambda c: (c.case_id, str(c.path))))
+    for note in orphans:
+        logging.getLogger("lungscreen").warning("%s", note)
+    if cases:
+        cases[0].notes.extend(orphans)
+    return cases
 
 
-def _walk(root: Path, *, recursive: bool) -> list[CaseInput]:
+def _walk(root: Path, orphans: list[str], *, recursive: bool) -> list[CaseInput]:
     found: list[CaseInput] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -527,7 +535,7 @@ def _walk(root: Path, *, recursive: bool) -> list[CaseInput]:
             elif _looks_like_dicom_file(f):
                 dicom_like.append(f)
         if dicom_like:
-            found.extend(_dicom_cases(folder))
+            found.extend(_dicom_cases(folder, orphans))
         if not recursive:
             break
     return found
@@ -544,7 +552,7 @@ def _looks_like_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _dicom_cases(folder: Path, only_file: Path | None = None) -> list[CaseInput]:
+def _dicom_cases(folder: Path, orphans: list[str], only_file: Path | None = None) -> list[CaseInput]:
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
@@ -564,6 +572,8 @@ def _dicom_cases(folder: Path, only_file: Path | None = None) -> list[CaseInput]
         cases.append(CaseInput(case_id, folder, dicom_files=files))
     if cases:
         cases[0].notes.extend(notes)
+    else:
+        orphans.extend(notes)
     return cases
 
 
