@@ -55,6 +55,7 @@ def write_case(
             result.probability, geometry, folder / f"probability{ext}", compress=settings.compress
         )
     volumes = outputs.lung_volumes_ml(result.lung_mask, spacing)
+    warnings: list[str] = result.warnings + list(case.notes)
     meta = {
         "case_id": case.case_id,
         "bundle_version": bundle_version,
@@ -66,7 +67,7 @@ def write_case(
         },
         "input_geometry": _geometry_dict(geometry),
         "lung_rads": category,
-        "warnings": result.warnings + list(case.notes),
+        "warnings": warnings,
         **volumes,
     }
     io.atomic_write_text(folder / "nodules.csv", outputs.to_csv(result.nodules, outputs.NODULE_COLUMNS))
@@ -88,7 +89,7 @@ def write_case(
         **volumes,
         **{f"seconds_{k}": round(v, 3) for k, v in timings.items()},
         "seconds_total": round(sum(timings.values()), 3),
-        "warnings": "; ".join(meta["warnings"]),
+        "warnings": "; ".join(warnings),
         "report": report_rel,
     }
     record = {

@@ -89,10 +89,10 @@ class ScreeningEngine:
         self.device = rank_device(select_device(settings.device))
         self.network = network.to(self.device).eval()
         if weights:
-            load_weights(self.network, weights)
+            load_weights(self.network, Path(weights))
         self.classifier = None
         if classifier is not None and classifier_weights and Path(classifier_weights).is_file():
-            self.classifier = load_weights(classifier, classifier_weights).to(self.device).eval()
+            self.classifier = load_weights(classifier, Path(classifier_weights)).to(self.device).eval()
         elif classifier is not None and classifier_weights:
             log.warning(
                 "classifier weights %s not found: scoring with the segmentation network only",
@@ -253,7 +253,7 @@ def _as_case(item: Any, index: int) -> io.CaseInput:
     if isinstance(item, dict):
         src = item.get("image")
         case_id = item.get("case_id") or item.get("seriesuid")
-        cases = io.discover_cases(src) if not hasattr(src, "GetSize") else []
+        cases = io.discover_cases(src) if src is not None and not hasattr(src, "GetSize") else []
         if cases:
             c = cases[0]
             c.case_id = case_id or c.case_id
