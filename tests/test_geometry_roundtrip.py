@@ -86,6 +86,12 @@ def _nodules(out: Path, case_id: str) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _nib_affine(path: Path) -> np.ndarray:
+    img = nib.load(str(path))
+    assert isinstance(img, nib.Nifti1Image)
+    return np.asarray(img.affine)
+
+
 def _read_input(path: Path) -> sitk.Image:
     from pipelines.io import read_image
 
@@ -110,8 +116,8 @@ def test_masks_have_the_input_grid_and_overlay_it(screened: dict[str, Any], case
         np.testing.assert_allclose(mask.GetSpacing(), original.GetSpacing(), atol=1e-5)
         np.testing.assert_allclose(mask.GetOrigin(), original.GetOrigin(), atol=1e-4)
         np.testing.assert_allclose(mask.GetDirection(), original.GetDirection(), atol=1e-6)
-        affine = nib.load(str(path)).affine
-        expected = nib.load(str(src)).affine if src.name.endswith(".nii.gz") else sitk_affine_ras(original)
+        affine = _nib_affine(path)
+        expected = _nib_affine(src) if src.name.endswith(".nii.gz") else sitk_affine_ras(original)
         np.testing.assert_allclose(affine, expected, atol=1e-4)
     lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(screened["out"] / "cases" / case_id / "lungs.nii.gz")))
     lung_tissue = hu == LUNG_HU

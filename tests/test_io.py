@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from helpers import chest_hu, chest_image, to_image, write_case, write_dicom_series
 
-from pipelines import io
+from pipelines import io, io_nifti
 
 
 def _geometry(img: sitk.Image) -> tuple:
@@ -69,8 +69,8 @@ def test_nifti_fast_path_reads_no_voxels(tmp_path: Path, monkeypatch: pytest.Mon
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("voxel data streamed for a valid int16 file")
 
-    monkeypatch.setattr(io, "_stream_voxels", boom)
-    io.check_nifti_file(path)  # gzip trailer agrees with the header: no decompression pass
+    monkeypatch.setattr(io_nifti, "_stream_voxels", boom)
+    io_nifti.check_nifti_file(path)  # gzip trailer agrees with the header: no decompression pass
 
 
 def test_multi_member_gzip_is_not_mistaken_for_truncated(tmp_path: Path) -> None:
@@ -78,13 +78,13 @@ def test_multi_member_gzip_is_not_mistaken_for_truncated(tmp_path: Path) -> None
     raw = write_case(chest_image(), tmp_path / "plain.nii").read_bytes()
     path = tmp_path / "members.nii.gz"
     path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
-    io.check_nifti_file(path)
+    io_nifti.check_nifti_file(path)
     assert io.read_image(path).GetSize() == (56, 48, 24)
 
 
 def test_float_nifti_with_finite_values_passes(tmp_path: Path) -> None:
     path = write_case(to_image(chest_hu().astype(np.float32)), tmp_path / "f.nii.gz")
-    io.check_nifti_file(path)
+    io_nifti.check_nifti_file(path)
 
 
 def test_simpleitk_hides_nan_so_we_check_the_file(tmp_path: Path) -> None:
