@@ -116,6 +116,7 @@ def write_dicom_series(
     image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
     orientation_override: dict[int, str] | None = None,
     z_offsets_mm: dict[int, float] | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write a 3D int16 image as one DICOM file per axial slice with geometry tags (0020|0032, 0020|0037).
 
@@ -149,7 +150,7 @@ def write_dicom_series(
             "0028|1052": "0",
             "0028|1053": "1",
         }
-        for key, value in tags.items():
+        for key, value in {**tags, **(extra_tags or {})}.items():
             sl.SetMetaData(key, value)
         f = folder / f"slice_{k:03d}.dcm"
         writer.SetFileName(str(f))

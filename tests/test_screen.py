@@ -3,6 +3,7 @@ written inside the input, torchrun sharding with a merged summary."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers import (
@@ -226,3 +228,41 @@ def test_each_rank_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rank_device(torch.device("cpu")) == torch.device("cpu")
     monkeypatch.delenv("LOCAL_RANK")
     assert rank_device(torch.device("cuda")) == torch.device("cuda")
+
+
+def test_outputs_carry_no_patient_identifiers(tmp_path: Path, weights: str) -> None:
+    from helpers import write_dicom_series
+
+    identity = {
+        "0010|0010": "DOE^JANE",  # PatientName
+        "0010|0020": "PID8675309",  # PatientID
+        "0010|0030": "19610203",  # PatientBirthDate
+        "0008|0080": "ST ELSEWHERE HOSPITAL",  # InstitutionName
+        "0008|0050": "ACC5551234",  # AccessionNumber
+    }
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_dicom_series(chest_image(), inp / "exam", series_uid="1.2.840.99999.4242", extra_tags=identity)
+    res = run_screen(inp, out, weights=weights, report=True)
+    assert res.exit_code == 0 and (out / "cases" / "exam" / "report.html").is_file()
+    blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    blobs += [gzip.decompress(p.read_bytes()) for p in out.rglob("*.nii.gz")]  # NIfTI headers too
+    for secret in [*identity.values(), "1.2.840.99999.4242"]:
+        assert not any(secret.encode() in b for b in blobs), secret
+
+
+def test_realistic_phantom_lungs_overlay_the_reference(tmp_path: Path, weights: str) -> None:
+    phantom = pytest.importorskip("pipelines.phantom")
+    case = phantom.generate_case(seed=3, size="small", with_tissue=False)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(case.image, inp / "phantom.nii.gz")
+    res = run_screen(inp, out, weights=weights)
+    assert res.exit_code == 0
+    lungs = sitk.ReadImage(str(out / "cases" / "phantom" / "lungs.nii.gz"))
+    assert lungs.GetSize() == case.image.GetSize()
+    assert lungs.GetDirection() == pytest.approx(case.image.GetDirection())
+    assert lungs.GetOrigin() == pytest.approx(case.image.GetOrigin(), abs=1e-3)
+    ours, ref = sitk.GetArrayFromImage(lungs), sitk.GetArrayFromImage(case.lungs)
+    for label in (1, 2):  # right, left: a flip would swap them and sink the Dice
+        a, b = ours == label, ref == label
+        dice = 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+        assert dice > 0.85, (label, dice)
