@@ -115,8 +115,8 @@ class ScreeningEngine:
         skipped = [c for c in todo if not self.overwrite and outputs.is_done(self.output_dir, c.case_id)]
         todo = [c for c in todo if c not in skipped]
         counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(self.cases)}
-        torch.set_grad_enabled(False)
         with (
+            torch.no_grad(),  # scoped: a global set_grad_enabled(False) leaked into later training in-process
             ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
             ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
         ):
