@@ -266,3 +266,12 @@ def test_realistic_phantom_lungs_overlay_the_reference(tmp_path: Path, weights: 
         a, b = ours == label, ref == label
         dice = 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
         assert dice > 0.85, (label, dice)
+
+
+def test_screen_leaves_autograd_enabled(tmp_path: Path, weights: str) -> None:
+    """screen() in-process must not switch off gradients for the rest of the process (training after it)."""
+    import torch
+
+    _cases(tmp_path / "in", 1)
+    run_screen(tmp_path / "in", tmp_path / "out", weights=weights)
+    assert torch.is_grad_enabled()
