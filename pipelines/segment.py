@@ -283,7 +283,7 @@ def segment(
     """
     from pipelines.inference import CheckpointError
     from pipelines.plan import load_plan
-    from pipelines.segtrain import load_config
+    from pipelines.segtrain import load_config, run_unwrapped
 
     load_plan(model)  # clear errors before the config machinery wraps them
     if not (Path(model) / "model.pt").is_file():
@@ -301,4 +301,4 @@ def segment(
     }
     parser = load_config(["seg_inference.json"], overrides=pairs, bundle_root=bundle_root)
     parser.get_parsed_content("initialize")
-    return parser.get_parsed_content("evaluator").run()
+    return run_unwrapped(lambda: parser.get_parsed_content("evaluator").run())

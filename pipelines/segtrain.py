@@ -273,7 +273,7 @@ def train_segmentation(
     parser = load_config(CONFIG_FILES, overrides=pairs, bundle_root=bundle_root)
     _record_config(out, parser, pairs)
     parser.get_parsed_content("initialize")
-    record = parser.get_parsed_content("trainer").run()
+    record = run_unwrapped(lambda: parser.get_parsed_content("trainer").run())
     log.info(
         "trained %d iterations in %.0f s; final loss %.4f",
         iterations,
@@ -281,6 +281,20 @@ def train_segmentation(
         record["loss_last10"],
     )
     return out
+
+
+def run_unwrapped(job: Callable[[], Any]) -> Any:
+    """Run ``job``; when MONAI's config machinery wraps an error ("Failed to instantiate component ..."),
+    raise the original error instead (a missing label, an unreadable file, an invalid plan)."""
+    try:
+        return job()
+    except RuntimeError as err:
+        cause: BaseException = err
+        while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is err:
+            raise
+        raise cause from None
 
 
 def load_config(

@@ -206,3 +206,12 @@ def test_train_seg_writes_a_loadable_model(tmp_path):
 def test_train_seg_refuses_unknown_modality(tmp_path):
     with pytest.raises(UnknownModalityError, match=r"\['ct', 'mri'\]"):
         train_segmentation(images=tmp_path, labels=tmp_path, modality="pet", out=tmp_path / "m", iterations=1)
+
+
+def test_train_seg_reports_the_real_cause_of_a_bad_file(tmp_path):
+    data = make_mri_phantoms(tmp_path, n=2, seed=6)
+    (data / "labels" / "case001.nii.gz").write_bytes(b"garbage")
+    with pytest.raises(io.ImageReadError, match=r"case001\.nii\.gz"):
+        train_segmentation(
+            images=data / "images", labels=data / "labels", modality="mri", out=tmp_path / "m", iterations=1
+        )
