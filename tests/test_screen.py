@@ -273,5 +273,6 @@ def test_screen_leaves_autograd_enabled(tmp_path: Path, weights: str) -> None:
     import torch
 
     _cases(tmp_path / "in", 1)
-    run_screen(tmp_path / "in", tmp_path / "out", weights=weights)
-    assert torch.is_grad_enabled()
+    with torch.enable_grad():  # whatever earlier tests in this process left behind
+        run_screen(tmp_path / "in", tmp_path / "out", weights=weights)
+        assert torch.is_grad_enabled()
