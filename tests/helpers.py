@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import locale
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -132,7 +133,34 @@ def write_dicom_series(
     iop = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    files = []
+    files: list[Path] = []
+    # GDCM's DICOM writer switches the process to the C locale, which makes Python's default text encoding
+    # ASCII for every later test in the process: restore it.
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(img, folder, writer, files, uid=uid, iop=iop, image_type=image_type, modality=modality,
+                      orientation_override=orientation_override, z_offsets_mm=z_offsets_mm,
+                      extra_tags=extra_tags)  # fmt: skip
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+    return files
+
+
+def _write_slices(
+    img: sitk.Image,
+    folder: Path,
+    writer: sitk.ImageFileWriter,
+    files: list[Path],
+    *,
+    uid: str,
+    iop: str,
+    image_type: str,
+    modality: str,
+    orientation_override: dict[int, str] | None,
+    z_offsets_mm: dict[int, float] | None,
+    extra_tags: dict[str, str] | None,
+) -> None:
+    d = img.GetDirection()
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
         shift = (z_offsets_mm or {}).get(k, 0.0)
@@ -156,7 +184,6 @@ def write_dicom_series(
         writer.SetFileName(str(f))
         writer.Execute(sl)
         files.append(f)
-    return files
 
 
 # --------------------------------------------------------------------------------------------- networks
