@@ -8,7 +8,6 @@ and streams the voxel data only when it must; :func:`pipelines.io.read_image` ca
 from __future__ import annotations
 
 import gzip
-import io as _io
 import os
 import struct
 import zlib
@@ -81,7 +80,8 @@ def _raw_nifti_header(path: Path, *, gz: bool) -> Any:
     klass = Nifti1Header if 348 in sizes else Nifti2Header if 540 in sizes else None
     if klass is None:
         raise ValueError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
-    hdr = klass.from_fileobj(_io.BytesIO(raw), check=False)
+    # the bare header bytes only: from_fileobj would also try to parse extensions (vox_offset > 352)
+    hdr = klass(raw[: 348 if klass is Nifti1Header else 540], check=False)
     if bytes(hdr["magic"]).rstrip(b"\0") not in (b"n+1", b"n+2"):
         raise ValueError(f"bad NIfTI magic {bytes(hdr['magic'])!r}")
     return hdr
