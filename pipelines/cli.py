@@ -142,6 +142,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         overrides=_key_values(a.set or []),
         resume=a.resume,
         stages=a.stages,
+        init_weights=a.init_weights,
+        evaluate=not a.no_eval,
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -268,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--stages", nargs="+", choices=("segmentation", "classifier"), default=["segmentation", "classifier"]
     )
     s.add_argument("--resume", action="store_true")
+    s.add_argument(
+        "--init-weights", dest="init_weights", type=Path, default=None, help="fine-tune from a state dict"
+    )
+    s.add_argument(
+        "--no-eval", action="store_true", help="skip the final screening + FROC on the validation split"
+    )
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="train.json overrides by ID path")
     s.set_defaults(func=cmd_train)
 

@@ -77,6 +77,7 @@ def train(
     resume: bool = False,
     stages: Sequence[str] = STAGES,
     evaluate: bool = True,
+    init_weights: PathLike | None = None,
 ) -> dict[str, Any]:
     """Train the nodule UNet and/or the false-positive classifier on a ``sample-data`` / LUNA16 dataset.
 
@@ -124,6 +125,7 @@ def train(
             device=device,
             overrides=seg_over,
             resume=resume,
+            init_weights=init_weights,
         )
     if rank != 0:
         return result
@@ -182,8 +184,12 @@ def train_segmentation(
     device: str,
     overrides: dict[str, Any],
     resume: bool,
+    init_weights: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run the bundle's segmentation training; return iterations, losses, best Dice and weight paths."""
+    """Run the bundle's segmentation training; return iterations, losses, best Dice and weight paths.
+
+    ``init_weights`` (a state dict, loaded with ``weights_only=True``) starts a fine-tuning run.
+    """
     from pipelines.bundle import load_workflow
 
     run_dir = out / "segmentation"
@@ -196,6 +202,10 @@ def train_segmentation(
         start_iteration = _check_resume(run_dir / "checkpoints")
     workflow = load_workflow(segmentation_configs(profile), workflow_type="train", overrides=pairs)
     workflow.initialize()
+    if init_weights is not None and not resume:
+        net = workflow.parser.get_parsed_content("network")
+        load_weights(net.module if hasattr(net, "module") else net, init_weights)
+        print(f"[train] initialised the network from {init_weights}", flush=True)
     print(f"[train] segmentation: profile {profile}, seed {seed}, run dir {run_dir}", flush=True)
     workflow.run()
     parser = workflow.parser
