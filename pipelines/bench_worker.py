@@ -34,6 +34,7 @@ class StageClock:
     def __init__(self, device: torch.device | None = None) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.peak_rss_after: dict[str, float] = {}
         self.device = device
 
     @contextmanager
@@ -44,6 +45,7 @@ class StageClock:
         self._sync()
         self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w
         self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+        self.peak_rss_after[name] = float(peak_memory()["peak_rss_bytes"] or 0.0)
 
     def _sync(self) -> None:
         if self.device is not None and self.device.type == "cuda":
@@ -133,6 +135,7 @@ def task_stages(spec: Spec) -> dict[str, Any]:
     return {
         "stages": clock.wall,
         "stages_cpu": clock.cpu,
+        "peak_rss_after_stage": clock.peak_rss_after,
         "windows_run": info["windows_run"],
         "windows_skipped": info["windows_skipped"],
         "network_shape_zyx": list(data["image"].shape[1:]),
