@@ -96,6 +96,7 @@ def _components(spec: Spec) -> dict[str, Any]:
 _STAGE_OF_TRANSFORM = {"LoadScand": "reorient", "LungMaskd": "lung_mask"}
 
 
+@torch.no_grad()
 def task_stages(spec: Spec) -> dict[str, Any]:
     """Our path stage by stage, with the bundle's own transforms and functions, in the engine's order."""
     from pipelines import io
@@ -105,7 +106,6 @@ def task_stages(spec: Spec) -> dict[str, Any]:
     comp = _components(spec)
     settings, device = comp["settings"], comp["device"]
     clock = StageClock(device)
-    torch.set_grad_enabled(False)
     case = io.discover_cases(spec["case"])[0]
     with clock("read"):
         image = io.read_image(case.path)

@@ -153,7 +153,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from pipelines.bench import run_bench
 
     result = run_bench(
-        out_dir=a.out, sizes=a.sizes, device=a.device, repeats=a.repeats, baseline=not a.no_baseline
+        out_dir=a.out,
+        sizes=a.sizes,
+        device=a.device,
+        repeats=a.repeats,
+        baseline=not a.no_baseline,
+        memory_slices=tuple(a.memory_slices or ()),
     )
     print(result["markdown"])
     return 0
@@ -178,7 +183,15 @@ def cmd_train_seg(a: argparse.Namespace) -> int:
 def cmd_segment(a: argparse.Namespace) -> int:
     from pipelines.segment import segment
 
-    res = segment(a.model, a.inputs, a.out, device=a.device, overwrite=a.overwrite, progress=not a.quiet)
+    res = segment(
+        a.model,
+        a.inputs,
+        a.out,
+        device=a.device,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        overrides=_key_values(a.set or []) or None,
+    )
     print(f"{res['succeeded']} succeeded, {res['failed']} failed, {res['skipped']} skipped")
     return 0 if res["failed"] == 0 else (1 if res["succeeded"] + res["skipped"] else 2)
 
@@ -285,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--no-baseline", action="store_true")
+    s.add_argument(
+        "--memory-slices", type=int, nargs="*", default=None, help="also measure scans stacked to N slices"
+    )
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("train-seg", help="train a generic 3D segmentation model on images/ + labels/")
@@ -295,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    s.add_argument(
+        "--patch-voxels", dest="patch_voxels", type=int, default=None, help="patch budget (default 96^3)"
+    )
+    s.add_argument("--features", type=int, default=None, help="UNet base features (default 16)")
+    s.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction (MRI)")
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="seg_train.json overrides by ID path")
     s.set_defaults(func=cmd_train_seg)
 
     s = sub.add_parser("segment", help="segment a folder with a model trained by train-seg")
@@ -304,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="seg_inference.json overrides, e.g. inferer#overlap=0.5"
+    )
     s.set_defaults(func=cmd_segment)
     return p
 
@@ -320,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs = args.inputs[:-1] if len(args.inputs) > 2 else args.inputs[0]
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"lungscreen {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -184,6 +184,8 @@ class ScreeningEngine:
                 inferer=self.inferer,
                 settings=self.settings,
                 device=self.device,
+                channels_last=self.settings.channels_last and self.device.type == "cuda",
+                compile_network=self.settings.compile,
             )
         timings["network"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -8,6 +8,7 @@ runs, and skips windows that hold no lung.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,9 @@ def sliding_window_probability(
     return prob, info
 
 
-def load_weights(network: torch.nn.Module, path: str | Path, *, strict: bool = True) -> torch.nn.Module:
+def load_weights(
+    network: torch.nn.Module, path: str | os.PathLike[str], *, strict: bool = True
+) -> torch.nn.Module:
     """Load a state dict saved by our training (``weights_only=True``: never unpickles foreign objects).
 
     Accepts a plain state dict or a dict holding it under ``model``/``network``/``state_dict``.

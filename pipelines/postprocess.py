@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from pipelines import preprocess
-from pipelines.io import ImageHeader
+from pipelines.io import ImageHeader, spacing_zyx
 from pipelines.preprocess import CaseGeometry
 from pipelines.settings import ScreeningSettings
 
@@ -104,7 +104,7 @@ def analyse_case(
 
     geometry: CaseGeometry = data["geometry"]
     sl = geometry.crop_slices
-    spacing = preprocess_spacing(geometry)
+    spacing = spacing_zyx(geometry.canonical)
     prob_crop = preprocess.resample(probability_network, geometry.crop_shape).numpy()
     lungs = data["lungs_canonical"]
     mask_crop, cands = extract_nodules(
@@ -130,12 +130,6 @@ def analyse_case(
     return _select_reported(cands, mask_crop, data, geometry, settings, prob_crop)
 
 
-def preprocess_spacing(geometry: CaseGeometry) -> tuple[float, float, float]:
-    from pipelines.io import spacing_zyx
-
-    return spacing_zyx(geometry.canonical)
-
-
 def _select_reported(
     cands: list[dict[str, Any]],
     mask_crop: np.ndarray,
@@ -147,7 +141,7 @@ def _select_reported(
     order = sorted(range(len(cands)), key=lambda i: -cands[i]["probability"])
     cands = [cands[i] for i in order]
     lut = np.zeros(int(mask_crop.max(initial=0)) + 1, dtype=np.uint16)
-    reported = []
+    reported: list[dict[str, Any]] = []
     for c in cands:
         c["candidate_id"] = int(c.pop("nodule_id"))
         if c["probability"] >= settings.prob_threshold:

@@ -94,3 +94,10 @@ def test_foreign_pickle_is_refused(tmp_path):
     torch.save({"model": Evil()}, p)
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_weights(torch.nn.Conv3d(1, 1, 3), p)
+
+
+def test_boolean_settings_accept_command_line_strings():
+    assert ScreeningSettings(report="false").report is False
+    assert ScreeningSettings(compress="True").compress is True
+    with pytest.raises(SettingsError, match="report must be true or false"):
+        ScreeningSettings(report="maybe")
