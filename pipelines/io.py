@@ -67,6 +67,15 @@ class CaseInput:
 
 
 # --------------------------------------------------------------------------------------------- writing
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only when the block succeeds.
@@ -80,6 +89,7 @@ def atomic_write(path: str | os.PathLike[str], *, suffix: str | None = None) -> 
     fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{final.name}-", suffix=ext, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs are shared like any file the user writes
     try:
         yield tmp
         os.replace(tmp, final)

@@ -268,3 +268,37 @@ def save_preview(
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def merge_datasets(sources: list[str | Path], out_dir: str | Path) -> Path:
+    """Merge datasets in the :func:`write_dataset` layout into ``out_dir`` (tables and datalist only).
+
+    Images stay where they are: the merged ``datalist.json`` holds absolute paths, each source keeps its own
+    training/validation/test split, and ``annotations.csv``, ``cases.csv`` and ``seriesuids.csv`` are
+    concatenated. Series ids must be unique across sources.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datalist: dict[str, list[dict[str, str]]] = {}
+    tables: dict[str, list[str]] = {"annotations.csv": [], "cases.csv": [], "seriesuids.csv": []}
+    headers: dict[str, str] = {}
+    seen: set[str] = set()
+    for src in map(Path, sources):
+        for split, items in json.loads((src / "datalist.json").read_text()).items():
+            for item in items:
+                uid = item["seriesuid"]
+                if uid in seen:
+                    raise ValueError(f"series {uid} appears in more than one source ({src})")
+                seen.add(uid)
+                abs_item = {k: (str((src / v).resolve()) if k != "seriesuid" else v) for k, v in item.items()}
+                datalist.setdefault(split, []).append(abs_item)
+        for name in tables:
+            lines = (src / name).read_text().splitlines() if (src / name).exists() else []
+            if name != "seriesuids.csv" and lines:
+                headers[name], lines = lines[0], lines[1:]
+            tables[name] += [ln for ln in lines if ln.strip()]
+    for name, lines in tables.items():
+        head = [headers[name]] if name in headers else []
+        atomic_write_text(out / name, "".join(f"{ln}\n" for ln in head + lines))
+    atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")
+    return out
