@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The exact recipe of the weights shipped in monai_bundle/models/ (v0.1.0), as it was run.
+# Stage 0 ran on a lent H200 (scripts/gpu_session.sh: 48 full phantoms, seed 1000, `--profile gpu`, 217
+# iterations before its 220 s limit; its data loading, not the GPU, was the bottleneck). Stages 1-2 ran on
+# 2 CPU cores (about 40 + 30 minutes). Rerun from the repository root after `make install`.
+set -euo pipefail
+LS=.venv/bin/lungscreen
+GPU_INIT=${GPU_INIT:-runs/gpu1/model.pt}   # stage 0 output; without it, stage 1 starts from scratch
+
+# data: full and small phantoms, plus nodules inserted into the real chest CT of ../shared/data
+$LS sample-data sample_data/train_full --n 16 --seed 1000 --size full --workers 2
+$LS sample-data sample_data/train_small --n 24 --seed 2000 --size small --workers 2
+for s in 1 2 3 4 5 6; do
+  $LS insert-nodules ../shared/data/ct/totalseg_chest_ct_crop_1p5mm.nii.gz sample_data/inserted_$s --n 3 --seed $s
+done
+.venv/bin/python -c "from pipelines.phantom_write import merge_datasets; merge_datasets(['sample_data/train_full', 'sample_data/train_small'] + [f'sample_data/inserted_{s}' for s in range(1, 7)], 'sample_data/train_mix')"
+
+COMMON=(train#num_samples=4 train#epoch_length=200 validate#max_cases=2 train#num_workers=1 train#cache_workers=2)
+INIT=(); [ -f "$GPU_INIT" ] && INIT=(--init-weights "$GPU_INIT")
+# stage 1: 4000 iterations of 4 patches of 64^3, lr 2e-3 cosine
+$LS train --dataset sample_data/train_mix --out runs/cpu1 --profile cpu --seed 0 --device cpu "${INIT[@]}" --no-eval \
+  --stages segmentation --set "${COMMON[@]}" train#trainer#max_epochs=20 train#time_limit_s=3000 val_interval=5
+# stage 2: per-nodule balanced patch centres, 2800 iterations, lr 1e-3; then hard-negative mining + classifier
+$LS train --dataset sample_data/train_mix --out runs/cpu2 --profile cpu --seed 0 --device cpu \
+  --init-weights runs/cpu1/segmentation/models/model_last.pt --no-eval \
+  --set "${COMMON[@]}" train#trainer#max_epochs=14 train#time_limit_s=1750 train#lr=0.001 val_interval=100 \
+  classifier#time_limit_s=240
+cp runs/cpu2/models/model.pt runs/cpu2/models/classifier.pt monai_bundle/models/
