@@ -64,7 +64,7 @@ class ScreeningSettings:
     sw_batch_size: int = 2
     overlap: float = 0.25
     skip_empty_windows: bool = True
-    candidate_threshold: float = 0.3
+    candidate_threshold: float = 0.1
     prob_threshold: float = 0.5
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
