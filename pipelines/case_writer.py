@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -156,12 +155,12 @@ def _write_report(
 def write_run_files(output_dir: Path, settings: ScreeningSettings, bundle_version: str) -> dict[str, int]:
     """Rebuild summary/failures/submission tables, the index page and ``run.json``."""
     outputs.remove_stale_temporaries(Path(output_dir))
-    counts = outputs.rebuild_run_tables(output_dir)
+    records = outputs.load_run_records(output_dir)
+    counts = outputs.rebuild_run_tables(output_dir, records)
     if settings.report:
         from pipelines.report import write_index
 
-        rows = _summary_rows(output_dir)
-        write_index(run_dir=Path(output_dir), rows=rows)
+        write_index(run_dir=Path(output_dir), rows=records[2])
     outputs.write_json(
         Path(output_dir) / "run.json",
         {
@@ -178,14 +177,3 @@ def write_run_files(output_dir: Path, settings: ScreeningSettings, bundle_versio
         },
     )
     return counts
-
-
-def _summary_rows(output_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for p in sorted((Path(output_dir) / "cases").glob("*/result.json")):
-        rows.append(json.loads(p.read_text())["summary"])
-    for p in sorted((Path(output_dir) / ".state" / "failed").glob("*.json")):
-        f = json.loads(p.read_text())
-        if not (Path(output_dir) / "cases" / f["case_id"] / "result.json").exists():
-            rows.append({"case_id": f["case_id"], "status": "failed", "warnings": f["reason"]})
-    return sorted(rows, key=lambda r: r["case_id"])

@@ -157,8 +157,10 @@ def clear_failure(output_dir: Path, case_id: str) -> None:
         p.unlink()
 
 
-def rebuild_run_tables(output_dir: Path) -> dict[str, int]:
-    """Rebuild ``summary.csv``, ``failures.csv`` and ``submission.csv`` from the per-case records."""
+def load_run_records(
+    output_dir: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read every per-case record once: (results, failures still unresolved, summary rows sorted by case)."""
     out = Path(output_dir)
     results = [json.loads(p.read_text()) for p in sorted((out / "cases").glob("*/result.json"))]
     failures = [json.loads(p.read_text()) for p in sorted((out / ".state" / "failed").glob("*.json"))]
@@ -168,6 +170,17 @@ def rebuild_run_tables(output_dir: Path) -> dict[str, int]:
         {"case_id": f["case_id"], "status": "failed", "warnings": f["reason"]} for f in failures
     ]
     rows.sort(key=lambda r: r["case_id"])
+    return results, failures, rows
+
+
+def rebuild_run_tables(
+    output_dir: Path,
+    records: tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]] | None = None,
+) -> dict[str, int]:
+    """Rebuild ``summary.csv``, ``failures.csv`` and ``submission.csv`` from the per-case records
+    (``records`` from :func:`load_run_records`, read here when not given)."""
+    out = Path(output_dir)
+    results, failures, rows = records if records is not None else load_run_records(out)
     io.atomic_write_text(out / "summary.csv", to_csv(rows, SUMMARY_COLUMNS))
     io.atomic_write_text(out / "failures.csv", to_csv(failures, ("case_id", "input", "reason")))
     submission = []
