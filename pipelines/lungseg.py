@@ -61,7 +61,7 @@ def _outside_air(air: np.ndarray, pure: np.ndarray, *, pure_fraction: float) -> 
     border = np.zeros(n + 1, dtype=bool)
     for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
         border[np.unique(edge)] = True
-    _, frac, _ = component_stats(lab, n, pure)
+    _, frac, _ = component_stats(lab, n, pure, centroids=False)
     outside = np.zeros(n + 1, dtype=bool)
     outside[1:] = border[1:] & (frac >= pure_fraction)
     return outside[lab]
@@ -98,7 +98,7 @@ def _keep_lung_components(
     lab, n = ndi.label(mask)
     if n == 0:
         return mask
-    counts, frac, _ = component_stats(lab, n, pure)
+    counts, frac, _ = component_stats(lab, n, pure, centroids=False)
     vols = counts * float(np.prod(spacing_zyx)) / 1000.0
     ok = (frac < gas_fraction) & (vols >= min_ml)
     if not ok.any():

@@ -54,12 +54,14 @@ def block_mean_hu(
     nz, ny, nx = hu_zyx.shape
     oy, ox = -(-ny // fy), -(-nx // fx)
     out = np.empty((-(-nz // fz), oy, ox), dtype=np.float32)
+    pad = ((0, 0), (0, oy * fy - ny), (0, ox * fx - nx))
     for k, z0 in enumerate(range(0, nz, fz)):
-        slab = np.clip(hu_zyx[z0 : z0 + fz].astype(np.float32), clip_hu[0], clip_hu[1])
-        pad = ((0, 0), (0, oy * fy - ny), (0, ox * fx - nx))
+        slab = np.clip(hu_zyx[z0 : z0 + fz], clip_hu[0], clip_hu[1], dtype=np.float32)
         if any(p[1] for p in pad):
             slab = np.pad(slab, pad, mode="edge")
-        out[k] = slab.reshape(slab.shape[0], oy, fy, ox, fx).mean(axis=(0, 2, 4))
+        # successive single-axis sums are several times faster than one mean over three strided axes
+        total = slab.reshape(slab.shape[0], oy, fy, ox, fx).sum(axis=4).sum(axis=2).sum(axis=0)
+        out[k] = total / np.float32(slab.shape[0] * fy * fx)
     return out
 
 
@@ -80,10 +82,17 @@ def distance_outside_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.nd
 
 
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
-    """Binary dilation by a ball of ``radius_mm`` (anisotropic spacing aware)."""
-    if radius_mm <= 0:
+    """Binary dilation by a ball of ``radius_mm`` (anisotropic spacing aware).
+
+    The distance transform runs only over the mask's bounding box grown by the radius: the same result,
+    several times faster for compact masks (airways, satellites) in a large volume.
+    """
+    if radius_mm <= 0 or not mask.any():
         return mask.copy()
-    return distance_outside_mm(mask, spacing_zyx) <= radius_mm
+    box = bounding_box(mask, margin=[int(np.ceil(radius_mm / s)) + 1 for s in spacing_zyx])
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = distance_outside_mm(mask[box], spacing_zyx) <= radius_mm
+    return out
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -118,23 +127,35 @@ def bounding_box(mask: np.ndarray, *, margin: Sequence[int] = (0, 0, 0)) -> tupl
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Fill holes in every axial ``[y, x]`` slice of a ``[z, y, x]`` mask (one vectorised call)."""
-    return ndi.binary_fill_holes(mask, structure=SLICE_STRUCTURE)
+    """Fill holes in every axial ``[y, x]`` slice of a ``[z, y, x]`` mask (one vectorised call).
+
+    Holes lie inside the mask's in-plane bounding box, so the fill runs over that box (plus a one-voxel
+    rim that connects the background around it).
+    """
+    if not mask.any():
+        return mask.copy()
+    box = bounding_box(mask, margin=(0, 1, 1))
+    out = mask.copy()
+    out[box] = ndi.binary_fill_holes(mask[box], structure=SLICE_STRUCTURE)
+    return out
 
 
 def component_stats(
-    labels: np.ndarray, n: int, values: np.ndarray
+    labels: np.ndarray, n: int, values: np.ndarray, *, centroids: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel count, mean of ``values`` and centroid ``(z, y, x)`` (voxels) of components ``1..n``.
 
     Returns:
-        ``(counts[n], means[n], centroids[n, 3])``; index ``i`` is component ``i + 1``.
+        ``(counts[n], means[n], centroids[n, 3])``; index ``i`` is component ``i + 1``. With
+        ``centroids=False`` the centroids are not computed (three full-volume passes saved) and are nan.
     """
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
     sums = np.bincount(flat, weights=values.ravel().astype(np.float64), minlength=n + 1)[1:]
     means = sums / np.maximum(counts, 1)
-    cents = np.zeros((n, 3))
+    cents = np.full((n, 3), np.nan)
+    if not centroids:
+        return counts, means, cents
     for axis in range(3):
         shape = [1, 1, 1]
         shape[axis] = labels.shape[axis]
