@@ -377,10 +377,40 @@ def from_canonical(
     return ref.apply(back)
 
 
-def canonical_array(image: sitk.Image, *, dtype: type = np.float32) -> tuple[np.ndarray, sitk.Image]:
-    """Return the canonical ``[z, y, x]`` array (as ``dtype``) and the canonical image it comes from."""
-    canon = to_canonical(image)
-    return sitk.GetArrayFromImage(canon).astype(dtype, copy=False), canon
+_AXIS_OF_LETTER = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+
+def canonical_array(image: sitk.Image, *, dtype: type = np.float32) -> tuple[np.ndarray, ImageHeader]:
+    """The canonical ``[z, y, x]`` array (as ``dtype``) and the header of the canonical grid.
+
+    The same permutation and flips as :func:`to_canonical` (SimpleITK ``DICOMOrient`` to ``LPS``, which
+    also decides the nearest orientation of a slightly oblique scan), done as numpy views over the
+    image's buffer and one copy into ``dtype``: several times faster than ``DICOMOrient`` plus a copy
+    on a full CT. The header equals ``ImageHeader.of(to_canonical(image))``.
+    """
+    image = to_3d(image)
+    code = orientation_code(image)
+    size, spacing = image.GetSize(), image.GetSpacing()
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    view = sitk.GetArrayViewFromImage(image)  # [k, j, i] = index axes (2, 1, 0)
+    world_of = [_AXIS_OF_LETTER[c] for c in code]  # index axis a -> (LPS world axis, sign)
+    # canonical index axis w is the input index axis a with world_of[a][0] == w
+    source = [next(a for a in range(3) if world_of[a][0] == w) for w in range(3)]
+    arr = view.transpose([2 - source[2 - ax] for ax in range(3)])
+    flips = tuple(
+        slice(None, None, -1) if world_of[source[2 - ax]][1] < 0 else slice(None) for ax in range(3)
+    )
+    arr = np.ascontiguousarray(arr[flips], dtype=dtype)
+    first = np.array([size[a] - 1 if world_of[a][1] < 0 else 0 for a in range(3)], dtype=float)
+    origin = np.asarray(image.GetOrigin(), dtype=float) + direction @ (first * np.asarray(spacing, float))
+    new_dir = np.stack([direction[:, source[w]] * world_of[source[w]][1] for w in range(3)], axis=1)
+    header = ImageHeader(
+        tuple(int(size[source[w]]) for w in range(3)),
+        tuple(float(spacing[source[w]]) for w in range(3)),
+        tuple(float(v) for v in origin),
+        tuple(float(v) for v in new_dir.ravel()),
+    )
+    return arr, header
 
 
 def spacing_zyx(image: sitk.Image | ImageHeader) -> tuple[float, float, float]:

@@ -25,9 +25,9 @@ from pipelines import io, preprocess
 from pipelines.preprocess import CaseGeometry
 
 
-def load_canonical(source: Any) -> tuple[np.ndarray, sitk.Image, io.ImageHeader, str]:
-    """Read a path / CaseInput / SimpleITK image; return (canonical float32 array, canonical image header
-    source, original header, name for messages)."""
+def load_canonical(source: Any) -> tuple[np.ndarray, io.ImageHeader, io.ImageHeader, str]:
+    """Read a path / CaseInput / SimpleITK image; return (canonical float32 array, canonical header,
+    original header, name for messages)."""
     if isinstance(source, sitk.Image):
         io.validate_image(source)
         image, name = io.to_3d(source), "<memory>"
@@ -71,7 +71,7 @@ class LoadScand(MapTransform):
         d["source_name"] = name
         d["geometry"] = CaseGeometry(
             original=original,
-            canonical=io.ImageHeader.of(canon),
+            canonical=canon,
             crop_box=((0, array.shape[0]), (0, array.shape[1]), (0, array.shape[2])),
             network_shape=array.shape,  # type: ignore[arg-type]
             network_spacing_zyx=io.spacing_zyx(canon),

@@ -184,8 +184,25 @@ def test_canonical_round_trip_is_exact_for_all_48_orientations() -> None:
     for code in CODES:
         img = sitk.DICOMOrient(base, code)
         arr, canon = io.canonical_array(img)
-        assert io.orientation_code(canon) == "LPS"
+        assert canon.orientation == "LPS"
+        assert canon == io.ImageHeader.of(sitk.DICOMOrient(img, "LPS")), code
         np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(base).astype(np.float32))
         back = io.from_canonical(arr.astype(np.int16), img)
         assert _geometry(back) == _geometry(img), code
         np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
+
+
+def test_canonical_array_of_slightly_oblique_scan_matches_dicomorient() -> None:
+    base = to_image(chest_hu((5, 6, 7)), spacing_xyz=(0.8, 0.9, 2.5), origin=(-3.0, 4.0, 9.0))
+    angle = np.deg2rad(4.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    for code in ("RAI", "SLP", "IPR"):
+        img = sitk.DICOMOrient(base, code)
+        img.SetDirection(tuple((rot @ np.asarray(img.GetDirection()).reshape(3, 3)).ravel()))
+        arr, canon = io.canonical_array(img, dtype=np.int16)
+        ref = sitk.DICOMOrient(img, "LPS")
+        np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(ref))
+        want = io.ImageHeader.of(ref)
+        assert canon.size == want.size and canon.spacing == want.spacing
+        np.testing.assert_allclose(canon.origin, want.origin, atol=1e-9)
+        np.testing.assert_allclose(canon.direction, want.direction, atol=1e-12)
