@@ -193,10 +193,12 @@ def make_dataset(
     preview: bool = False,
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
     workers: int = 1,
+    first: int = 0,
 ) -> Path:
     """Write ``n`` synthetic cases in the LUNA16-like layout described in :mod:`pipelines.phantom_write`.
 
-    ``workers`` > 1 generates cases in parallel processes (same bytes as serial).
+    ``workers`` > 1 generates cases in parallel processes (same bytes as serial); ``first`` skips to case
+    ``first`` of the dataset of ``seed``.
 
     Returns:
         ``out_dir`` as a Path.
@@ -213,6 +215,7 @@ def make_dataset(
         preview=preview,
         splits=splits,
         workers=workers,
+        first=first,
     )
 
 

@@ -154,18 +154,21 @@ def write_dataset(
     preview: bool = False,
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
     workers: int = 1,
+    first: int = 0,
 ) -> Path:
     """Generate and write ``n`` cases (see the module docstring for the layout); deterministic for ``seed``.
 
     ``workers`` > 1 generates cases in that many processes; the bytes written do not depend on it.
+    ``first`` > 0 writes cases ``first .. first + n - 1`` of the dataset of ``seed`` (the same bytes as
+    those cases of a larger dataset), e.g. to reproduce one case without generating the ones before it.
     """
     if fmt not in ("nii", "mhd"):
         raise ValueError(f"fmt must be 'nii' or 'mhd', not {fmt!r}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, not {n}")
+    if n < 1 or first < 0:
+        raise ValueError(f"n must be at least 1 and first at least 0, not n={n}, first={first}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, i, size, modality, fmt) for i in range(n)]
+    jobs = [(out, seed, i, size, modality, fmt) for i in range(first, first + n)]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +139,16 @@ def test_same_seed_same_bytes_and_datalist_loads(tmp_path):
     assert header == "seriesuid,coordX,coordY,coordZ,diameter_mm"
 
 
+def test_first_writes_the_same_case_as_the_full_dataset(tmp_path):
+    whole = make_dataset(tmp_path / "whole", n=2, seed=7)
+    one = make_dataset(tmp_path / "one", n=1, seed=7, first=1)
+    assert (one / "seriesuids.csv").read_text() == "phantom_s7_0001\n"
+    for f in ("images/phantom_s7_0001.nii.gz", "labels/phantom_s7_0001.nii.gz"):
+        assert (one / f).read_bytes() == (whole / f).read_bytes(), f
+    with pytest.raises(ValueError, match="first"):
+        make_dataset(tmp_path / "bad", n=1, seed=7, first=-1)
+
+
 def test_different_seed_different_image():
     a = sitk.GetArrayFromImage(generate_case(seed=11).image)
     b = sitk.GetArrayFromImage(generate_case(seed=12).image)
@@ -188,10 +197,9 @@ def test_insert_nodules_into_existing_ct(case, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_case_generation_time():
-    t0 = time.perf_counter()
+def test_full_size_case():
+    """A full-size case has the advertised grid (generation speed is a benchmark matter, not a test's)."""
     c = generate_case(seed=3, size="full")
-    seconds = time.perf_counter() - t0
-    print(f"full-size case {c.image.GetSize()} at {c.image.GetSpacing()} in {seconds:.1f} s")
-    assert c.image.GetSize()[0] * c.image.GetSize()[1] * c.image.GetSize()[2] >= 512 * 512 * 100
-    assert seconds < 60
+    size = c.image.GetSize()
+    assert 512 in size and size[0] * size[1] * size[2] >= 512 * 512 * 100
+    assert max(c.image.GetSpacing()) <= 2.5 and min(c.image.GetSpacing()) >= 0.5
