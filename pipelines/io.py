@@ -400,7 +400,8 @@ def canonical_array(image: sitk.Image, *, dtype: type = np.float32) -> tuple[np.
     flips = tuple(
         slice(None, None, -1) if world_of[source[2 - ax]][1] < 0 else slice(None) for ax in range(3)
     )
-    arr = np.ascontiguousarray(arr[flips], dtype=dtype)
+    # always a copy: a view would dangle once the image (the view's buffer owner) is freed
+    arr = np.array(arr[flips], dtype=dtype, order="C", copy=True)
     first = np.array([size[a] - 1 if world_of[a][1] < 0 else 0 for a in range(3)], dtype=float)
     origin = np.asarray(image.GetOrigin(), dtype=float) + direction @ (first * np.asarray(spacing, float))
     new_dir = np.stack([direction[:, source[w]] * world_of[source[w]][1] for w in range(3)], axis=1)

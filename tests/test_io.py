@@ -192,6 +192,18 @@ def test_canonical_round_trip_is_exact_for_all_48_orientations() -> None:
         np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
 
 
+def test_canonical_array_owns_its_memory() -> None:
+    """Same dtype and already LPS: the array must still be a copy, not a view into the image's buffer."""
+    img = to_image(chest_hu((4, 5, 6)), spacing_xyz=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    img = sitk.Cast(img, sitk.sitkInt16)
+    arr, _ = io.canonical_array(img, dtype=np.int16)
+    assert arr.flags.owndata and arr.flags.c_contiguous
+    assert not np.shares_memory(arr, sitk.GetArrayViewFromImage(img))
+    expected = sitk.GetArrayFromImage(img).copy()
+    del img
+    np.testing.assert_array_equal(arr, expected)
+
+
 def test_canonical_array_of_slightly_oblique_scan_matches_dicomorient() -> None:
     base = to_image(chest_hu((5, 6, 7)), spacing_xyz=(0.8, 0.9, 2.5), origin=(-3.0, 4.0, 9.0))
     angle = np.deg2rad(4.0)
