@@ -87,13 +87,16 @@ def _keep_lung_components(
     min_ml: float,
     main_fraction: float,
     satellite_mm: float,
+    min_thickness_mm: float = 0.0,
 ) -> np.ndarray:
     """3D components of ``mask`` that look like lung.
 
     Pure gas (stomach, bowel, gaps at the table: a pure-air voxel fraction >= ``gas_fraction``) and pieces
-    under ``min_ml`` go. Of the rest, components of at least ``main_fraction`` of the largest are lungs;
-    smaller ones stay only within ``satellite_mm`` of those (lung cut off by a vessel or fissure), which drops
-    bowel content that mimics lung density below the diaphragm.
+    under ``min_ml`` go, and so do big but thin sheets whose largest inscribed ball has a radius under
+    ``min_thickness_mm`` (the foam core of a carbon-fibre couch, ~-900 HU, is a lung-dense curved slab a few
+    mm thick). Of the rest, components of at least ``main_fraction`` of the largest are lungs; smaller ones
+    stay only within ``satellite_mm`` of those (lung cut off by a vessel or fissure), which drops bowel
+    content that mimics lung density below the diaphragm.
     """
     lab, n = ndi.label(mask)
     if n == 0:
@@ -101,6 +104,14 @@ def _keep_lung_components(
     counts, frac, _ = component_stats(lab, n, pure, centroids=False)
     vols = counts * float(np.prod(spacing_zyx)) / 1000.0
     ok = (frac < gas_fraction) & (vols >= min_ml)
+    if min_thickness_mm > 0 and ok.any():
+        big = ok & (vols >= main_fraction * vols[ok].max())
+        big_mask = np.concatenate([[False], big])[lab]
+        box = bounding_box(big_mask, margin=(1, 1, 1))
+        depth = ndi.distance_transform_edt(big_mask[box], sampling=spacing_zyx)
+        radius = np.zeros(n)
+        radius[big] = ndi.maximum(depth, lab[box], index=np.flatnonzero(big) + 1)
+        ok &= ~big | (radius >= min_thickness_mm)
     if not ok.any():
         return np.zeros(mask.shape, dtype=bool)
     main = ok & (vols >= main_fraction * vols[ok].max())
@@ -180,7 +191,9 @@ def _refine_sides(
     for side in (RIGHT, LEFT):
         mask = labels == side
         if mask.any():
-            mask |= fill_holes_per_slice(close_mm(mask, close_radius_mm, spacing_zyx)) & ~forbidden
+            closed = close_mm(mask, close_radius_mm, spacing_zyx)
+            filled = fill_holes_per_slice(closed)
+            mask |= (closed | _enclosed_holes(filled & ~closed, filled)) & ~forbidden
         grown[side] = mask
     out = np.zeros(labels.shape, dtype=np.uint8)
     out[grown[RIGHT]] = RIGHT
@@ -188,6 +201,25 @@ def _refine_sides(
     both = grown[RIGHT] & grown[LEFT]
     out[both] = labels[both]
     return out
+
+
+def _enclosed_holes(holes: np.ndarray, filled: np.ndarray, *, open_fraction: float = 0.5) -> np.ndarray:
+    """Per-slice holes that are enclosed in 3D too (vessels, nodules), not the top of the diaphragm.
+
+    Near the lung base the liver dome shows as a hole in axial slices. Such a hole component sits on
+    tissue outside the lung: most of its inferior face (the voxels just below it, ``z - 1``) lies outside
+    ``filled``. A vessel or nodule hole has lung, or more hole, below it.
+    """
+    lab, n = ndi.label(holes)
+    if n == 0:
+        return holes
+    top, below = lab[1:], lab[:-1]
+    face = (top > 0) & (below != top)  # inferior face of each component
+    face_n = np.bincount(top[face], minlength=n + 1)
+    face_out = np.bincount(top[face & ~filled[:-1]], minlength=n + 1)
+    keep = face_out <= open_fraction * np.maximum(face_n, 1)
+    keep[0] = False
+    return keep[lab]
 
 
 def _mediastinal_airway(airway: np.ndarray, lungs: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -213,6 +245,7 @@ def segment_lungs(
     main_fraction: float = 0.1,
     satellite_mm: float = 10.0,
     close_radius_mm: float = 10.0,
+    min_thickness_mm: float = 10.0,
 ) -> np.ndarray:
     """Segment the right and left lung of a CT volume.
 
@@ -232,6 +265,8 @@ def segment_lungs(
         main_fraction: Components of at least this fraction of the largest are lungs in their own right.
         satellite_mm: Smaller components are kept only within this distance (mm) of a main lung component.
         close_radius_mm: Ball radius of the per-side closing that keeps juxta-pleural nodules in the lung.
+        min_thickness_mm: A large air-like component is lung only if a ball of this radius (mm) fits in it;
+            thin sheets (a couch's foam core, a pad) are not.
 
     Returns:
         uint8 ``[z, y, x]`` labels, same shape as ``hu_zyx``: 0 background, 1 right lung, 2 left lung.
@@ -254,7 +289,7 @@ def segment_lungs(
     keep = dict(
         gas_fraction=gas_fraction, min_ml=min_lung_ml, main_fraction=main_fraction, satellite_mm=satellite_mm
     )
-    lungs = _keep_lung_components(air & ~outside, pure, sp, **keep)
+    lungs = _keep_lung_components(air & ~outside, pure, sp, min_thickness_mm=min_thickness_mm, **keep)
     midline = _midline_x(outside, lungs if lungs.any() else air)
     airway = find_airway(lungs, hu_s, sp, midline, airway_hu=airway_hu)
     forbidden = outside

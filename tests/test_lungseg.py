@@ -133,6 +133,44 @@ def test_synthetic_juxta_pleural_nodule_inside(chest: Phantom, chest_labels: np.
     assert lung_side_at(chest_labels, chest.nodule_centre, spacing_zyx=chest.spacing) == "right"
 
 
+def _axes(ph: Phantom) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z, y, x = (np.arange(n, dtype=np.float32) * s for n, s in zip(ph.hu.shape, ph.spacing))
+    return z[:, None, None], y[None, :, None], x[None, None, :]
+
+
+def test_couch_foam_core_is_not_lung() -> None:
+    """A carbon-fibre couch wider than the field of view: dense shells around a lung-dense (-870 HU) foam
+    core 10 mm thick that runs from one image border to the other (so it is not outside air)."""
+    ph = make_chest(noise_hu=20.0)
+    _, y, _ = _axes(ph)
+    hu = ph.hu.copy()
+    hu[np.broadcast_to((y >= 221) & (y <= 239), hu.shape)] = 300
+    core = np.broadcast_to((y >= 224) & (y <= 234), hu.shape)
+    hu[core] = -870
+    labels = segment_lungs(hu, ph.spacing)
+    assert not labels[core].any()
+    assert dice(labels == 1, ph.right) > 0.95 and dice(labels == 2, ph.left) > 0.95
+
+
+def test_diaphragm_dome_is_not_filled_but_a_nodule_is() -> None:
+    """The liver dome rising into the lung base shows as a hole in axial slices; it is not lung. A solid
+    nodule in the middle of the lung is also a hole, and is lung."""
+    ph = make_chest(noise_hu=20.0)
+    z, y, x = _axes(ph)
+    xm = ph.hu.shape[2] * ph.spacing[2] / 2
+    hu = ph.hu.copy()
+    dome = np.broadcast_to((x - (xm - 62)) ** 2 + (y - 110) ** 2 + (z - 10) ** 2 <= 55**2, hu.shape)
+    hu[dome & ph.right] = 40
+    nodule = np.broadcast_to((x - (xm + 62)) ** 2 + (y - 110) ** 2 + (z - 110) ** 2 <= 8**2, hu.shape)
+    hu[nodule] = 40
+    labels = segment_lungs(hu, ph.spacing)
+    enclosed = dome & ph.right & (np.broadcast_to(z, hu.shape) > 56)
+    assert enclosed.sum() > 20
+    assert (labels[enclosed] > 0).mean() < 0.2
+    assert (labels[nodule] == 2).mean() > 0.95
+    assert dice(labels == 1, ph.right & ~dome) > 0.95
+
+
 def test_mirrored_input_swaps_sides(chest: Phantom, chest_labels: np.ndarray) -> None:
     mirrored = segment_lungs(chest.hu[:, :, ::-1], chest.spacing)[:, :, ::-1]
     swapped = np.choose(chest_labels, [0, 2, 1]).astype(np.uint8)
