@@ -5,7 +5,7 @@ Data dictionaries carry:
 - ``image``: a path, a :class:`pipelines.io.CaseInput` or an in-memory ``SimpleITK.Image`` before
   :class:`LoadScand`; afterwards the canonical ``[z, y, x]`` array, and after :class:`ScaleHUd` a float32
   tensor ``[1, z, y, x]`` on the network grid in [0, 1].
-- ``hu``: the canonical HU array (float32, ``[z, y, x]``) kept for measurements.
+- ``hu``: the canonical HU array (``[z, y, x]``; int16 for integer scans, else float32) kept for measurements.
 - ``lungs``: lung labels (1 right, 2 left) on the same grid as ``image``.
 - ``geometry``: a :class:`pipelines.preprocess.CaseGeometry` that inverts every step.
 """
@@ -26,8 +26,8 @@ from pipelines.preprocess import CaseGeometry
 
 
 def load_canonical(source: Any) -> tuple[np.ndarray, io.ImageHeader, io.ImageHeader, str]:
-    """Read a path / CaseInput / SimpleITK image; return (canonical float32 array, canonical header,
-    original header, name for messages)."""
+    """Read a path / CaseInput / SimpleITK image; return (canonical array, canonical header, original header,
+    name for messages). The array is int16 for integer scans up to 16 bits, float32 otherwise."""
     if isinstance(source, sitk.Image):
         io.validate_image(source)
         image, name = io.to_3d(source), "<memory>"
@@ -40,8 +40,17 @@ def load_canonical(source: Any) -> tuple[np.ndarray, io.ImageHeader, io.ImageHea
         image, name = io.read_image(Path(source)), str(source)
     image = io.to_3d(image)
     original = io.ImageHeader.of(image)
-    array, canon = io.canonical_array(image, dtype=np.float32)
+    array, canon = io.canonical_array(image, dtype=_array_dtype(image))
     return array, canon, original, name
+
+
+#: Pixel types kept as int16 on the canonical grid (every CT stored as integers); float images stay float32.
+_INT16_SAFE = {sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16}
+
+
+def _array_dtype(image: sitk.Image) -> type:
+    """int16 for integer CT (half the memory of float32 for the full-resolution ``hu`` copy), else float32."""
+    return np.int16 if image.GetPixelID() in _INT16_SAFE else np.float32
 
 
 class LoadScand(MapTransform):

@@ -69,3 +69,23 @@ def test_check_ct_units_refuses_raw_stored_values():
     with pytest.raises(io.ImageReadError, match="scan.nii.gz.*not Hounsfield"):
         preprocess.check_ct_units(raw, path="scan.nii.gz")
     preprocess.check_ct_units(raw - 1024, path="ok")
+
+
+@pytest.mark.parametrize(
+    ("pixel", "dtype"),
+    [(sitk.sitkInt16, np.int16), (sitk.sitkUInt8, np.int16), (sitk.sitkFloat32, np.float32)],
+)
+def test_load_scan_keeps_integer_ct_as_int16(pixel: int, dtype: type) -> None:
+    """The full-resolution ``hu`` copy is int16 for integer scans (half the memory), float32 otherwise."""
+    from pipelines.transforms import LoadScand
+
+    arr = np.full((6, 7, 8), -1000, dtype=np.int16)
+    arr[2:4, 2:5, 2:6] = 40
+    img = sitk.Cast(sitk.GetImageFromArray(arr), pixel) if pixel != sitk.sitkUInt8 else None
+    if img is None:  # uint8 cannot hold HU: a tiny positive image only checks the dtype choice
+        img = sitk.GetImageFromArray(np.zeros((6, 7, 8), dtype=np.uint8))
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS on disk: the canonical copy is flipped
+    out = LoadScand(modality="mri")({"image": img})
+    assert out["hu"].dtype == dtype and out["image"] is out["hu"]
+    expected = sitk.GetArrayFromImage(sitk.DICOMOrient(img, "LPS"))
+    np.testing.assert_array_equal(out["hu"], expected.astype(dtype))
