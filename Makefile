@@ -27,6 +27,7 @@ else
   PROFILE ?= cpu
 endif
 TRAIN_SEED ?= 1000
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 EVAL_SEED ?= 9000
 IN ?= $(DEMO_DATA)/images
 OUT ?= $(DEMO_OUT)
@@ -66,18 +67,18 @@ format: install
 	$(BIN)/ruff format pipelines tests
 
 sample-data: install ## training and evaluation sets (TRAIN_N / EVAL_N scans)
-	$(LS) sample-data $(TRAIN_DATA) --n $(TRAIN_N) --seed $(TRAIN_SEED) --size $(TRAIN_SIZE)
-	$(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE)
+	$(LS) sample-data $(TRAIN_DATA) --n $(TRAIN_N) --seed $(TRAIN_SEED) --size $(TRAIN_SIZE) --workers $(WORKERS)
+	$(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE) --workers $(WORKERS)
 
 train: install ## train the nodule UNet and the false-positive classifier on TRAIN_DATA
-	test -f $(TRAIN_DATA)/datalist.json || $(LS) sample-data $(TRAIN_DATA) --n $(TRAIN_N) --seed $(TRAIN_SEED) --size $(TRAIN_SIZE)
+	test -f $(TRAIN_DATA)/datalist.json || $(LS) sample-data $(TRAIN_DATA) --n $(TRAIN_N) --seed $(TRAIN_SEED) --size $(TRAIN_SIZE) --workers $(WORKERS)
 	$(LS) train --dataset $(TRAIN_DATA) --out $(RUN_DIR) --profile $(PROFILE) --seed 0
 
 screen: install ## screen IN=folder OUT=folder
 	$(LS) screen $(IN) $(OUT)
 
 evaluate: install ## screen EVAL_DATA and compute LUNA16 FROC/CPM and segmentation metrics
-	test -f $(EVAL_DATA)/datalist.json || $(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE)
+	test -f $(EVAL_DATA)/datalist.json || $(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE) --workers $(WORKERS)
 	$(LS) screen $(EVAL_DATA)/images outputs/eval --device auto --no-report $(SCREEN_ARGS)
 	$(LS) evaluate --annotations $(EVAL_DATA)/annotations.csv --predictions outputs/eval/submission.csv \
 	  --seriesuids $(EVAL_DATA)/seriesuids.csv --cases $(EVAL_DATA)/cases.csv \

@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lungscreen",
         description="Screen 3D chest CT for lung nodules; segment 3D CT and MRI. Not a medical device.",
     )
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error instead of one line"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("sample-data", help="generate synthetic chest CT (or MRI) with labelled nodules")
@@ -346,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"lungscreen {args.command}: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(
+            f"lungscreen {args.command}: error: {err} (rerun with --debug for the traceback)", file=sys.stderr
+        )
         return 2
 
 

@@ -75,3 +75,23 @@ def test_make_demo_runs_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "index.html" in res.stdout
     assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_errors_are_one_line_unless_debug(tmp_path, capsys):
+    from pipelines.cli import main
+
+    missing = tmp_path / "nowhere.csv"
+    argv = [
+        "evaluate",
+        "--annotations",
+        str(missing),
+        "--predictions",
+        str(missing),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere.csv" in err[0] and "--debug" in err[0]
+    with pytest.raises((FileNotFoundError, ValueError)):
+        main(["--debug", *argv])

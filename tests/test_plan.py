@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_segtrain import make_mri_phantoms
+from mri_phantoms import make_mri_phantoms
 
 from pipelines.plan import (
     PlanError,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_segtrain import TINY, make_mri_phantoms
+from mri_phantoms import TINY, make_mri_phantoms
 
 from pipelines import io
 from pipelines.inference import CheckpointError
