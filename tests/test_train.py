@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,11 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_json_reuses_inference_network_and_preprocessing() -> None:
     train_cfg = json.loads((CONFIGS / "train.json").read_text())
     assert "network_def" not in train_cfg and "settings" not in train_cfg
-    assert "hu_min" not in (CONFIGS / "train.json").read_text()
+    text = (CONFIGS / "train.json").read_text()
+    # the HU window and spacing are only referenced from inference.json's settings, never given a value here
+    for key in ("hu_min", "hu_max", "target_spacing_mm"):
+        values = re.findall(rf'"{key}":\s*([^,\n}}]+)', text)
+        assert all(v.strip() == f'"@settings#{key}"' for v in values), (key, values)
     wf = load_workflow(
         ["inference.json", "train.json"], workflow_type="train", overrides={"dataset_dir": "x"}
     )

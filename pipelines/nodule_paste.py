@@ -1,0 +1,189 @@
+"""Training augmentation: paste freshly designed nodules into training patches (nodule insertion on the fly).
+
+A few dozen training scans hold only a few hundred nodules, and a network sees each of them thousands of times.
+Inserting synthetic nodules into real scans is the standard way CAD studies multiply positives; done per patch,
+every step shows the network new nodules of every type, size and location class in new surroundings.
+
+The nodules are designed and rendered by the phantom generator (:func:`pipelines.phantom_nodules.design_nodule`,
+:func:`~pipelines.phantom_nodules.render_nodules`: solid, part-solid, ground-glass, calcified; round, lobulated,
+spiculated) and blended the way :mod:`pipelines.phantom_insert` inserts into real CT: rendered onto a smoothed
+copy of the patch, and only the blurred difference is added back, so the patch keeps its own noise and texture
+inside the nodule. A nodule goes where it can lie: free in the lung (parenchymal), touching the lung border
+(juxta-pleural), or touching a vessel (juxta-vascular), never over a labelled nodule.
+
+Patches are ``[1, z, y, x]`` on the isotropic network grid, intensities scaled from ``[hu_min, hu_max]`` to
+``[0, 1]`` (:class:`pipelines.transforms.ScaleHUd`), labels binary, lung masks > 0 inside the lungs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+from scipy import ndimage as ndi
+
+from pipelines.phantom_nodules import LOCATIONS, Nodule, design_nodule, render_nodules
+from pipelines.phantom_shapes import Grid
+
+#: Probabilities of the location classes (parenchymal, juxta-pleural, juxta-vascular), as the generator's.
+LOCATION_P = (0.45, 0.3, 0.25)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _pick(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray | None:
+    """A random ``(z, y, x)`` index where ``mask`` holds, or None."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return None
+    return np.asarray(np.unravel_index(idx[rng.integers(idx.size)], mask.shape), dtype=float)
+
+
+def place_center(
+    rng: np.random.Generator,
+    nodule: Nodule,
+    *,
+    lung_depth: np.ndarray,
+    free: np.ndarray,
+    vessels: np.ndarray,
+    spacing_mm: float,
+) -> np.ndarray | None:
+    """A centre ``(z, y, x)`` (voxel index) for ``nodule`` of its ``location`` class, or None if none fits.
+
+    Args:
+        lung_depth: distance (mm) of every voxel to the nearest non-lung voxel (0 outside the lung).
+        free: voxels at least the nodule's reach away from labelled (or already pasted) nodules.
+        vessels: dense voxels inside the lung (vessel walls a juxta-vascular nodule can lean on).
+    """
+    r = nodule.r_max
+    if nodule.location == "juxta-pleural":
+        return _pick(rng, free & (np.abs(lung_depth - 0.9 * r) <= max(0.6, 0.5 * spacing_mm)))
+    if nodule.location == "juxta-vascular":
+        for _ in range(20):
+            v = _pick(rng, vessels & free)
+            if v is None:
+                return None
+            u = rng.normal(size=3)
+            u /= np.linalg.norm(u) + 1e-9
+            c = v + u * (0.85 * nodule.radius + 1.0) / spacing_mm
+            k = np.round(c).astype(int)
+            if np.all(k >= 0) and np.all(k < lung_depth.shape) and lung_depth[tuple(k)] >= 0.7 * r:
+                if free[tuple(k)]:
+                    return c
+        return None
+    return _pick(rng, free & (lung_depth >= r + 1.0))
+
+
+def paste_nodules(
+    hu: np.ndarray,
+    label: np.ndarray,
+    lungs: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    count: int,
+    spacing_mm: float = 1.0,
+    d_min: float = 3.0,
+    vessel_hu: float = -300.0,
+) -> tuple[np.ndarray, np.ndarray, list[Nodule]]:
+    """Paste up to ``count`` new nodules into a ``[z, y, x]`` HU patch with binary ``label`` and ``lungs``.
+
+    Returns:
+        ``(hu float32, label uint8, pasted nodules)``; the inputs are not modified. Nodules that find no
+        place (small or lung-free patches) are skipped.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    lung = np.asarray(lungs) > 0
+    out_label = (np.asarray(label) > 0).astype(np.uint8)
+    if count <= 0 or lung.sum() < 200:
+        return hu.copy(), out_label, []
+    sp = (spacing_mm,) * 3
+    lung_depth = ndi.distance_transform_edt(lung, sampling=sp)
+    vessels = lung & (hu > vessel_hu) & (lung_depth > 2.0)
+    grid = Grid(hu.shape, sp, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
+    smooth = ndi.gaussian_filter(hu, 1.0 / spacing_mm)
+    before = smooth.copy()
+    placed: list[Nodule] = []
+    for _ in range(count):
+        nodule = design_nodule(rng, d_min=d_min)
+        nodule.location = str(rng.choice(LOCATIONS, p=LOCATION_P))
+        taken = out_label > 0
+        reach = nodule.r_max * (2.2 if len(nodule.spicules) else 1.0) + 3.0
+        free = (
+            ndi.distance_transform_edt(~taken, sampling=sp) > reach
+            if taken.any()
+            else np.ones(hu.shape, bool)
+        )
+        centre = place_center(
+            rng, nodule, lung_depth=lung_depth, free=free, vessels=vessels, spacing_mm=spacing_mm
+        )
+        if centre is None:
+            continue
+        nodule.center = grid.index_to_world(centre[None])[0]
+        new = render_nodules(smooth, grid, [nodule], rng)
+        out_label[new > 0] = 1
+        placed.append(nodule)
+    if not placed:
+        return hu.copy(), out_label, []
+    delta = ndi.gaussian_filter(smooth - before, 0.5 / spacing_mm)
+    return hu + delta, out_label, placed
+
+
+class RandPasteNodulesd(Randomizable, MapTransform):
+    """With probability ``prob``, paste 1..``max_count`` new nodules into a training patch (see module doc).
+
+    Args:
+        keys: ``(image, label, lungs)`` keys, in that order; ``image`` scaled to [0, 1] from
+            ``[hu_min, hu_max]``, all ``[1, z, y, x]``.
+        prob: chance that a patch gets nodules.
+        max_count: most nodules per patch.
+        spacing_mm: isotropic voxel size of the patch.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = ("image", "label", "lungs"),
+        *,
+        prob: float = 0.5,
+        max_count: int = 2,
+        hu_min: float = -1000.0,
+        hu_max: float = 500.0,
+        spacing_mm: float = 1.0,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        if len(self.keys) != 3:
+            raise ValueError(f"keys must be (image, label, lungs), not {keys!r}")
+        self.prob, self.max_count = float(prob), int(max_count)
+        self.hu_min, self.hu_max, self.spacing_mm = float(hu_min), float(hu_max), float(spacing_mm)
+        self._do = False
+        self._seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._do = self.R.rand() < self.prob
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do:
+            return d
+        ik, lk, mk = self.keys
+        image, label = d[ik], d[lk]
+        scale = self.hu_max - self.hu_min
+        hu = _as_numpy(image)[0].astype(np.float32) * scale + self.hu_min
+        rng = np.random.default_rng(self._seed)
+        count = int(rng.integers(1, self.max_count + 1))
+        new_hu, new_label, placed = paste_nodules(
+            hu, _as_numpy(label)[0], _as_numpy(d[mk])[0], rng, count=count, spacing_mm=self.spacing_mm
+        )
+        if not placed:
+            return d
+        img = np.clip((new_hu - self.hu_min) / scale, 0.0, 1.0).astype(np.float32)[None]
+        lab = new_label[None].astype(_as_numpy(label).dtype)
+        d[ik] = torch.as_tensor(img) if isinstance(image, torch.Tensor) else img
+        d[lk] = torch.as_tensor(lab) if isinstance(label, torch.Tensor) else lab
+        return d
