@@ -53,6 +53,7 @@ class CaseInput:
         dicom_files: the ordered slice files of a DICOM series (empty for single-file formats).
         notes: reasons why something was skipped next to this case (localizers, non-CT series).
         image: an in-memory image (then ``path`` is ``<memory>``).
+        modality: the DICOM Modality (``CT``, ``MR``, ...) of a DICOM series; empty for other formats.
     """
 
     case_id: str
@@ -60,6 +61,7 @@ class CaseInput:
     dicom_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     image: sitk.Image | None = None
+    modality: str = ""
 
     @property
     def is_dicom(self) -> bool:
@@ -501,12 +503,12 @@ def _dicom_cases(folder: Path, orphans: list[str], only_file: Path | None = None
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
         if only_file is not None and str(only_file) not in files:
             continue
-        skip = _skip_reason(files[0])
+        skip, modality = _skip_reason(files[0])
         if skip:
             notes.append(f"skipped series {series_hash(uid)} in {folder.name}: {skip}")
             continue
         case_id = folder.name if len(series_ids) == 1 else f"{folder.name}_{series_hash(uid)}"
-        cases.append(CaseInput(case_id, folder, dicom_files=files))
+        cases.append(CaseInput(case_id, folder, dicom_files=files, modality=modality))
     if cases:
         cases[0].notes.extend(notes)
     else:
@@ -514,20 +516,21 @@ def _dicom_cases(folder: Path, orphans: list[str], only_file: Path | None = None
     return cases
 
 
-def _skip_reason(first_file: str) -> str:
+def _skip_reason(first_file: str) -> tuple[str, str]:
+    """``(why the series is skipped or "", its DICOM Modality or "")`` from the first file's header."""
     r = sitk.ImageFileReader()
     r.SetFileName(first_file)
     try:
         r.ReadImageInformation()
     except RuntimeError:
-        return ""
+        return "", ""
     modality = r.GetMetaData(_TAG_MODALITY).strip().upper() if r.HasMetaDataKey(_TAG_MODALITY) else ""
     image_type = r.GetMetaData(_TAG_IMAGE_TYPE).upper() if r.HasMetaDataKey(_TAG_IMAGE_TYPE) else ""
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
-        return "localizer"
+        return "localizer", modality
     if modality and modality not in ("CT", "MR", "PT"):
-        return f"modality {modality} is not a 3D CT/MR series"
-    return ""
+        return f"modality {modality} is not a 3D CT/MR series", modality
+    return "", modality
 
 
 def series_hash(series_uid: str) -> str:

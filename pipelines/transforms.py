@@ -72,7 +72,15 @@ class LoadScand(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         key = self.first_key(d)
-        array, canon, original, name = load_canonical(d[key])
+        source = d[key]
+        dicom_modality = getattr(source, "modality", "") if isinstance(source, io.CaseInput) else ""
+        if self.modality == "ct" and dicom_modality and dicom_modality != "CT":
+            raise io.ImageReadError(
+                str(source.path),
+                f"DICOM modality {dicom_modality}, not CT: screening takes chest CT; "
+                "MRI belongs to `lungscreen segment`",
+            )
+        array, canon, original, name = load_canonical(source)
         if self.modality == "ct":
             preprocess.check_ct_units(array, path=name)
         d[key] = array

@@ -160,6 +160,12 @@ def _dicom_mixed(inp: Path) -> tuple[str, Path]:
     return "dicom_mixed", folder
 
 
+def _dicom_mr(inp: Path) -> tuple[str, Path]:
+    folder = inp / "dicom_mr"
+    write_dicom_series(chest_image(), folder, modality="MR")  # HU-like values: only the tag says MR
+    return "dicom_mr", folder
+
+
 def _too_large(inp: Path) -> tuple[str, Path]:
     # The header claims 2000^3 voxels but no voxel data follows: refusing it proves the header alone was read.
     data = bytearray(_nifti_bytes(np.zeros((2, 2, 2), np.int16))[:352])
@@ -195,6 +201,7 @@ BAD: dict[str, tuple[Callable[[Path], tuple[str, Path]], str]] = {
     "dicom_missing": (_dicom_missing, r"missing slices"),
     "dicom_gaps": (_dicom_gaps, r"uneven gaps"),
     "dicom_mixed": (_dicom_mixed, r"mixes slice orientations"),
+    "dicom_mr": (_dicom_mr, r"DICOM modality MR, not CT.*lungscreen segment"),
     "too_large": (_too_large, r"exceeds the limit .*max_input_voxels"),
     "dangling_link": (_dangling, r"no such file"),
 }
