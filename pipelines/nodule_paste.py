@@ -184,6 +184,7 @@ class RandPasteNodulesd(Randomizable, MapTransform):
             return d
         img = np.clip((new_hu - self.hu_min) / scale, 0.0, 1.0).astype(np.float32)[None]
         lab = new_label[None].astype(_as_numpy(label).dtype)
-        d[ik] = torch.as_tensor(img) if isinstance(image, torch.Tensor) else img
-        d[lk] = torch.as_tensor(lab) if isinstance(label, torch.Tensor) else lab
+        # back on the patch's own device (the GPU profile runs the random transforms there)
+        d[ik] = torch.as_tensor(img, device=image.device) if isinstance(image, torch.Tensor) else img
+        d[lk] = torch.as_tensor(lab, device=label.device) if isinstance(label, torch.Tensor) else lab
         return d

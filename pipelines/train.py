@@ -2,7 +2,8 @@
 
 Profiles pick the config stack and a few overrides; every value lives in the bundle configs:
 
-- ``gpu``: ``inference.json + train.json`` (the shipped-weights recipe: 96^3 patches, bf16 on CUDA).
+- ``gpu``: ``inference.json + train.json + train_gpu_fast.json`` (96^3 patches, bf16 on CUDA, volumes cached
+  on the GPU and the random patch transforms run there).
 - ``cpu``: ``+ train_cpu.json`` (64^3 patches, fp32, what ``make train`` runs on 2 cores).
 - ``smoke``: ``cpu`` plus :data:`SMOKE_OVERRIDES` (a few iterations on 32^3 patches, for tests).
 
@@ -38,7 +39,7 @@ from pipelines.train_data import PathLike, latest_checkpoint, load_datalist
 log = logging.getLogger("lungscreen.train")
 
 PROFILES: dict[str, list[str]] = {
-    "gpu": ["inference.json", "train.json"],
+    "gpu": ["inference.json", "train.json", "train_gpu_fast.json"],
     "cpu": ["inference.json", "train.json", "train_cpu.json"],
     "smoke": ["inference.json", "train.json", "train_cpu.json"],
 }

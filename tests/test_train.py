@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -158,3 +159,31 @@ def test_torchrun_two_process_gloo_multi_gpu_overlay(tiny_dataset: Path, tmp_pat
     iters = [row["iteration"] for row in log if "loss" in row]
     assert iters == list(range(1, 11))  # rank 0 alone logs; 2 epochs x 5 iterations
     load_weights(_inference_parser().get_parsed_content("network_def"), out / "models" / "model.pt")
+
+
+def test_gpu_fast_overlay_trains_with_device_cached_volumes(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gpu profile's overlay (volumes cached on the device, ThreadDataLoader, random transforms on the
+    device) trains end to end; here the device is the CPU, so only the wiring is checked, not the speed."""
+    from pipelines import train as train_mod
+
+    assert train_mod.PROFILES["gpu"][-1] == "train_gpu_fast.json"
+    monkeypatch.setitem(train_mod.PROFILES, "smoke", [*train_mod.PROFILES["smoke"], "train_gpu_fast.json"])
+    over = {**TINY, "train#paste_prob": 1.0}
+    r = train(
+        dataset=tiny_dataset,
+        out=tmp_path / "run",
+        profile="smoke",
+        device="cpu",
+        evaluate=False,
+        overrides=over,
+        stages=["segmentation"],
+    )["segmentation"]
+    assert r["iterations"] == 20 and all(np.isfinite(r["losses"]))
+    wf = load_workflow(
+        [*train_mod.PROFILES["smoke"]],
+        workflow_type="train",
+        overrides={"dataset_dir": str(tiny_dataset), "settings#device": "cpu", **train_mod.SMOKE_OVERRIDES},
+    )
+    assert type(wf.parser.get_parsed_content("train#dataloader")).__name__ == "ThreadDataLoader"
