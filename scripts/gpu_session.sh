@@ -3,6 +3,7 @@
 #   bash scripts/gpu_session.sh OUT_DIR
 # Environment knobs (defaults are the recorded shipped-weights recipe):
 #   N_TRAIN=48 TRAIN_SEED=1000 SIZE=full PROFILE=gpu SEG_S=220 CLS_S=60 BENCH_S=90 WORKERS=16 BUDGET_S=585
+#   INIT_WEIGHTS=monai_bundle/models/model.pt (fine-tune the shipped UNet; empty = from scratch)
 # Writes to OUT_DIR (at most 8 files): model.pt, classifier.pt, train_result.json, train_log.jsonl,
 # train.log, session.log, bench.tgz.
 set -uo pipefail
@@ -32,18 +33,20 @@ timeout 150 $PY -m pipelines.cli sample-data "$WORK/train" --n "$N_TRAIN" --seed
   --workers "$WORKERS" >>"$OUT/session.log" 2>&1
 log "data done: $(ls "$WORK/train/images" 2>/dev/null | wc -l) images"
 
+INIT_WEIGHTS=${INIT_WEIGHTS-monai_bundle/models/model.pt}
+INIT=(); [ -n "$INIT_WEIGHTS" ] && [ -f "$INIT_WEIGHTS" ] && INIT=(--init-weights "$INIT_WEIGHTS")
 train() {
   $PY -m pipelines.cli train --dataset "$WORK/train" --out "$WORK/run" --profile "$PROFILE" --seed 0 \
-    --device "$DEVICE" --set "train#time_limit_s=$SEG_S" "classifier#time_limit_s=$CLS_S" \
+    --device "$DEVICE" "${INIT[@]}" --set "train#time_limit_s=$SEG_S" "classifier#time_limit_s=$CLS_S" \
     "train#trainer#max_epochs=40" "$@" >>"$OUT/train.log" 2>&1
 }
 log "train (segmentation <= $SEG_S s, classifier <= $CLS_S s)"
-timeout $((SEG_S + CLS_S + 150)) bash -c "$(declare -f train); $(declare -p PY WORK PROFILE DEVICE SEG_S CLS_S OUT); train"
+timeout $((SEG_S + CLS_S + 150)) bash -c "$(declare -f train); $(declare -p PY WORK PROFILE DEVICE SEG_S CLS_S OUT INIT); train"
 rc=$?
 if [ $rc -ne 0 ] && [ ! -f "$WORK/run/models/model.pt" ] && [ $((SECONDS - T0)) -lt 200 ]; then
   log "training failed (exit $rc); retrying with in-process data loading"
   SEG_S=$((SEG_S / 2))
-  timeout $((SEG_S + CLS_S + 120)) bash -c "$(declare -f train); $(declare -p PY WORK PROFILE DEVICE SEG_S CLS_S OUT); train train#num_workers=0 train#cache_workers=0 classifier#num_workers=0"
+  timeout $((SEG_S + CLS_S + 120)) bash -c "$(declare -f train); $(declare -p PY WORK PROFILE DEVICE SEG_S CLS_S OUT INIT); train train#num_workers=0 train#cache_workers=0 classifier#num_workers=0"
 fi
 log "train exit $rc"
 cp "$WORK"/run/models/*.pt "$OUT/" 2>/dev/null
