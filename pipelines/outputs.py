@@ -118,7 +118,10 @@ def _fmt(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, float | np.floating):
-        return f"{float(value):.6g}" if abs(float(value)) < 1e5 else f"{float(value):.2f}"
+        v = float(value)
+        if abs(v) < 1.0:  # probabilities: enough digits that near-1 scores keep their order (0.99999994)
+            return f"{v:.8g}"
+        return f"{v:.6g}" if abs(v) < 1e5 else f"{v:.2f}"
     return value
 
 

@@ -124,7 +124,7 @@ def analyse_case(
     final = combine_scores(np.asarray([c["probability"] for c in cands]), cls, settings.classifier_weight)
     for c, pc, pf in zip(cands, cls, final):
         c["classifier_probability"] = None if not np.isfinite(pc) else round(float(pc), 4)
-        c["probability"] = round(float(pf), 4)
+        c["probability"] = float(pf)  # unrounded: FROC ranks candidates by it (4 decimals tied 43 of 371)
     add_world_coordinates(cands, header_image(geometry.canonical))
     add_original_indices(cands, header_image(geometry.original))
     return _select_reported(cands, mask_crop, data, geometry, settings, prob_crop)

@@ -276,3 +276,17 @@ def test_screen_leaves_autograd_enabled(tmp_path: Path, weights: str) -> None:
     with torch.enable_grad():  # whatever earlier tests in this process left behind
         run_screen(tmp_path / "in", tmp_path / "out", weights=weights)
         assert torch.is_grad_enabled()
+
+
+def test_tables_keep_probabilities_distinguishable() -> None:
+    """FROC ranks candidates by probability: near-1 scores must not collapse to one value in the CSV files."""
+    from pipelines.outputs import SUBMISSION_COLUMNS, to_csv
+
+    rows = [
+        {"seriesuid": "a", "coordX": -209.0951234, "coordY": 1.5, "coordZ": 2.0, "probability": p}
+        for p in (0.99999994, 0.9999871, 0.99995)
+    ]
+    lines = to_csv(rows, SUBMISSION_COLUMNS).splitlines()[1:]
+    probs = [float(line.split(",")[-1]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and len(set(probs)) == 3
+    assert lines[0].split(",")[1] == "-209.095"  # coordinates keep their 6 significant digits
