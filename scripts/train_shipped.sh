@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The exact recipe of the weights shipped in monai_bundle/models/ (v0.1.0), as it was run.
+# The exact recipe of the weights shipped in monai_bundle/models/ (v0.2.0), as it was run.
 # Stage 0 ran on a lent H200 (scripts/gpu_session.sh: 48 full phantoms, seed 1000, `--profile gpu`, 217
-# iterations before its 220 s limit; its data loading, not the GPU, was the bottleneck). Stages 1-2 ran on
-# 2 CPU cores (about 40 + 30 minutes). Rerun from the repository root after `make install`.
+# iterations of 96^3 patches before its 220 s limit; its data loading, not the GPU, was the bottleneck).
+# Stages 1-4 ran on 2 CPU cores (about 40 + 30 + 15 + 48 minutes) with 64^3 patches, the inference window.
+# Rerun from the repository root after `make install`.
 set -euo pipefail
 LS=.venv/bin/lungscreen
 GPU_INIT=${GPU_INIT:-runs/gpu1/model.pt}   # stage 0 output; without it, stage 1 starts from scratch
@@ -16,13 +17,29 @@ done
 .venv/bin/python -c "from pipelines.phantom_write import merge_datasets; merge_datasets(['sample_data/train_full', 'sample_data/train_small'] + [f'sample_data/inserted_{s}' for s in range(1, 7)], 'sample_data/train_mix')"
 
 COMMON=(train#num_samples=4 train#epoch_length=200 validate#max_cases=2 train#num_workers=1 train#cache_workers=2)
+V010=(train#paste_prob=0)  # stages 1-2 (v0.1.0) predate nodule pasting and used the batch Dice
 INIT=(); [ -f "$GPU_INIT" ] && INIT=(--init-weights "$GPU_INIT")
 # stage 1: 4000 iterations of 4 patches of 64^3, lr 2e-3 cosine
 $LS train --dataset sample_data/train_mix --out runs/cpu1 --profile cpu --seed 0 --device cpu "${INIT[@]}" --no-eval \
-  --stages segmentation --set "${COMMON[@]}" train#trainer#max_epochs=20 train#time_limit_s=3000 val_interval=5
+  --stages segmentation --set "${COMMON[@]}" "${V010[@]}" train#trainer#max_epochs=20 train#time_limit_s=3000 val_interval=5
 # stage 2: per-nodule balanced patch centres, 2800 iterations, lr 1e-3; then hard-negative mining + classifier
 $LS train --dataset sample_data/train_mix --out runs/cpu2 --profile cpu --seed 0 --device cpu \
   --init-weights runs/cpu1/segmentation/models/model_last.pt --no-eval \
-  --set "${COMMON[@]}" train#trainer#max_epochs=14 train#time_limit_s=1750 train#lr=0.001 val_interval=100 \
+  --set "${COMMON[@]}" "${V010[@]}" train#trainer#max_epochs=14 train#time_limit_s=1750 train#lr=0.001 val_interval=100 \
   classifier#time_limit_s=240
-cp runs/cpu2/models/model.pt runs/cpu2/models/classifier.pt monai_bundle/models/
+# (v0.1.0 shipped runs/cpu2/models/model.pt and classifier.pt)
+# stage 3 (v0.2.0): Dice per patch instead of over the batch (small nodules weigh as much as big ones),
+# 1000 iterations of a 30-epoch cosine (lr 1e-3), then
+$LS train --dataset sample_data/train_mix --out runs/cpu3a --profile cpu --seed 3 --device cpu \
+  --init-weights runs/cpu2/models/model.pt --no-eval --stages segmentation \
+  --set "${COMMON[@]}" train#paste_prob=0 train#loss#batch=false train#lr=0.001 val_interval=100 \
+  train#trainer#max_epochs=5 train#lr_scheduler#T_max=30
+# stage 4: plus nodules pasted into half of the patches (RandPasteNodulesd), lr 1e-3 cosine over 21 epochs,
+# stopped by its time limit; then hard-negative mining with this model and the classifier
+$LS train --dataset sample_data/train_mix --out runs/cpu4 --profile cpu --seed 4 --device cpu \
+  --init-weights runs/cpu3a/segmentation/checkpoints/last_checkpoint_epoch=5.pt --no-eval --stages segmentation \
+  --set "${COMMON[@]}" train#paste_prob=0.5 train#loss#batch=false train#lr=0.001 val_interval=100 \
+  train#trainer#max_epochs=21 train#time_limit_s=4400
+$LS train --dataset sample_data/train_mix --out runs/cpu4 --profile cpu --seed 4 --device cpu --no-eval \
+  --stages classifier --set classifier#time_limit_s=300
+cp runs/cpu4/models/model.pt runs/cpu4/models/classifier.pt monai_bundle/models/
