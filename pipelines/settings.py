@@ -60,7 +60,7 @@ class ScreeningSettings:
     hu_min: float = -1000.0
     hu_max: float = 500.0
     lung_margin_mm: float = 12.0
-    roi_size: tuple[int, int, int] = (96, 96, 96)
+    roi_size: tuple[int, int, int] = (64, 64, 64)
     sw_batch_size: int = 2
     overlap: float = 0.25
     skip_empty_windows: bool = True

@@ -6,7 +6,6 @@ masks on each scan's own grid."""
 from __future__ import annotations
 
 import json
-
 import os
 import subprocess
 import sys
@@ -106,7 +105,9 @@ def test_monai_bundle_run_command(tmp_path: Path, where: str) -> None:
     assert read_summary(out)["chest"]["status"] == "ok"
     assert sitk.ReadImage(str(out / "cases" / "chest" / "nodules.nii.gz")).GetSize() == (56, 48, 24)
     version = json.loads(META.read_text())["version"]
-    assert f'"bundle_version": "{version}"' in (out / "run.json").read_text()  # metadata found via bundle_root
+    assert (
+        f'"bundle_version": "{version}"' in (out / "run.json").read_text()
+    )  # metadata found via bundle_root
 
 
 def test_real_scans_screen_with_masks_on_their_grid(shared_data: Path, tmp_path: Path) -> None:
