@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -271,7 +270,8 @@ def test_world_coordinates_refuse_a_non_canonical_image_and_missing_centres() ->
 
 
 @pytest.mark.slow
-def test_400_cubed_map_with_200_blobs_is_fast() -> None:
+def test_400_cubed_map_with_200_blobs() -> None:
+    """A large map with many blobs: every blob becomes one labelled candidate (speed is `make bench`'s job)."""
     rng = np.random.default_rng(0)
     shape = (400, 400, 400)
     prob = np.zeros(shape, np.float32)
@@ -284,11 +284,8 @@ def test_400_cubed_map_with_200_blobs_is_fast() -> None:
             prob[box], rng.uniform(0.6, 1.0) / (1 + np.exp(2 * (dist - rng.uniform(1.5, 6))))
         )
         hu[box] = np.where(dist < 4, 40, hu[box])
-    start = time.perf_counter()
     mask, nodules = extract_nodules(prob, hu, (0.8, 0.8, 0.8), max_candidates=300)
-    elapsed = time.perf_counter() - start
     assert 100 < len(nodules) <= 200 and int(mask.max()) == len(nodules)
-    assert elapsed < 15.0, f"extract_nodules took {elapsed:.1f} s on a 400^3 map"
 
 
 # ---------------------------------------------------------------------------------------------- splitting
