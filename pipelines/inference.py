@@ -149,7 +149,7 @@ def sliding_window_probability(
     with precision(device, autocast_dtype(settings, device)):
         logits = inferer(x, gated)
     assert isinstance(logits, torch.Tensor)
-    prob = torch.sigmoid(logits[0, 0].float()).cpu()
+    prob = torch.sigmoid(logits[0, 0].float() / float(settings.logit_temperature)).cpu()
     info = {
         "windows_run": gated.windows_run,
         "windows_skipped": gated.windows_skipped,

@@ -101,3 +101,29 @@ def test_boolean_settings_accept_command_line_strings():
     assert ScreeningSettings(compress="True").compress is True
     with pytest.raises(SettingsError, match="report must be true or false"):
         ScreeningSettings(report="maybe")
+
+
+class _Logit(torch.nn.Module):
+    """A constant logit of 30: float32 sigmoid saturates to exactly 1.0 above ~17."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], 30.0)
+
+
+def test_logit_temperature_softens_saturated_probabilities():
+    image, lungs = torch.rand(1, 32, 32, 32), torch.ones(32, 32, 32)
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.0)
+    probs = {}
+    for t in (1.0, 4.0):
+        probs[t], _ = sliding_window_probability(
+            image,
+            lungs,
+            network=_Logit(),
+            inferer=inferer,
+            settings=ScreeningSettings(logit_temperature=t),
+            device=torch.device("cpu"),
+        )
+    assert float(probs[1.0].min()) == 1.0  # saturated: every confident candidate would tie
+    assert abs(float(probs[4.0].mean()) - float(torch.sigmoid(torch.tensor(7.5)))) < 1e-6
+    with pytest.raises(SettingsError, match="logit_temperature"):
+        ScreeningSettings(logit_temperature=0.0)
