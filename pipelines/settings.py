@@ -64,14 +64,14 @@ class ScreeningSettings:
     hu_max: float = 500.0
     lung_margin_mm: float = 12.0
     roi_size: tuple[int, int, int] = (64, 64, 64)
-    sw_batch_size: int = 2
+    sw_batch_size: int = 4
     overlap: float = 0.25
     skip_empty_windows: bool = True
     candidate_threshold: float = 0.1
-    prob_threshold: float = 0.5
+    prob_threshold: float = 0.99999
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
-    classifier_weight: float = 0.5
+    classifier_weight: float = 0.0
     device: str = "auto"
     amp: str = "auto"
     stitch: str = "auto"

@@ -127,3 +127,18 @@ def test_logit_temperature_softens_saturated_probabilities():
     assert abs(float(probs[4.0].mean()) - float(torch.sigmoid(torch.tensor(7.5)))) < 1e-6
     with pytest.raises(SettingsError, match="logit_temperature"):
         ScreeningSettings(logit_temperature=0.0)
+
+
+def test_dataclass_defaults_equal_the_bundle_settings():
+    """Direct users of ScreeningSettings get the shipped bundle's behaviour (inference.json is the source)."""
+    import json
+
+    from helpers import BUNDLE
+
+    bundle = json.loads((BUNDLE / "configs" / "inference.json").read_text())["settings"]
+    defaults = ScreeningSettings()
+    for key, value in bundle.items():
+        if key.startswith("_"):
+            continue
+        got = getattr(defaults, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
