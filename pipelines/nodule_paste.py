@@ -6,9 +6,9 @@ every step shows the network new nodules of every type, size and location class 
 
 The nodules are designed and rendered by the phantom generator (:func:`pipelines.phantom_nodules.design_nodule`,
 :func:`~pipelines.phantom_nodules.render_nodules`: solid, part-solid, ground-glass, calcified; round, lobulated,
-spiculated) and blended the way :mod:`pipelines.phantom_insert` inserts into real CT: rendered onto a smoothed
-copy of the patch, and only the blurred difference is added back, so the patch keeps its own noise and texture
-inside the nodule. A nodule goes where it can lie: free in the lung (parenchymal), touching the lung border
+spiculated) and blended as :mod:`pipelines.phantom_insert` inserts into real CT (:func:`blend_nodules`:
+rendered onto a smoothed copy of the patch, and only the blurred difference is added back), so the patch keeps
+its own noise and texture inside the nodule. A nodule goes where it can lie: free in the lung (parenchymal), touching the lung border
 (juxta-pleural), or touching a vessel (juxta-vascular), never over a labelled nodule.
 
 Patches are ``[1, z, y, x]`` on the isotropic network grid, intensities scaled from ``[hu_min, hu_max]`` to
@@ -25,7 +25,8 @@ import torch
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage as ndi
 
-from pipelines.phantom_nodules import LOCATIONS, Nodule, design_nodule, render_nodules
+from pipelines.phantom_insert import blend_nodules
+from pipelines.phantom_nodules import LOCATIONS, Nodule, design_nodule
 from pipelines.phantom_shapes import Grid
 
 #: Probabilities of the location classes (parenchymal, juxta-pleural, juxta-vascular), as the generator's.
@@ -104,33 +105,34 @@ def paste_nodules(
     sp = (spacing_mm,) * 3
     lung_depth = ndi.distance_transform_edt(lung, sampling=sp)
     vessels = lung & (hu > vessel_hu) & (lung_depth > 2.0)
+    # distance (mm) to the labelled nodules; pasted ones keep apart by centre distance
+    to_label = ndi.distance_transform_edt(out_label == 0, sampling=sp) if out_label.any() else None
     grid = Grid(hu.shape, sp, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
-    smooth = ndi.gaussian_filter(hu, 1.0 / spacing_mm)
-    before = smooth.copy()
     placed: list[Nodule] = []
     for _ in range(count):
         nodule = design_nodule(rng, d_min=d_min)
         nodule.location = str(rng.choice(LOCATIONS, p=LOCATION_P))
-        taken = out_label > 0
-        reach = nodule.r_max * (2.2 if len(nodule.spicules) else 1.0) + 3.0
-        free = (
-            ndi.distance_transform_edt(~taken, sampling=sp) > reach
-            if taken.any()
-            else np.ones(hu.shape, bool)
-        )
+        reach = _reach(nodule)
+        free = to_label > reach + 3.0 if to_label is not None else np.ones(hu.shape, bool)
         centre = place_center(
             rng, nodule, lung_depth=lung_depth, free=free, vessels=vessels, spacing_mm=spacing_mm
         )
         if centre is None:
             continue
         nodule.center = grid.index_to_world(centre[None])[0]
-        new = render_nodules(smooth, grid, [nodule], rng)
-        out_label[new > 0] = 1
+        if any(np.linalg.norm(nodule.center - o.center) <= reach + _reach(o) + 3.0 for o in placed):
+            continue
         placed.append(nodule)
     if not placed:
         return hu.copy(), out_label, []
-    delta = ndi.gaussian_filter(smooth - before, 0.5 / spacing_mm)
-    return hu + delta, out_label, placed
+    new_hu, new = blend_nodules(hu, grid, placed, rng)
+    out_label[new > 0] = 1
+    return new_hu, out_label, placed
+
+
+def _reach(nodule: Nodule) -> float:
+    """How far (mm) a nodule's body and spicules can reach from its centre."""
+    return nodule.r_max * (2.2 if len(nodule.spicules) else 1.0)
 
 
 class RandPasteNodulesd(Randomizable, MapTransform):

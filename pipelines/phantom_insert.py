@@ -96,11 +96,26 @@ def insert_into_array(
             fns[s], cands[s] = fns[sides[0]], cands[sides[0]]
     empty = np.zeros((0, 3))
     placed = place_nodules(specs, lungs=fns, candidates=cands, vessels=(empty, empty, np.zeros(0)), rng=rng)  # type: ignore[arg-type]
-    smooth = ndimage.gaussian_filter(hu.astype(np.float32), 1.0)
+    new_hu, labels = blend_nodules(hu, grid, placed, rng)
+    return new_hu, labels, placed
+
+
+def blend_nodules(
+    hu: Array, grid: Grid, nodules: list[Nodule], rng: np.random.Generator
+) -> tuple[Array, Array]:
+    """Insert ``nodules`` into HU ``[z, y, x]`` so that the scan keeps its own noise and texture inside them.
+
+    They are rendered onto a smoothed copy and only the (slightly blurred) difference is added back.
+
+    Returns:
+        ``(new_hu float32, instance labels)``; ``hu`` is not modified.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    smooth = ndimage.gaussian_filter(hu, 1.0)
     before = smooth.copy()
-    labels = render_nodules(smooth, grid, placed, rng)
+    labels = render_nodules(smooth, grid, nodules, rng)
     delta = ndimage.gaussian_filter(smooth - before, [0.5 / s for s in grid.spacing_zyx])
-    return hu.astype(np.float32) + delta, labels, placed
+    return hu + delta, labels
 
 
 def insert_nodules(

@@ -2,9 +2,11 @@
 
 Profiles pick the config stack and a few overrides; every value lives in the bundle configs:
 
-- ``gpu``: ``inference.json + train.json + train_gpu_fast.json`` (96^3 patches, bf16 on CUDA, volumes cached
-  on the GPU and the random patch transforms run there).
-- ``cpu``: ``+ train_cpu.json`` (64^3 patches, fp32, what ``make train`` runs on 2 cores).
+- ``gpu``: ``inference.json + train.json + train_gpu_fast.json`` (bf16 on CUDA, volumes cached on the GPU and
+  the random patch transforms run there).
+- ``cpu``: ``+ train_cpu.json`` (fp32, small batches, what ``make train`` runs on 2 cores).
+
+Training patches are always the inference window, ``settings#roi_size`` (64^3 in the bundle).
 - ``smoke``: ``cpu`` plus :data:`SMOKE_OVERRIDES` (a few iterations on 32^3 patches, for tests).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) ``multi_gpu_train.json`` is stacked too (DDP, DistributedSampler) and
@@ -44,7 +46,6 @@ PROFILES: dict[str, list[str]] = {
     "smoke": ["inference.json", "train.json", "train_cpu.json"],
 }
 SMOKE_OVERRIDES: dict[str, Any] = {
-    "train#patch_size": [32, 32, 32],
     "settings#roi_size": [32, 32, 32],
     "train#num_samples": 2,
     "train#batch_size": 1,

@@ -108,7 +108,7 @@ class LoadScand(MapTransform):
             raise io.ImageReadError(
                 path, f"label grid {hdr.size} does not match its image grid {original.size}"
             )
-        return sitk.GetArrayFromImage(io.to_canonical(label)).astype(np.uint8)
+        return io.canonical_array(label, dtype=np.uint8)[0]
 
 
 class LungMaskd(MapTransform):
