@@ -19,5 +19,8 @@ def __getattr__(name: str) -> Any:
     if name == "screen":
         from pipelines.screen import screen
 
+        # importing the submodule bound ``pipelines.screen`` to the module; the package attribute is the
+        # function (``from pipelines import screen`` looks the name up twice: hasattr, then getattr)
+        globals()["screen"] = screen
         return screen
     raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

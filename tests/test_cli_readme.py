@@ -95,3 +95,9 @@ def test_errors_are_one_line_unless_debug(tmp_path, capsys):
     assert len(err) == 1 and "nowhere.csv" in err[0] and "--debug" in err[0]
     with pytest.raises((FileNotFoundError, ValueError)):
         main(["--debug", *argv])
+
+
+def test_readme_python_api_import_gives_the_function():
+    """`from pipelines import screen` (README) must give the function, not the submodule of the same name."""
+    code = "from pipelines import screen; import inspect; assert inspect.isfunction(screen), screen"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
