@@ -94,7 +94,7 @@ def _keep_lung_components(
     Pure gas (stomach, bowel, gaps at the table: a pure-air voxel fraction >= ``gas_fraction``) and pieces
     under ``min_ml`` go, and so do big but thin sheets whose largest inscribed ball has a radius under
     ``min_thickness_mm`` (the foam core of a carbon-fibre couch, ~-900 HU, is a lung-dense curved slab a few
-    mm thick). Of the rest, components of at least ``main_fraction`` of the largest are lungs; smaller ones
+    mm thick; vessels, holes in the air mask, are filled per slice before measuring). Of the rest, components of at least ``main_fraction`` of the largest are lungs; smaller ones
     stay only within ``satellite_mm`` of those (lung cut off by a vessel or fissure), which drops bowel
     content that mimics lung density below the diaphragm.
     """
@@ -108,7 +108,9 @@ def _keep_lung_components(
         big = ok & (vols >= main_fraction * vols[ok].max())
         big_mask = np.concatenate([[False], big])[lab]
         box = bounding_box(big_mask, margin=(1, 1, 1))
-        depth = ndi.distance_transform_edt(big_mask[box], sampling=spacing_zyx)
+        # vessels are holes in the air mask: fill them per slice first, or a small lung crowded with vessels
+        # (no ball of 10 mm between them) is taken for a sheet and the whole scan loses its lungs
+        depth = ndi.distance_transform_edt(fill_holes_per_slice(big_mask[box]), sampling=spacing_zyx)
         radius = np.zeros(n)
         radius[big] = ndi.maximum(depth, lab[box], index=np.flatnonzero(big) + 1)
         ok &= ~big | (radius >= min_thickness_mm)

@@ -152,6 +152,22 @@ def test_couch_foam_core_is_not_lung() -> None:
     assert dice(labels == 1, ph.right) > 0.95 and dice(labels == 2, ph.left) > 0.95
 
 
+def test_small_lungs_crowded_with_vessels_are_still_lungs() -> None:
+    """Vessels every 12 mm leave no 10 mm ball of air between them (a small patient, a dense phantom): the
+    thin-sheet rule (couch foam) must measure the lung with its vessels filled, not reject both lungs.
+    A validation phantom lost its whole lung mask, and with it every nodule, this way."""
+    ph = make_chest(noise_hu=10.0)
+    _, y, x = _axes(ph)
+    hu = ph.hu.copy()
+    grid = ((np.abs((x % 12.0) - 6.0) < 2.5) & (np.abs((y % 12.0) - 6.0) < 2.5)).astype(bool)
+    vessels = np.broadcast_to(grid, hu.shape) & (ph.right | ph.left)
+    hu[vessels] = 40.0
+    air = (ph.right | ph.left) & ~vessels
+    assert ndi.distance_transform_edt(air, sampling=ph.spacing).max() < 10.0  # the situation described
+    labels = segment_lungs(hu, ph.spacing)
+    assert dice(labels == 1, ph.right) > 0.9 and dice(labels == 2, ph.left) > 0.9
+
+
 def test_diaphragm_dome_is_not_filled_but_a_nodule_is() -> None:
     """The liver dome rising into the lung base shows as a hole in axial slices; it is not lung. A solid
     nodule in the middle of the lung is also a hole, and is lung."""
