@@ -61,8 +61,9 @@ class PatchSampler:
     Args:
         patch_size_zyx: patch shape in voxels of the network grid.
         batch_size: patches per batch.
-        foreground_fraction: share of patches centred on a random voxel of a random label present in the case
-            (at least one per batch when > 0), as nnU-Net's oversampling.
+        foreground_fraction: share of patches holding a random voxel of a random label present in the case,
+            at a random place in the patch (at least one such patch per batch when > 0), as nnU-Net's
+            oversampling.
         seed: random seed.
         intensity_augmentation: random per-patch scale (0.9-1.1), shift (+-0.1) and Gaussian noise (sd 0.05).
     """
@@ -99,7 +100,10 @@ class PatchSampler:
         if foreground and coords:
             pts = coords[list(coords)[self.rng.integers(len(coords))]]
             centre = pts[self.rng.integers(len(pts))]
-            starts = [int(c) - p // 2 for c, p in zip(centre, self.patch)]
+            # the chosen voxel lands anywhere in the patch (nnU-Net's way), not always in its middle: a
+            # network that only ever sees foreground centred learns a centre prior and misses structures
+            # that sit off-centre in the sliding windows at inference
+            starts = [int(c) - int(self.rng.integers(p)) for c, p in zip(centre, self.patch)]
             return [min(max(s, min(0, n - p)), max(0, n - p)) for s, n, p in zip(starts, shape, self.patch)]
         return [int(self.rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, self.patch)]
 
