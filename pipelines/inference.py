@@ -59,22 +59,36 @@ class LungGatedNetwork(torch.nn.Module):
     Input windows are ``[B, 2, z, y, x]``: channel 0 the scaled image, channel 1 the lung mask. Windows with no
     lung voxel get a constant logit of ``-20`` (probability ~0) without a network call; the others are
     passed through ``network`` as ``[b, 1, z, y, x]``. Output is the logit ``[B, 1, z, y, x]`` in float32.
+    With ``mirror_axes`` (letters of ``"zyx"``) the logit is the mean over the window and its mirror images along
+    every combination of those axes (nnU-Net's mirroring; ``2**len(mirror_axes)`` network passes).
     """
 
     def __init__(
-        self, network: torch.nn.Module, *, enabled: bool = True, channels_last: bool = False
+        self,
+        network: torch.nn.Module,
+        *,
+        enabled: bool = True,
+        channels_last: bool = False,
+        mirror_axes: str = "",
     ) -> None:
         super().__init__()
         self.network = network
         self.enabled = enabled
         self.channels_last = channels_last
+        self.flips = mirror_flips(mirror_axes)
         self.windows_run = 0
         self.windows_skipped = 0
 
-    def _run(self, image: torch.Tensor) -> torch.Tensor:
+    def _net(self, image: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         return self.network(image).float()
+
+    def _run(self, image: torch.Tensor) -> torch.Tensor:
+        out = self._net(image)
+        for dims in self.flips:  # mirrored test-time augmentation: mean logit over the mirrored windows
+            out = out + self._net(image.flip(dims)).flip(dims)
+        return out / (1 + len(self.flips))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image, lungs = x[:, :1], x[:, 1:2]
@@ -89,6 +103,18 @@ class LungGatedNetwork(torch.nn.Module):
         if n:
             out[keep] = self._run(image[keep])
         return out
+
+
+def mirror_flips(mirror_axes: str) -> list[tuple[int, ...]]:
+    """Tensor dims (of ``[B, C, z, y, x]``) of every non-empty combination of the ``mirror_axes`` letters.
+
+    >>> mirror_flips("x"), len(mirror_flips("zyx"))
+    ([(4,)], 7)
+    """
+    from itertools import combinations
+
+    dims = sorted({"zyx".index(a) + 2 for a in mirror_axes})
+    return [c for k in range(1, len(dims) + 1) for c in combinations(dims, k)]
 
 
 _COMPILED: dict[int, torch.nn.Module] = {}
@@ -144,7 +170,10 @@ def sliding_window_probability(
         network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     net = compiled(network) if compile_network else network
     gated = LungGatedNetwork(
-        net, enabled=settings.skip_empty_windows and lungs is not None, channels_last=channels_last
+        net,
+        enabled=settings.skip_empty_windows and lungs is not None,
+        channels_last=channels_last,
+        mirror_axes=settings.mirror_axes,
     )
     with precision(device, autocast_dtype(settings, device)):
         logits = inferer(x, gated)

@@ -57,6 +57,8 @@ class ScreeningSettings:
         logit_temperature: probabilities are ``sigmoid(logit / T)``. T > 1 softens an over-confident network:
             in float32 ``sigmoid`` is exactly 1.0 above a logit of ~17, which ties confident candidates; the
             thresholds above apply to the tempered probabilities.
+        mirror_axes: test-time mirroring: letters of ``"zyx"`` (``""`` off). The logit is averaged over each
+            window and its mirror images along every combination of these axes (``2**n`` network passes).
     """
 
     target_spacing_mm: float = 1.0
@@ -83,6 +85,7 @@ class ScreeningSettings:
     channels_last: bool = False
     compile: bool = False
     logit_temperature: float = 1.0
+    mirror_axes: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
@@ -106,6 +109,12 @@ class ScreeningSettings:
             _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
         _check(self.min_diameter_mm >= 0, "min_diameter_mm", self.min_diameter_mm, ">= 0")
         _check(self.logit_temperature > 0, "logit_temperature", self.logit_temperature, "> 0")
+        _check(
+            set(self.mirror_axes) <= set("zyx") and len(set(self.mirror_axes)) == len(self.mirror_axes),
+            "mirror_axes",
+            self.mirror_axes,
+            'distinct letters of "zyx" ("" for none)',
+        )
         _check(self.max_candidates >= 1, "max_candidates", self.max_candidates, ">= 1")
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         _check(self.amp in AMP_DTYPES, "amp", self.amp, f"one of {AMP_DTYPES}")

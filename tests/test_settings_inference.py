@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -142,3 +143,38 @@ def test_dataclass_defaults_equal_the_bundle_settings():
             continue
         got = getattr(defaults, key)
         assert (list(got) if isinstance(got, tuple) else got) == value, key
+
+
+class _RampX(torch.nn.Module):
+    """A logit that grows along x whatever the input (not mirror-symmetric); counts its calls."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _RampX.calls += 1
+        ramp = torch.linspace(-4.0, 4.0, x.shape[-1])
+        return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+def test_mirror_axes_average_the_logit_over_mirrored_windows():
+    image, lungs = torch.rand(1, 32, 32, 32), torch.ones(32, 32, 32)
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.0)
+    out = {}
+    for axes in ("", "x", "zyx"):
+        _RampX.calls = 0
+        out[axes], _ = sliding_window_probability(
+            image,
+            lungs,
+            network=_RampX(),
+            inferer=inferer,
+            settings=ScreeningSettings(mirror_axes=axes),
+            device=torch.device("cpu"),
+        )
+        assert _RampX.calls == 2 ** len(axes)
+    assert float(out[""][..., -1].mean() - out[""][..., 0].mean()) > 0.9  # the ramp, unmirrored
+    np.testing.assert_allclose(out["x"].numpy(), 0.5, atol=1e-6)  # its mirror image cancels it
+    np.testing.assert_allclose(out["zyx"].numpy(), 0.5, atol=1e-6)
+    with pytest.raises(SettingsError, match="mirror_axes"):
+        ScreeningSettings(mirror_axes="xx")
+    with pytest.raises(SettingsError, match="mirror_axes"):
+        ScreeningSettings(mirror_axes="lr")
