@@ -289,6 +289,8 @@ def train_classifier_stage(
     seg_settings = (
         {k: v for k, v in SMOKE_OVERRIDES.items() if k.startswith("settings#")} if profile == "smoke" else {}
     )
+    # inference settings given by the caller shape the mining network's map too, not only the thresholds
+    seg_settings.update({k: v for k, v in overrides.items() if k.startswith("settings#")})
     patches_file = run_dir / "patches.npz"
     counts = mine_patches(
         dataset=dataset,
