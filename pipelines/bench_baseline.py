@@ -3,8 +3,9 @@
 ``LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> Spacingd(1 mm) -> ScaleIntensityRanged(-1000..500
 -> 0..1)``, then a :class:`monai.inferers.SlidingWindowInferer` with its default settings (``sw_batch_size=1``,
 ``overlap=0.25``, ``mode="constant"``) over the whole volume, ``Invertd`` back to the file's grid, a threshold at
-``candidate_threshold`` and ``SaveImaged``. Detections are the connected components of that mask whose
-equivalent diameter reaches ``min_diameter_mm``, with centres in world LPS mm (as LUNA16).
+``candidate_threshold`` (on ``sigmoid(logit / logit_temperature)``, our score) and ``SaveImaged``. Detections
+are the connected components of that mask whose equivalent diameter reaches ``min_diameter_mm``, with centres in
+world LPS mm (as LUNA16).
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
         roi_size=settings.roi_size
     )  # defaults: sw_batch_size=1, overlap=0.25, constant
     with clock("sliding_window"), torch.no_grad():
-        data["pred"] = inferer(data["image"][None].to(device), lambda x: torch.sigmoid(net(x)))[0].cpu()
+        # the same score as ours (sigmoid of the tempered logit), so that candidate_threshold means the same
+        temperature = float(settings.logit_temperature)
+        logits = inferer(data["image"][None].to(device), net)
+        assert isinstance(logits, torch.Tensor)
+        data["pred"] = torch.sigmoid(logits / temperature)[0].cpu()
     with clock("postprocess"):
         data = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=False)(data)
         data = AsDiscreted(keys="pred", threshold=settings.candidate_threshold)(data)
