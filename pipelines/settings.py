@@ -69,8 +69,8 @@ class ScreeningSettings:
     sw_batch_size: int = 4
     overlap: float = 0.25
     skip_empty_windows: bool = True
-    candidate_threshold: float = 0.1
-    prob_threshold: float = 0.99999
+    candidate_threshold: float = 0.366
+    prob_threshold: float = 0.84
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
     classifier_weight: float = 0.0
@@ -84,8 +84,8 @@ class ScreeningSettings:
     compress: bool = True
     channels_last: bool = False
     compile: bool = False
-    logit_temperature: float = 1.0
-    mirror_axes: str = ""
+    logit_temperature: float = 4.0
+    mirror_axes: str = "x"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))

@@ -62,7 +62,12 @@ def test_sliding_window_probability_only_runs_on_lung_region():
     lungs[:16, :16, :16] = 1
     inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=2, overlap=0.0, mode="gaussian")
     prob, info = sliding_window_probability(
-        image, lungs, network=net, inferer=inferer, settings=ScreeningSettings(), device=torch.device("cpu")
+        image,
+        lungs,
+        network=net,
+        inferer=inferer,
+        settings=ScreeningSettings(logit_temperature=1.0),
+        device=torch.device("cpu"),
     )
     assert prob.shape == (64, 64, 64)
     assert info["windows_run"] == 1 and info["windows_skipped"] == 7
@@ -167,7 +172,7 @@ def test_mirror_axes_average_the_logit_over_mirrored_windows():
             lungs,
             network=_RampX(),
             inferer=inferer,
-            settings=ScreeningSettings(mirror_axes=axes),
+            settings=ScreeningSettings(mirror_axes=axes, logit_temperature=1.0),
             device=torch.device("cpu"),
         )
         assert _RampX.calls == 2 ** len(axes)
