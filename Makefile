@@ -11,6 +11,8 @@ DEMO_DATA ?= sample_data/demo
 DEMO_OUT ?= outputs/demo
 TRAIN_DATA ?= sample_data/train
 EVAL_DATA ?= sample_data/eval
+# EVAL_OUT: e.g. `make evaluate EVAL_DATA=sample_data/val EVAL_OUT=outputs/val` to choose settings on validation
+EVAL_OUT ?= outputs/eval
 RUN_DIR ?= runs/train
 FULL ?= 0
 ifeq ($(FULL),1)
@@ -79,10 +81,10 @@ screen: install ## screen IN=folder OUT=folder
 
 evaluate: install ## screen EVAL_DATA and compute LUNA16 FROC/CPM and segmentation metrics
 	test -f $(EVAL_DATA)/datalist.json || $(LS) sample-data $(EVAL_DATA) --n $(EVAL_N) --seed $(EVAL_SEED) --size $(EVAL_SIZE) --workers $(WORKERS)
-	$(LS) screen $(EVAL_DATA)/images outputs/eval --device auto --no-report $(SCREEN_ARGS)
-	$(LS) evaluate --annotations $(EVAL_DATA)/annotations.csv --predictions outputs/eval/submission.csv \
+	$(LS) screen $(EVAL_DATA)/images $(EVAL_OUT) --device auto --no-report $(SCREEN_ARGS)
+	$(LS) evaluate --annotations $(EVAL_DATA)/annotations.csv --predictions $(EVAL_OUT)/submission.csv \
 	  --seriesuids $(EVAL_DATA)/seriesuids.csv --cases $(EVAL_DATA)/cases.csv \
-	  --pred-dir outputs/eval/cases --ref-dir $(EVAL_DATA) --out outputs/eval/metrics
+	  --pred-dir $(EVAL_OUT)/cases --ref-dir $(EVAL_DATA) --out $(EVAL_OUT)/metrics
 
 bench: install ## stage timings and the plain-MONAI baseline, same run; writes benchmarks/results/
 	$(LS) bench --out benchmarks/results
