@@ -123,29 +123,28 @@ def run_bench(
 def _bench_scan(runner: _Runner, name: str, path: Path, *, repeats: int, baseline: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"path": str(path), "size_xyz": _size(path)}
     entry["stages"] = runner.run("stages", name, path)
-    screens = [runner.run("screen", name, path) for _ in range(max(1, repeats))]
-    ok = [s for s in screens if "error" not in s]
-    entry["screen"] = {
-        "runs": screens,
+    entry["screen"] = _screens(runner, name, path, repeats)
+    if runner.settings.get("mirror_axes", ScreeningSettings().mirror_axes):
+        # the shipped settings mirror each window (2+ network passes); the baseline runs one: time ours at the
+        # baseline's network work too, so the ratio compares implementations, not amounts of work
+        entry["screen_single_pass"] = _screens(
+            runner, name, path, repeats, settings={**runner.settings, "mirror_axes": ""}
+        )
+    if baseline:
+        entry["baseline"] = runner.run("baseline", name, path)
+    return entry
+
+
+def _screens(runner: _Runner, name: str, path: Path, repeats: int, **extra: Any) -> dict[str, Any]:
+    """``repeats`` end-to-end ``screen()`` runs: the runs, their median seconds and peak memories."""
+    runs = [runner.run("screen", name, path, **extra) for _ in range(max(1, repeats))]
+    ok = [s for s in runs if "error" not in s]
+    return {
+        "runs": runs,
         "median_seconds": statistics.median(s["seconds"] for s in ok) if ok else None,
         "max_peak_rss_bytes": max((s["peak_rss_bytes"] for s in ok), default=None),
         "max_peak_gpu_bytes": max((s["peak_gpu_bytes"] or 0 for s in ok), default=None),
     }
-    if runner.settings.get("mirror_axes", ScreeningSettings().mirror_axes):
-        # the shipped settings mirror each window (2+ network passes); the baseline runs one: time ours at the
-        # baseline's network work too, so the ratio compares implementations, not amounts of work
-        single = [
-            runner.run("screen", name, path, settings={**runner.settings, "mirror_axes": ""})
-            for _ in range(max(1, repeats))
-        ]
-        ok1 = [s for s in single if "error" not in s]
-        entry["screen_single_pass"] = {
-            "runs": single,
-            "median_seconds": statistics.median(s["seconds"] for s in ok1) if ok1 else None,
-        }
-    if baseline:
-        entry["baseline"] = runner.run("baseline", name, path)
-    return entry
 
 
 class _Runner:

@@ -106,17 +106,15 @@ def scan_table(name: str, entry: dict[str, Any]) -> list[str]:
     )
     scr = entry.get("screen", {})
     med = scr.get("median_seconds")
-    ok = [r for r in scr.get("runs", []) if "error" not in r]
-    med_cpu = sorted(r["cpu_seconds"] for r in ok)[len(ok) // 2] if ok else None
+    ok, med_cpu = _ok_runs_and_median_cpu(scr)
     lines.append(
         f"| **end to end** (ours: `screen()` median of {len(ok)}; baseline: its chain) | **{_s(med)}** | "
         f"**{_s(b_sum)}** | **{_ratio(med, b_sum)}** | {_s(med_cpu)} | {_s(bc_sum)} |"
     )
     single = entry.get("screen_single_pass")
     if single:
-        ok1 = [r for r in single.get("runs", []) if "error" not in r]
+        ok1, s_cpu = _ok_runs_and_median_cpu(single)
         s_med = single.get("median_seconds")
-        s_cpu = sorted(r["cpu_seconds"] for r in ok1)[len(ok1) // 2] if ok1 else None
         lines.append(
             f"| end to end, one network pass per window like the baseline (`mirror_axes` off; median of "
             f"{len(ok1)}) | {_s(s_med)} | {_s(b_sum)} | {_ratio(s_med, b_sum)} | {_s(s_cpu)} | {_s(bc_sum)} |"
@@ -132,6 +130,12 @@ def scan_table(name: str, entry: dict[str, Any]) -> list[str]:
         )
     lines += ["", *_notes(entry)]
     return lines
+
+
+def _ok_runs_and_median_cpu(screens: dict[str, Any]) -> tuple[list[dict[str, Any]], float | None]:
+    """The successful runs of a ``screen`` entry and their median CPU seconds (None when none succeeded)."""
+    ok = [r for r in screens.get("runs", []) if "error" not in r]
+    return ok, (sorted(r["cpu_seconds"] for r in ok)[len(ok) // 2] if ok else None)
 
 
 def _notes(entry: dict[str, Any]) -> list[str]:
