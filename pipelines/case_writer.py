@@ -51,7 +51,7 @@ def write_case(
     )
     if settings.write_probability and result.probability is not None:
         outputs.write_probability(
-            result.probability, geometry, folder / f"probability{ext}", compress=settings.compress
+            result.probability.full(), geometry, folder / f"probability{ext}", compress=settings.compress
         )
     volumes = outputs.lung_volumes_ml(result.lung_mask, spacing)
     warnings: list[str] = result.warnings + list(case.notes)

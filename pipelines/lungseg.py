@@ -112,7 +112,9 @@ def _keep_lung_components(
         # (no ball of 10 mm between them) is taken for a sheet and the whole scan loses its lungs
         depth = ndi.distance_transform_edt(fill_holes_per_slice(big_mask[box]), sampling=spacing_zyx)
         radius = np.zeros(n)
-        radius[big] = ndi.maximum(depth, lab[box], index=np.flatnonzero(big) + 1)
+        lab_box = lab[box]
+        for k in np.flatnonzero(big):  # a few big components: a pass each beats ndi.maximum's full argsort
+            radius[k] = float(depth[lab_box == k + 1].max(initial=0.0))
         ok &= ~big | (radius >= min_thickness_mm)
     if not ok.any():
         return np.zeros(mask.shape, dtype=bool)

@@ -166,7 +166,8 @@ def _candidate_components(
     labels, n = ndimage.label(probability_zyx > threshold, structure=_CONNECTIVITY_26)
     if n == 0:
         return labels, []
-    keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_voxels
+    fg = labels > 0
+    keep = np.bincount(labels[fg], minlength=n + 1) >= min_voxels  # foreground only: ~100x fewer voxels
     keep[0] = False
     if seed_threshold is not None:
         seeded = np.zeros(n + 1, dtype=bool)

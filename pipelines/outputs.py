@@ -132,7 +132,8 @@ def write_mask(array_zyx: np.ndarray, geometry: CaseGeometry, path: Path, *, com
 
 
 def smallest_label_dtype(array: np.ndarray) -> np.ndarray:
-    return array.astype(np.uint8) if int(array.max(initial=0)) <= 255 else array.astype(np.uint16)
+    dtype = np.uint8 if int(array.max(initial=0)) <= 255 else np.uint16
+    return array.astype(dtype, copy=False)  # no copy when it already is that dtype
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -19,6 +19,7 @@ from pipelines import preprocess
 from pipelines.io import ImageHeader, spacing_zyx
 from pipelines.preprocess import CaseGeometry
 from pipelines.settings import ScreeningSettings
+from pipelines.volumes import CroppedVolume
 
 CLASSIFIER_PATCH = (48, 48, 48)
 
@@ -31,7 +32,7 @@ class CaseResult:
     candidates: list[dict[str, Any]]
     nodule_mask: np.ndarray
     lung_mask: np.ndarray
-    probability: np.ndarray | None
+    probability: CroppedVolume | None  # zero outside the lung crop; ``.full()`` for the whole grid
     warnings: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -140,20 +141,21 @@ def _select_reported(
 ) -> CaseResult:
     order = sorted(range(len(cands)), key=lambda i: -cands[i]["probability"])
     cands = [cands[i] for i in order]
-    lut = np.zeros(int(mask_crop.max(initial=0)) + 1, dtype=np.uint16)
     reported: list[dict[str, Any]] = []
     for c in cands:
         c["candidate_id"] = int(c.pop("nodule_id"))
         if c["probability"] >= settings.prob_threshold:
             c["nodule_id"] = len(reported) + 1
-            lut[c["candidate_id"]] = c["nodule_id"]
             reported.append(c)
-    nodule_mask = np.zeros(geometry.canonical_shape, dtype=np.uint16)
+    # uint8 whenever it can hold every label: the mask is written as is, without a full-size conversion
+    lut = np.zeros(int(mask_crop.max(initial=0)) + 1, dtype=np.uint8 if len(reported) <= 255 else np.uint16)
+    for c in reported:
+        lut[c["candidate_id"]] = c["nodule_id"]
+    nodule_mask = np.zeros(geometry.canonical_shape, dtype=lut.dtype)
     nodule_mask[geometry.crop_slices] = lut[mask_crop]
     probability = None
     if settings.write_probability or settings.report:
-        probability = np.zeros(geometry.canonical_shape, dtype=np.float32)
-        probability[geometry.crop_slices] = prob_crop
+        probability = CroppedVolume.from_slices(prob_crop, geometry.crop_slices, geometry.canonical_shape)
     return CaseResult(
         nodules=reported,
         candidates=cands,

@@ -29,6 +29,7 @@ from pipelines.lungrads import NOTE as LUNG_RADS_NOTE
 from pipelines.lungrads import REFERENCE as LUNG_RADS_REFERENCE
 from pipelines.report_images import crop_half_voxels, mip_figure_png, nodule_figure_png
 from pipelines.report_index import BADGE_COLORS, PAGE_CSS, write_index
+from pipelines.volumes import CroppedVolume
 
 __all__ = ["NODULE_COLUMNS", "format_value", "write_case_report", "write_index"]
 
@@ -97,7 +98,7 @@ def _esc(value: Any) -> str:
 
 
 def _check_inputs(
-    hu_zyx: np.ndarray, spacing_zyx: Sequence[float], arrays: Mapping[str, np.ndarray | None]
+    hu_zyx: np.ndarray, spacing_zyx: Sequence[float], arrays: Mapping[str, np.ndarray | CroppedVolume | None]
 ) -> None:
     if hu_zyx.ndim != 3:
         raise ValueError(f"hu_zyx must be a 3D [z, y, x] array, not shape {hu_zyx.shape}")
@@ -159,7 +160,7 @@ def _render_figures(
     spacing_zyx: Sequence[float],
     nodules: Sequence[Mapping[str, Any]],
     nodule_mask_zyx: np.ndarray,
-    probability_zyx: np.ndarray | None,
+    probability_zyx: np.ndarray | CroppedVolume | None,
     lung_mask_zyx: np.ndarray | None,
     categories: Mapping[str, str],
     max_nodule_figures: int,
@@ -359,7 +360,7 @@ def write_case_report(
     spacing_zyx: Sequence[float],
     nodules: list[dict],
     nodule_mask_zyx: np.ndarray,
-    probability_zyx: np.ndarray | None,
+    probability_zyx: np.ndarray | CroppedVolume | None,
     lung_mask_zyx: np.ndarray | None,
     category: dict,
     extra: dict,
