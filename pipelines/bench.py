@@ -124,12 +124,17 @@ def _bench_scan(runner: _Runner, name: str, path: Path, *, repeats: int, baselin
     entry: dict[str, Any] = {"path": str(path), "size_xyz": _size(path)}
     entry["stages"] = runner.run("stages", name, path)
     entry["screen"] = _screens(runner, name, path, repeats)
-    if runner.settings.get("mirror_axes", ScreeningSettings().mirror_axes):
+    shipped = ScreeningSettings.from_dict(runner.settings)
+    if shipped.mirror_axes:
         # the shipped settings mirror each window (2+ network passes); the baseline runs one: time ours at the
         # baseline's network work too, so the ratio compares implementations, not amounts of work
         entry["screen_single_pass"] = _screens(
             runner, name, path, repeats, settings={**runner.settings, "mirror_axes": ""}
         )
+        if shipped.mirror_scope == "all":  # and the middle way: mirroring only the candidates' windows
+            entry["screen_mirror_candidates"] = _screens(
+                runner, name, path, repeats, settings={**runner.settings, "mirror_scope": "candidates"}
+            )
     if baseline:
         entry["baseline"] = runner.run("baseline", name, path)
     return entry

@@ -15,6 +15,7 @@ from typing import Any
 DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "float32", "bfloat16", "float16")
 STITCH_POLICIES = ("auto", "device", "cpu")
+MIRROR_SCOPES = ("all", "candidates")
 
 
 class SettingsError(ValueError):
@@ -59,6 +60,13 @@ class ScreeningSettings:
             thresholds above apply to the tempered probabilities.
         mirror_axes: test-time mirroring: letters of ``"zyx"`` (``""`` off). The logit is averaged over each
             window and its mirror images along every combination of these axes (``2**n`` network passes).
+        mirror_scope: which windows are mirrored: ``all`` (every window, nnU-Net's way) or ``candidates``
+            (a second pass mirrors only the windows that hold a first-pass candidate: the same logits inside
+            those candidates for about a third of the mirroring time; a near-miss that only mirroring would
+            lift into a candidate is lost).
+        mirror_threshold: with ``mirror_scope="candidates"``, first-pass components above this (tempered)
+            probability and at least ``min_diameter_mm`` big have their windows mirrored. Lower values mirror
+            more windows and lose fewer near-misses.
     """
 
     target_spacing_mm: float = 1.0
@@ -86,6 +94,8 @@ class ScreeningSettings:
     compile: bool = False
     logit_temperature: float = 4.0
     mirror_axes: str = "x"
+    mirror_scope: str = "all"
+    mirror_threshold: float = 0.366
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
@@ -105,6 +115,10 @@ class ScreeningSettings:
         )
         _check(self.sw_batch_size >= 1, "sw_batch_size", self.sw_batch_size, ">= 1")
         _check(0 <= self.overlap < 1, "overlap", self.overlap, "in [0, 1)")
+        _check(
+            self.mirror_scope in MIRROR_SCOPES, "mirror_scope", self.mirror_scope, f"one of {MIRROR_SCOPES}"
+        )
+        _check(0 < self.mirror_threshold < 1, "mirror_threshold", self.mirror_threshold, "in (0, 1)")
         for name in ("candidate_threshold", "prob_threshold", "classifier_weight"):
             _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
         _check(self.min_diameter_mm >= 0, "min_diameter_mm", self.min_diameter_mm, ">= 0")

@@ -12,6 +12,7 @@ from pipelines.inference import (
     LungGatedNetwork,
     autocast_dtype,
     load_weights,
+    mirror_trigger_mask,
     sliding_window_probability,
 )
 from pipelines.settings import ScreeningSettings, SettingsError
@@ -172,7 +173,7 @@ def test_mirror_axes_average_the_logit_over_mirrored_windows():
             lungs,
             network=_RampX(),
             inferer=inferer,
-            settings=ScreeningSettings(mirror_axes=axes, logit_temperature=1.0),
+            settings=ScreeningSettings(mirror_axes=axes, mirror_scope="all", logit_temperature=1.0),
             device=torch.device("cpu"),
         )
         assert _RampX.calls == 2 ** len(axes)
@@ -183,3 +184,60 @@ def test_mirror_axes_average_the_logit_over_mirrored_windows():
         ScreeningSettings(mirror_axes="xx")
     with pytest.raises(SettingsError, match="mirror_axes"):
         ScreeningSettings(mirror_axes="lr")
+
+
+class _BlobNet(torch.nn.Module):
+    """Logit ``12 * image - 6`` plus a ramp along x (not mirror-symmetric); counts its calls."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _BlobNet.calls += 1
+        return 12.0 * x - 6.0 + torch.linspace(-1.0, 1.0, x.shape[-1])
+
+
+def test_candidate_scoped_mirroring_mirrors_only_windows_holding_a_candidate():
+    # three 32^3 windows along x; a bright cube (a candidate) only in the middle one
+    image, lungs = torch.zeros(1, 32, 32, 96), torch.ones(32, 32, 96)
+    image[0, 8:24, 8:24, 40:56] = 1.0
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.0)
+    out, calls = {}, {}
+    for scope in ("all", "candidates", "off"):
+        _BlobNet.calls = 0
+        out[scope], info = sliding_window_probability(
+            image,
+            lungs,
+            network=_BlobNet(),
+            inferer=inferer,
+            settings=ScreeningSettings(
+                mirror_axes="" if scope == "off" else "x",
+                mirror_scope="all" if scope == "off" else scope,
+                logit_temperature=1.0,
+            ),
+            device=torch.device("cpu"),
+        )
+        calls[scope] = _BlobNet.calls
+        assert info["windows_mirrored"] == {"all": 3, "candidates": 1, "off": 0}[scope]
+    assert calls == {"all": 6, "candidates": 4, "off": 3}  # one mirrored call instead of three
+    middle, sides = np.s_[..., 32:64], [np.s_[..., :32], np.s_[..., 64:]]
+    # the window with the candidate: exactly the all-windows mirror mean (the ramp cancels)
+    np.testing.assert_allclose(out["candidates"][middle].numpy(), out["all"][middle].numpy(), atol=1e-6)
+    assert not np.allclose(out["off"][middle].numpy(), out["all"][middle].numpy(), atol=1e-3)
+    for side in sides:  # windows without a candidate: the first pass, untouched
+        np.testing.assert_array_equal(out["candidates"][side].numpy(), out["off"][side].numpy())
+
+
+def test_mirror_trigger_mask_keeps_big_enough_components_and_grows_them():
+    logits = torch.full((20, 20, 20), -10.0)
+    logits[2:6, 2:6, 2:6] = 3.0  # 64 voxels above p 0.5
+    logits[3, 3, 6:9] = 3.0  # a bar touching it: its box grows along x
+    logits[15, 15, 15] = 3.0  # a one-voxel speck
+    mask = mirror_trigger_mask(logits, threshold=0.5, temperature=1.0, min_voxels=14, grow=1)
+    assert mask[1:7, 1:7, 1:10].all() and int(mask.sum()) == 6 * 6 * 9  # the component's box grown by one
+    assert not mask[14:17, 14:17, 14:17].any()
+    # the threshold is on the tempered probability: logit 3 at T = 4 is p 0.68, below 0.7
+    assert not mirror_trigger_mask(logits, threshold=0.7, temperature=4.0, min_voxels=1).any()
+    with pytest.raises(SettingsError, match="mirror_scope"):
+        ScreeningSettings(mirror_scope="some")
+    with pytest.raises(SettingsError, match="mirror_threshold"):
+        ScreeningSettings(mirror_threshold=0.0)
