@@ -131,10 +131,10 @@ def _bench_scan(runner: _Runner, name: str, path: Path, *, repeats: int, baselin
         entry["screen_single_pass"] = _screens(
             runner, name, path, repeats, settings={**runner.settings, "mirror_axes": ""}
         )
-        if shipped.mirror_scope == "all":  # and the middle way: mirroring only the candidates' windows
-            entry["screen_mirror_candidates"] = _screens(
-                runner, name, path, repeats, settings={**runner.settings, "mirror_scope": "candidates"}
-            )
+        other = "all" if shipped.mirror_scope == "candidates" else "candidates"  # and the other mirror scope
+        entry[f"screen_mirror_{other}"] = _screens(
+            runner, name, path, repeats, settings={**runner.settings, "mirror_scope": other}
+        )
     if baseline:
         entry["baseline"] = runner.run("baseline", name, path)
     return entry

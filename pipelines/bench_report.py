@@ -112,6 +112,7 @@ def scan_table(name: str, entry: dict[str, Any]) -> list[str]:
         f"**{_s(b_sum)}** | **{_ratio(med, b_sum)}** | {_s(med_cpu)} | {_s(bc_sum)} |"
     )
     variants = (
+        ("screen_mirror_all", "mirroring every window (`mirror_scope=all`"),
         (
             "screen_mirror_candidates",
             "mirroring only the windows of first-pass candidates (`mirror_scope=candidates`",

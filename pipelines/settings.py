@@ -63,7 +63,8 @@ class ScreeningSettings:
         mirror_scope: which windows are mirrored: ``all`` (every window, nnU-Net's way) or ``candidates``
             (a second pass mirrors only the windows that hold a first-pass candidate: the same logits inside
             those candidates for about a third of the mirroring time; a near-miss that only mirroring would
-            lift into a candidate is lost).
+            lift into a candidate is lost. On 16 validation scans: identical reported nodules, 100 instead of
+            105 candidates, 28.5 % of the windows mirrored).
         mirror_threshold: with ``mirror_scope="candidates"``, first-pass components above this (tempered)
             probability and at least ``min_diameter_mm`` big have their windows mirrored. Lower values mirror
             more windows and lose fewer near-misses.
@@ -94,7 +95,7 @@ class ScreeningSettings:
     compile: bool = False
     logit_temperature: float = 4.0
     mirror_axes: str = "x"
-    mirror_scope: str = "all"
+    mirror_scope: str = "candidates"
     mirror_threshold: float = 0.366
 
     def __post_init__(self) -> None:
