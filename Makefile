@@ -13,6 +13,8 @@ TRAIN_DATA ?= sample_data/train
 EVAL_DATA ?= sample_data/eval
 # EVAL_OUT: e.g. `make evaluate EVAL_DATA=sample_data/val EVAL_OUT=outputs/val` to choose settings on validation
 EVAL_OUT ?= outputs/eval
+VAL_DATA ?= sample_data/validation
+VAL_OUT ?= outputs/validation
 RUN_DIR ?= runs/train
 FULL ?= 0
 ifeq ($(FULL),1)
@@ -34,7 +36,7 @@ EVAL_SEED ?= 9000
 IN ?= $(DEMO_DATA)/images
 OUT ?= $(DEMO_OUT)
 
-.PHONY: install demo test test-slow lint format sample-data train screen evaluate bench pipeline clean help
+.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate bench pipeline clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -85,6 +87,12 @@ evaluate: install ## screen EVAL_DATA and compute LUNA16 FROC/CPM and segmentati
 	$(LS) evaluate --annotations $(EVAL_DATA)/annotations.csv --predictions $(EVAL_OUT)/submission.csv \
 	  --seriesuids $(EVAL_DATA)/seriesuids.csv --cases $(EVAL_DATA)/cases.csv \
 	  --pred-dir $(EVAL_OUT)/cases --ref-dir $(EVAL_DATA) --out $(EVAL_OUT)/metrics
+
+validate: install ## evaluate on the validation set that chooses settings (never on EVAL_DATA): 10 full phantoms of seed 7000 + the held-out splits of sample_data/train_full
+	test -f sample_data/val/datalist.json || $(LS) sample-data sample_data/val --n 10 --seed 7000 --size full --workers $(WORKERS)
+	test -f sample_data/train_full/datalist.json || $(LS) sample-data sample_data/train_full --n 16 --seed 1000 --size full --workers $(WORKERS)
+	$(LS) held-out-set $(VAL_DATA) sample_data/val:all sample_data/train_full:validation,test
+	$(MAKE) evaluate EVAL_DATA=$(VAL_DATA) EVAL_OUT=$(VAL_OUT)
 
 bench: install ## stage timings and the plain-MONAI baseline, same run; writes benchmarks/results/
 	$(LS) bench --out benchmarks/results

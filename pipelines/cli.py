@@ -50,6 +50,20 @@ def cmd_sample_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_held_out_set(a: argparse.Namespace) -> int:
+    from pipelines.phantom_write import SPLITS, held_out_set
+
+    sources = []
+    for spec in a.sources:
+        folder, _, splits = spec.partition(":")
+        names = SPLITS if splits in ("", "all") else tuple(x for x in splits.split(",") if x)
+        sources.append((folder, names))
+    out = held_out_set(sources, a.out)
+    n = len(json.loads((out / "datalist.json").read_text())["test"])
+    print(f"linked {n} held-out case(s) into {out}")
+    return 0
+
+
 def cmd_insert_nodules(a: argparse.Namespace) -> int:
     from pipelines.phantom import insert_nodules
 
@@ -217,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preview", action="store_true", help="also write preview.png, a montage through nodules")
     s.add_argument("--workers", type=int, default=1, help="generate cases in this many processes")
     s.set_defaults(func=cmd_sample_data)
+
+    s = sub.add_parser(
+        "held-out-set", help="link chosen splits of datasets into one evaluation folder (validation sets)"
+    )
+    s.add_argument("out", type=Path)
+    s.add_argument(
+        "sources", nargs="+", metavar="DATASET[:SPLITS]", help="e.g. sample_data/train_full:validation,test"
+    )
+    s.set_defaults(func=cmd_held_out_set)
 
     s = sub.add_parser("insert-nodules", help="insert synthetic nodules into a real CT (labelled test cases)")
     s.add_argument("ct", type=Path)

@@ -305,3 +305,62 @@ def merge_datasets(sources: list[str | Path], out_dir: str | Path) -> Path:
         atomic_write_text(out / name, "".join(f"{ln}\n" for ln in head + lines))
     atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")
     return out
+
+
+SPLITS = ("training", "validation", "test")
+
+
+def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str | Path) -> Path:
+    """Gather the given splits of datasets into one evaluation folder (the settings-choosing validation set).
+
+    ``sources`` pairs a dataset folder (:func:`write_dataset` layout) with the splits to take from it. The
+    images, labels and lung masks are linked (symbolic links, nothing copied) into ``out_dir/images``,
+    ``labels`` and ``lungs``; ``annotations.csv``, ``cases.csv`` and ``seriesuids.csv`` keep only those
+    series; ``datalist.json`` lists them all under ``test``. The result is what ``make evaluate`` and
+    ``lungscreen evaluate --ref-dir`` read.
+
+    Raises:
+        ValueError: an unknown split name, a series taken twice, or a source without ``datalist.json``.
+    """
+    out = Path(out_dir)
+    picked: list[tuple[Path, dict[str, str]]] = []
+    for src, splits in sources:
+        src = Path(src)
+        bad = sorted(set(splits) - set(SPLITS))
+        if bad:
+            raise ValueError(f"unknown split(s) {bad} for {src}; splits are {list(SPLITS)}")
+        listing = src / "datalist.json"
+        if not listing.is_file():
+            raise ValueError(f"{src} has no datalist.json (generate it with `lungscreen sample-data`)")
+        items = json.loads(listing.read_text())
+        picked += [(src, item) for split in splits for item in items.get(split, [])]
+    uids = [item["seriesuid"] for _, item in picked]
+    dupes = sorted({u for u in uids if uids.count(u) > 1})
+    if dupes:
+        raise ValueError(f"series taken more than once: {dupes}")
+    entries = []
+    for src, item in picked:
+        entry = {"seriesuid": item["seriesuid"]}
+        for key, value in item.items():
+            if key == "seriesuid":
+                continue
+            target = (src / value).resolve()
+            link = out / Path(value).parent.name / target.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+            entry[key] = str(link.relative_to(out))
+        entries.append(entry)
+    keep = set(uids)
+    for name in ("annotations.csv", "cases.csv", "seriesuids.csv"):
+        lines: list[str] = []
+        for src in dict.fromkeys(Path(s) for s, _ in sources):
+            rows = (src / name).read_text().splitlines() if (src / name).exists() else []
+            if name != "seriesuids.csv" and rows:
+                lines = lines or [rows[0]]
+                rows = rows[1:]
+            lines += [r for r in rows if r.split(",", 1)[0] in keep]
+        atomic_write_text(out / name, "".join(f"{ln}\n" for ln in lines))
+    atomic_write_text(out / "datalist.json", json.dumps({"test": entries}, indent=2) + "\n")
+    return out
