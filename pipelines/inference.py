@@ -79,15 +79,10 @@ class LungGatedNetwork(torch.nn.Module):
         self.windows_run = 0
         self.windows_skipped = 0
 
-    def _net(self, image: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last_3d)
-        return self.network(image).float()
-
     def _run(self, image: torch.Tensor) -> torch.Tensor:
-        out = self._net(image)
+        out = _forward(self.network, image, self.channels_last)
         for dims in self.flips:  # mirrored test-time augmentation: mean logit over the mirrored windows
-            out = out + self._net(image.flip(dims)).flip(dims)
+            out = out + _forward(self.network, image.flip(dims), self.channels_last).flip(dims)
         return out / (1 + len(self.flips))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,32 +103,39 @@ class LungGatedNetwork(torch.nn.Module):
 class MirrorRefineNetwork(torch.nn.Module):
     """Second pass of candidate-scoped mirroring: mirrored logits only for windows holding a candidate.
 
-    Input windows are ``[B, 4, z, y, x]``: the scaled image, the candidate mask of the first pass, the
-    first-pass logit and the lung mask (the first pass's gate). A window with a candidate voxel and a lung voxel
-    returns the mean logit of its mirror images (one per entry of ``flips``); any other window returns its
-    first-pass logit unchanged, without a network call. Blended by
-    the same sliding window, the output equals the all-windows mirror mean wherever every window covering a
-    voxel holds a candidate, which is true inside every candidate, and the first pass far from candidates.
+    Called by MONAI's sliding window with ``with_coord=True``: ``image`` windows ``[B, 1, z, y, x]`` and their
+    slices into the (padded) grid. ``marked`` (first-pass candidates), ``base`` (the first-pass logit) and
+    ``lung`` (the first pass's gate, or None) are ``[1, 1, z, y, x]`` tensors on that grid. A window holding a
+    mark and a lung voxel returns the mean logit of its mirror images (one per entry of ``flips``); any other
+    window returns the first-pass logit under it, without a network call. Blended by the same sliding window,
+    the output equals the mirror mean of every window wherever every window covering a voxel holds a mark,
+    which is true inside every marked candidate, and the first pass far from candidates.
     """
 
     def __init__(
-        self, network: torch.nn.Module, flips: list[tuple[int, ...]], *, channels_last: bool = False
+        self,
+        network: torch.nn.Module,
+        flips: list[tuple[int, ...]],
+        *,
+        marked: torch.Tensor,
+        base: torch.Tensor,
+        lung: torch.Tensor | None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
         self.flips = flips
+        self.marked, self.base, self.lung = marked, base, lung
         self.channels_last = channels_last
         self.windows_run = 0
 
-    def _net(self, image: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last_3d)
-        return self.network(image).float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        image, marked, base, lung = x[:, :1], x[:, 1:2], x[:, 2:3], x[:, 3:4]
-        keep = (marked.flatten(1).amax(dim=1) > 0) & (lung.flatten(1).amax(dim=1) > 0)
-        out = base.float().clone()
+    def forward(self, image: torch.Tensor, coords: list[list[slice]]) -> torch.Tensor:
+        where = [tuple(c) for c in coords]
+        out = torch.cat([self.base[w] for w in where]).to(image.device, torch.float32)
+        keep = torch.tensor(
+            [bool(self.marked[w].any()) and (self.lung is None or bool(self.lung[w].any())) for w in where],
+            device=image.device,
+        )
         n = int(keep.sum())
         if not n:
             return out
@@ -141,9 +143,16 @@ class MirrorRefineNetwork(torch.nn.Module):
         sel = image[keep]
         if n == 1 and sel.device.type == "cpu":
             sel = sel.expand(2, *sel.shape[1:])  # batch 1 takes PyTorch's slow CPU conv3d path: 2 is faster
-        acc = torch.stack([self._net(sel.flip(dims)).flip(dims) for dims in self.flips]).mean(dim=0)
-        out[keep] = acc[:n]
+        mirrored = [_forward(self.network, sel.flip(d), self.channels_last).flip(d) for d in self.flips]
+        out[keep] = torch.stack(mirrored).mean(dim=0)[:n]
         return out
+
+
+def _forward(network: torch.nn.Module, image: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The network's float32 logit for a window batch (channels-last 3D when asked)."""
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    return network(image).float()
 
 
 def mirror_trigger_mask(
@@ -281,14 +290,46 @@ def _mirror_candidates(
     )
     if not bool(marked.any()):
         return logits, 0
-    refine = MirrorRefineNetwork(network, flips, channels_last=channels_last)
-    # the lung channel gates as in the first pass (all ones when gating is off): no network on lung-free windows
-    lung = x[:, 1:2] if settings.skip_empty_windows else torch.ones_like(x[:, 1:2])
-    x2 = torch.cat([x[:, :1], marked[None, None].to(x), logits.float().to(x.device), lung], dim=1)
-    mirrored = inferer(x2, refine)
+    # MONAI pads a grid smaller than the window before slicing it; pad the same way here, so that the window
+    # slices it hands to the network index these tensors too
+    from monai.utils import ensure_tuple_rep
+
+    roi = tuple(int(r) for r in ensure_tuple_rep(inferer.roi_size, x.ndim - 2))
+    pad, crop = _roi_padding(tuple(x.shape[2:]), roi)
+    image = torch.nn.functional.pad(x[:, :1], pad)
+    refine = MirrorRefineNetwork(
+        network,
+        flips,
+        marked=torch.nn.functional.pad(marked[None, None].to(x.device), pad),
+        base=torch.nn.functional.pad(logits.float(), pad),
+        lung=torch.nn.functional.pad(x[:, 1:2], pad) if settings.skip_empty_windows else None,
+        channels_last=channels_last,
+    )
+    inferer.with_coord = True
+    try:
+        mirrored = inferer(image, refine)
+    finally:
+        inferer.with_coord = False
     assert isinstance(mirrored, torch.Tensor)
     k = len(flips)
-    return (logits.float() + k * mirrored.float().to(logits.device)) / (1 + k), refine.windows_run
+    mirrored = mirrored[(slice(None), slice(None), *crop)].float().to(logits.device)
+    return (logits.float() + k * mirrored) / (1 + k), refine.windows_run
+
+
+def _roi_padding(shape: tuple[int, ...], roi: tuple[int, ...]) -> tuple[list[int], list[slice]]:
+    """MONAI's sliding-window padding of a grid smaller than the window (half before, the rest after).
+
+    Returns ``F.pad`` widths (last axis first) and the slices that crop the padded grid back to ``shape``.
+    """
+    pad: list[int] = []
+    crop: list[slice] = []
+    for n, r in zip(shape, roi, strict=True):
+        diff = max(r - n, 0)
+        crop.append(slice(diff // 2, diff // 2 + n))
+    for n, r in zip(reversed(shape), reversed(roi), strict=True):
+        diff = max(r - n, 0)
+        pad += [diff // 2, diff - diff // 2]
+    return pad, crop
 
 
 def load_weights(

@@ -196,10 +196,11 @@ class _BlobNet(torch.nn.Module):
         return 12.0 * x - 6.0 + torch.linspace(-1.0, 1.0, x.shape[-1])
 
 
-def test_candidate_scoped_mirroring_mirrors_only_windows_holding_a_candidate():
+@pytest.mark.parametrize("zy", [(32, 32), (20, 26)])  # the second grid is padded to the window by MONAI
+def test_candidate_scoped_mirroring_mirrors_only_windows_holding_a_candidate(zy):
     # three 32^3 windows along x; a bright cube (a candidate) only in the middle one
-    image, lungs = torch.zeros(1, 32, 32, 96), torch.ones(32, 32, 96)
-    image[0, 8:24, 8:24, 40:56] = 1.0
+    image, lungs = torch.zeros(1, *zy, 96), torch.ones(*zy, 96)
+    image[0, 4:16, 6:18, 40:56] = 1.0
     inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.0)
     out, calls = {}, {}
     for scope in ("all", "candidates", "off"):
