@@ -162,20 +162,25 @@ class _RampX(torch.nn.Module):
         return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
 
 
+def _cpu_probability(image, lungs, network, inferer, **settings):
+    """``sliding_window_probability`` on the CPU at logit temperature 1 with these settings."""
+    return sliding_window_probability(
+        image,
+        lungs,
+        network=network,
+        inferer=inferer,
+        settings=ScreeningSettings(logit_temperature=1.0, **settings),
+        device=torch.device("cpu"),
+    )
+
+
 def test_mirror_axes_average_the_logit_over_mirrored_windows():
     image, lungs = torch.rand(1, 32, 32, 32), torch.ones(32, 32, 32)
     inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.0)
     out = {}
     for axes in ("", "x", "zyx"):
         _RampX.calls = 0
-        out[axes], _ = sliding_window_probability(
-            image,
-            lungs,
-            network=_RampX(),
-            inferer=inferer,
-            settings=ScreeningSettings(mirror_axes=axes, mirror_scope="all", logit_temperature=1.0),
-            device=torch.device("cpu"),
-        )
+        out[axes], _ = _cpu_probability(image, lungs, _RampX(), inferer, mirror_axes=axes, mirror_scope="all")
         assert _RampX.calls == 2 ** len(axes)
     assert float(out[""][..., -1].mean() - out[""][..., 0].mean()) > 0.9  # the ramp, unmirrored
     np.testing.assert_allclose(out["x"].numpy(), 0.5, atol=1e-6)  # its mirror image cancels it
@@ -205,17 +210,9 @@ def test_candidate_scoped_mirroring_mirrors_only_windows_holding_a_candidate(zy)
     out, calls = {}, {}
     for scope in ("all", "candidates", "off"):
         _BlobNet.calls = 0
-        out[scope], info = sliding_window_probability(
-            image,
-            lungs,
-            network=_BlobNet(),
-            inferer=inferer,
-            settings=ScreeningSettings(
-                mirror_axes="" if scope == "off" else "x",
-                mirror_scope="all" if scope == "off" else scope,
-                logit_temperature=1.0,
-            ),
-            device=torch.device("cpu"),
+        axes, kind = ("", "all") if scope == "off" else ("x", scope)
+        out[scope], info = _cpu_probability(
+            image, lungs, _BlobNet(), inferer, mirror_axes=axes, mirror_scope=kind
         )
         calls[scope] = _BlobNet.calls
         assert info["windows_mirrored"] == {"all": 3, "candidates": 1, "off": 0}[scope]
