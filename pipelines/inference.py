@@ -296,15 +296,19 @@ def _mirror_candidates(
 
     roi = tuple(int(r) for r in ensure_tuple_rep(inferer.roi_size, x.ndim - 2))
     pad, crop = _roi_padding(tuple(x.shape[2:]), roi)
-    image = torch.nn.functional.pad(x[:, :1], pad)
+
+    def padded(t: torch.Tensor) -> torch.Tensor:  # no copy of a full-size grid when nothing is padded
+        return torch.nn.functional.pad(t, pad) if any(pad) else t
+
     refine = MirrorRefineNetwork(
         network,
         flips,
-        marked=torch.nn.functional.pad(marked[None, None].to(x.device), pad),
-        base=torch.nn.functional.pad(logits.float(), pad),
-        lung=torch.nn.functional.pad(x[:, 1:2], pad) if settings.skip_empty_windows else None,
+        marked=padded(marked[None, None].to(x.device)),
+        base=padded(logits.float()),
+        lung=padded(x[:, 1:2]) if settings.skip_empty_windows else None,
         channels_last=channels_last,
     )
+    image = padded(x[:, :1])
     inferer.with_coord = True
     try:
         mirrored = inferer(image, refine)
