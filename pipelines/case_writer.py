@@ -27,8 +27,13 @@ def write_case(
     timings: dict[str, float],
     bundle_version: str,
     write_start: float,
+    fingerprint: str = "",
 ) -> Path:
-    """Write every output of one case atomically; ``result.json`` goes last and marks the case complete."""
+    """Write every output of one case atomically; ``result.json`` goes last and marks the case complete.
+
+    ``fingerprint`` (:func:`pipelines.outputs.run_fingerprint`) is recorded in ``result.json``: a rerun skips the
+    case only if its own fingerprint is the same.
+    """
     from pipelines.lungrads import categorize_scan
 
     geometry: CaseGeometry = data["geometry"]
@@ -93,6 +98,7 @@ def write_case(
     }
     record = {
         "case_id": case.case_id,
+        "fingerprint": fingerprint,
         "summary": summary,
         "candidates": [
             {k: c[k] for k in ("center_lps_x_mm", "center_lps_y_mm", "center_lps_z_mm", "probability")}

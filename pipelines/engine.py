@@ -103,6 +103,11 @@ class ScreeningEngine:
         self.bundle_version = bundle_version
         self.progress = progress
         self.stats: dict[str, int] = {}
+        # a done case is skipped only if it was screened with these settings, weights and bundle version
+        used_classifier = classifier_weights if self.classifier is not None else None
+        self.fingerprint = outputs.run_fingerprint(
+            settings.sha256(), bundle_version, [weights, used_classifier]
+        )
         self._shard: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------------------- run
@@ -112,7 +117,19 @@ class ScreeningEngine:
         rank, world = shard_info()
         self._shard = {"rank": rank, "world_size": world}
         todo = [c for i, c in enumerate(self.cases) if i % world == rank]
-        skipped = [c for c in todo if not self.overwrite and outputs.is_done(self.output_dir, c.case_id)]
+        skipped = [
+            c
+            for c in todo
+            if not self.overwrite and outputs.is_done(self.output_dir, c.case_id, self.fingerprint)
+        ]
+        stale = [c.case_id for c in todo if c not in skipped and outputs.is_done(self.output_dir, c.case_id)]
+        if stale and not self.overwrite:
+            log.info(
+                "%d case(s) were screened before with other settings, weights or bundle version; screening them "
+                "again: %s",
+                len(stale),
+                ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""),
+            )
         todo = [c for c in todo if c not in skipped]
         counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(self.cases)}
         with (
@@ -213,6 +230,7 @@ class ScreeningEngine:
             timings=timings,
             bundle_version=self.bundle_version,
             write_start=t,
+            fingerprint=self.fingerprint,
         )
 
     def _finish(self, rank: int, world: int) -> None:

@@ -18,8 +18,10 @@ rebuilt from them, so sharded runs (one writer per rank) and resumed runs merge 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _io
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,8 +85,41 @@ def failure_path(output_dir: Path, case_id: str) -> Path:
     return Path(output_dir) / ".state" / "failed" / f"{case_id}.json"
 
 
-def is_done(output_dir: Path, case_id: str) -> bool:
-    return (case_dir(output_dir, case_id) / "result.json").is_file()
+def is_done(output_dir: Path, case_id: str, fingerprint: str | None = None) -> bool:
+    """The case has a complete ``result.json`` (and, given ``fingerprint``, one written by that same run setup).
+
+    A result from other settings, weights or bundle version (or from a version that recorded no fingerprint)
+    is not done: a rerun into the same folder after an upgrade screens the case again instead of keeping it.
+    """
+    record = case_dir(output_dir, case_id) / "result.json"
+    if not record.is_file():
+        return False
+    if fingerprint is None:
+        return True
+    try:
+        return bool(json.loads(record.read_text()).get("fingerprint") == fingerprint)
+    except (OSError, ValueError):
+        return False  # unreadable: screen it again
+
+
+def run_fingerprint(
+    settings_sha256: str, bundle_version: str, files: Sequence[str | os.PathLike[str] | None]
+) -> str:
+    """What makes two screenings of a case interchangeable: settings, bundle version and the weight files' bytes.
+
+    ``files`` are checkpoints (missing or None entries count as absent). Returns a short hex digest.
+    """
+    h = hashlib.sha256(f"{settings_sha256}|{bundle_version}".encode())
+    for f in files:
+        path = Path(f) if f else None
+        if path is not None and path.is_file():
+            h.update(b"|file")
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            h.update(b"|absent")
+    return h.hexdigest()[:16]
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from helpers import (
     FAST,
     ROOT,
@@ -77,6 +78,29 @@ def test_rerun_skips_completed_cases_and_overwrite_recomputes(tmp_path: Path, we
     assert all(after[k] > cases_before[k] for k in after)  # every output rewritten
     assert tree(inp) == before_input  # the input folder was never written to
     assert _temp_files(out) == [] and _temp_files(inp) == []
+
+
+def test_rerun_screens_again_cases_done_with_other_settings_or_weights(tmp_path: Path, weights: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _cases(inp, 2)
+    assert run_screen(inp, out, weights=weights).succeeded == 2
+    # other settings: the earlier results are not this run's, so both cases are screened again
+    other = run_screen(inp, out, weights=weights, prob_threshold=0.9)
+    assert (other.succeeded, other.skipped) == (2, 0)
+    assert run_screen(inp, out, weights=weights, prob_threshold=0.9).skipped == 2  # now they are
+    # other weights (same architecture, other bytes)
+    changed = tmp_path / "other.pt"
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, changed)
+    again = run_screen(inp, out, weights=str(changed), prob_threshold=0.9)
+    assert (again.succeeded, again.skipped) == (2, 0)
+    # a result written before fingerprints existed is not trusted either
+    record = out / "cases" / "case0" / "result.json"
+    old = json.loads(record.read_text())
+    old.pop("fingerprint")
+    record.write_text(json.dumps(old))
+    last = run_screen(inp, out, weights=str(changed), prob_threshold=0.9)
+    assert (last.succeeded, last.skipped) == (1, 1)
 
 
 def test_failed_case_is_retried_and_cleared_once_fixed(tmp_path: Path, weights: str) -> None:
