@@ -47,8 +47,8 @@ class ScreeningSettings:
         stitch: where sliding-window outputs are stitched: ``device``, ``cpu`` or ``auto`` (device when the
             output fits in ``stitch_device_max_voxels``).
         max_input_voxels: scans with more voxels are refused before reading, which bounds memory. Measured
-            peak RSS on CPU: 2.3 GiB at 512x512x255, 2.6 GiB at 500 slices, 4.9 GiB at 1000 slices; the limit
-            (400 M voxels, ~1525 slices of 512x512) extrapolates to ~7.3 GiB.
+            peak RSS on CPU (v0.4.0): 2.1 GiB at 512x512x251, 2.75 GiB at 1000 slices; the limit (400 M
+            voxels, ~1525 slices of 512x512) extrapolates to ~3.2 GiB (linear; not measured).
         write_probability: also write the probability map (``probability.nii.gz``).
         report: write the per-case HTML report and the run's ``index.html``.
         compress: gzip written NIfTI files (level chosen by SimpleITK); ``False`` writes ``.nii``.
@@ -79,7 +79,7 @@ class ScreeningSettings:
     overlap: float = 0.25
     skip_empty_windows: bool = True
     candidate_threshold: float = 0.366
-    prob_threshold: float = 0.84
+    prob_threshold: float = 0.70
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
     classifier_weight: float = 0.0
