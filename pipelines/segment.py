@@ -16,6 +16,7 @@ goes on; completed cases are skipped unless ``overwrite`` (resume after an inter
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -134,6 +135,11 @@ class SegmentationEngine:
             load_weights(self.network, Path(weights))
         self.overwrite, self.progress, self.compress = overwrite, progress, compress
         self.input_roots = [Path(r) for r in input_roots]
+        # a done case is skipped only if this plan and these weights produced it
+        plan_sha = hashlib.sha256(
+            json.dumps(plan.to_dict(), sort_keys=True, default=str).encode()
+        ).hexdigest()
+        self.fingerprint = outputs.run_fingerprint(f"{plan_sha}|compress={compress}", "segment", [weights])
 
     def run(self) -> dict[str, int]:
         """Segment every case; return counts ``succeeded``, ``failed``, ``skipped``, ``total``."""
@@ -143,7 +149,7 @@ class SegmentationEngine:
         counts = {"succeeded": 0, "failed": 0, "skipped": 0, "total": len(self.cases)}
         bar = _progress(len(self.cases), enabled=self.progress)
         for case in self.cases:
-            if not self.overwrite and outputs.is_done(self.output_dir, case.case_id):
+            if not self.overwrite and outputs.is_done(self.output_dir, case.case_id, self.fingerprint):
                 counts["skipped"] += 1
             else:
                 try:
@@ -215,6 +221,7 @@ class SegmentationEngine:
         }
         result = {
             "case_id": case.case_id,
+            "fingerprint": self.fingerprint,
             "inputs": [str(c.path) for c in case.channels],
             "segmentation": f"segmentation{ext}",
             "geometry": {

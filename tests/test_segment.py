@@ -77,6 +77,13 @@ def test_segment_overlays_inputs_reports_volumes_resumes_and_isolates_failures(t
     again = segment(tiny_model, inputs, out, device="cpu", progress=False)
     assert again == {"succeeded": 0, "failed": 1, "skipped": 2, "total": 3}
     assert (out / "cases" / "case000" / "result.json").stat().st_mtime_ns == stamp
+    # another model (same plan, other weights) into the same folder: the cases are segmented again
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_model, other)
+    state = torch.load(other / "model.pt", weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, other / "model.pt")
+    redo = segment(other, inputs, out, device="cpu", progress=False)
+    assert redo == {"succeeded": 2, "failed": 1, "skipped": 0, "total": 3}
 
 
 def test_segment_interrupted_case_without_result_json_is_redone(tiny_model, tmp_path):
