@@ -210,7 +210,7 @@ def figure_png(fig: Figure) -> bytes:
     """Render a matplotlib figure with the Agg canvas to PNG bytes."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    # zlib level 1: a third faster to write than PIL's default 6, and no bigger on these images
+    # zlib level 1: 2.6x faster to encode than PIL's default 6 on our report figures, files 15 % bigger
     fig.savefig(
         buffer, format="png", dpi=DPI, facecolor=fig.get_facecolor(), pil_kwargs={"compress_level": 1}
     )
