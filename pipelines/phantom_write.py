@@ -315,7 +315,8 @@ def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str
 
     ``sources`` pairs a dataset folder (:func:`write_dataset` layout) with the splits to take from it. The
     images, labels and lung masks are linked (symbolic links, nothing copied) into ``out_dir/images``,
-    ``labels`` and ``lungs``; ``annotations.csv``, ``cases.csv`` and ``seriesuids.csv`` keep only those
+    ``labels`` and ``lungs`` (links left there by an earlier, different selection are removed; other files are
+    never touched); ``annotations.csv``, ``cases.csv`` and ``seriesuids.csv`` keep only those
     series; ``datalist.json`` lists them all under ``test``. The result is what ``make evaluate`` and
     ``lungscreen evaluate --ref-dir`` read.
 
@@ -339,6 +340,7 @@ def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str
     if dupes:
         raise ValueError(f"series taken more than once: {dupes}")
     entries = []
+    created: set[Path] = set()
     for src, item in picked:
         entry = {"seriesuid": item["seriesuid"]}
         for key, value in item.items():
@@ -350,8 +352,13 @@ def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(target)
+            created.add(link)
             entry[key] = str(link.relative_to(out))
         entries.append(entry)
+    for folder in {link.parent for link in created}:  # links of an earlier, different selection go
+        for stale in folder.iterdir():
+            if stale.is_symlink() and stale not in created:
+                stale.unlink()
     keep = set(uids)
     for name in ("annotations.csv", "cases.csv", "seriesuids.csv"):
         lines: list[str] = []

@@ -56,8 +56,11 @@ def test_held_out_set_links_chosen_splits_and_filters_tables(tmp_path: Path) -> 
     ]
     assert (out / "seriesuids.csv").read_text().split() == ["v0", "v1", "v2", "t2", "t3"]
     assert len((out / "cases.csv").read_text().splitlines()) == 6
-    # rerunning replaces the links instead of failing
+    # rerunning replaces the links instead of failing; a narrower selection drops the links it no longer holds
     assert main(["held-out-set", str(out), f"{val}:all", f"{train}:validation,test"]) == 0
+    assert main(["held-out-set", str(out), f"{train}:test"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["t3.nii.gz"]
+    assert (out / "seriesuids.csv").read_text().split() == ["t3"]
 
 
 def test_held_out_set_refuses_unknown_splits_and_repeats(tmp_path: Path) -> None:
