@@ -117,20 +117,24 @@ class ScreeningEngine:
         rank, world = shard_info()
         self._shard = {"rank": rank, "world_size": world}
         todo = [c for i, c in enumerate(self.cases) if i % world == rank]
-        skipped = [
-            c
-            for c in todo
-            if not self.overwrite and outputs.is_done(self.output_dir, c.case_id, self.fingerprint)
-        ]
-        stale = [c.case_id for c in todo if c not in skipped and outputs.is_done(self.output_dir, c.case_id)]
-        if stale and not self.overwrite:
+        skipped: list[io.CaseInput] = []
+        stale: list[str] = []
+        for c in (
+            [] if self.overwrite else todo
+        ):  # one look at each result.json: done by this run setup or not
+            if outputs.is_done(self.output_dir, c.case_id, self.fingerprint):
+                skipped.append(c)
+            elif outputs.is_done(self.output_dir, c.case_id):
+                stale.append(c.case_id)
+        if stale:
             log.info(
                 "%d case(s) were screened before with other settings, weights or bundle version; screening them "
                 "again: %s",
                 len(stale),
                 ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""),
             )
-        todo = [c for c in todo if c not in skipped]
+        done = {id(c) for c in skipped}
+        todo = [c for c in todo if id(c) not in done]
         counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(self.cases)}
         with (
             torch.no_grad(),  # scoped: a global set_grad_enabled(False) leaked into later training in-process
