@@ -26,7 +26,7 @@ from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage as ndi
 
 from pipelines.phantom_insert import blend_nodules
-from pipelines.phantom_nodules import LOCATIONS, Nodule, design_nodule
+from pipelines.phantom_nodules import LOCATIONS, TYPE_P, TYPES, Nodule, design_nodule
 from pipelines.phantom_shapes import Grid
 
 #: Probabilities of the location classes (parenchymal, juxta-pleural, juxta-vascular), as the generator's.
@@ -90,8 +90,14 @@ def paste_nodules(
     spacing_mm: float = 1.0,
     d_min: float = 3.0,
     vessel_hu: float = -300.0,
+    type_p: Sequence[float] = TYPE_P,
+    location_p: Sequence[float] = LOCATION_P,
 ) -> tuple[np.ndarray, np.ndarray, list[Nodule]]:
     """Paste up to ``count`` new nodules into a ``[z, y, x]`` HU patch with binary ``label`` and ``lungs``.
+
+    ``type_p`` and ``location_p`` are the probabilities of the nodule types
+    (:data:`pipelines.phantom_nodules.TYPES`) and location classes (:data:`~pipelines.phantom_nodules.LOCATIONS`);
+    both default to the generator's mix.
 
     Returns:
         ``(hu float32, label uint8, pasted nodules)``; the inputs are not modified. Nodules that find no
@@ -110,8 +116,8 @@ def paste_nodules(
     grid = Grid(hu.shape, sp, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
     placed: list[Nodule] = []
     for _ in range(count):
-        nodule = design_nodule(rng, d_min=d_min)
-        nodule.location = str(rng.choice(LOCATIONS, p=LOCATION_P))
+        nodule = design_nodule(rng, d_min=d_min, type_p=tuple(type_p))
+        nodule.location = str(rng.choice(LOCATIONS, p=list(location_p)))
         reach = _reach(nodule)
         free = to_label > reach + 3.0 if to_label is not None else np.ones(hu.shape, bool)
         centre = place_center(
@@ -130,6 +136,19 @@ def paste_nodules(
     return new_hu, out_label, placed
 
 
+def _probabilities(name: str, values: Sequence[float], names: Sequence[str]) -> tuple[float, ...]:
+    """``values`` as a probability vector over ``names``; a clear error naming ``name`` otherwise."""
+    try:
+        p = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {len(names)} numbers for {tuple(names)}, not {values!r}") from None
+    if len(p) != len(names) or any(not np.isfinite(v) or v < 0 for v in p) or abs(sum(p) - 1.0) > 1e-6:
+        raise ValueError(
+            f"{name} must be {len(names)} non-negative numbers for {tuple(names)} summing to 1, not {values!r}"
+        )
+    return p
+
+
 def _reach(nodule: Nodule) -> float:
     """How far (mm) a nodule's body and spicules can reach from its centre."""
     return nodule.r_max * (2.2 if len(nodule.spicules) else 1.0)
@@ -144,6 +163,10 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         prob: chance that a patch gets nodules.
         max_count: most nodules per patch.
         spacing_mm: isotropic voxel size of the patch.
+        type_p: probabilities of the nodule types (``solid``, ``part-solid``, ``ground-glass``, ``calcified``);
+            None for the generator's mix. Raising the kinds a model misses shows it more of them.
+        location_p: probabilities of the location classes (``parenchymal``, ``juxta-pleural``,
+            ``juxta-vascular``); None for the generator's mix.
     """
 
     def __init__(
@@ -155,10 +178,16 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         hu_min: float = -1000.0,
         hu_max: float = 500.0,
         spacing_mm: float = 1.0,
+        type_p: Sequence[float] | None = None,
+        location_p: Sequence[float] | None = None,
     ) -> None:
         MapTransform.__init__(self, keys)
         if len(self.keys) != 3:
             raise ValueError(f"keys must be (image, label, lungs), not {keys!r}")
+        self.type_p = _probabilities("type_p", TYPE_P if type_p is None else type_p, TYPES)
+        self.location_p = _probabilities(
+            "location_p", LOCATION_P if location_p is None else location_p, LOCATIONS
+        )
         self.prob, self.max_count = float(prob), int(max_count)
         self.hu_min, self.hu_max, self.spacing_mm = float(hu_min), float(hu_max), float(spacing_mm)
         self._do = False
@@ -180,7 +209,14 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         rng = np.random.default_rng(self._seed)
         count = int(rng.integers(1, self.max_count + 1))
         new_hu, new_label, placed = paste_nodules(
-            hu, _as_numpy(label)[0], _as_numpy(d[mk])[0], rng, count=count, spacing_mm=self.spacing_mm
+            hu,
+            _as_numpy(label)[0],
+            _as_numpy(d[mk])[0],
+            rng,
+            count=count,
+            spacing_mm=self.spacing_mm,
+            type_p=self.type_p,
+            location_p=self.location_p,
         )
         if not placed:
             return d

@@ -60,9 +60,19 @@ def _unit(rng: np.random.Generator, n: int) -> Array:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def design_nodule(rng: np.random.Generator, *, d_min: float) -> Nodule:
-    """Draw type, size, shape and density of one nodule (centre filled in by :func:`place_nodules`)."""
-    kind = str(rng.choice(TYPES, p=[0.5, 0.15, 0.2, 0.15]))
+#: Probabilities of the nodule types of :data:`TYPES` in generated scans.
+TYPE_P = (0.5, 0.15, 0.2, 0.15)
+
+
+def design_nodule(
+    rng: np.random.Generator, *, d_min: float, type_p: tuple[float, ...] | list[float] = TYPE_P
+) -> Nodule:
+    """Draw type, size, shape and density of one nodule (centre filled in by :func:`place_nodules`).
+
+    ``type_p`` gives the probabilities of :data:`TYPES` (the generator's mix by default); the random stream is
+    the same whatever its values.
+    """
+    kind = str(rng.choice(TYPES, p=list(type_p)))
     lo = max(d_min, 5.0) if kind in ("part-solid", "ground-glass") else d_min
     hi = 12.0 if kind == "calcified" else 30.0
     diameter = lo * (hi / lo) ** (rng.random() ** 1.6)

@@ -50,19 +50,14 @@ def test_location_classes_touch_what_they_should() -> None:
     depth = ndi.distance_transform_edt(lungs > 0)
     for location, seed in (("juxta-pleural", 0), ("juxta-vascular", 1), ("parenchymal", 2)):
         rng = np.random.default_rng(seed)
-        from pipelines import nodule_paste
-
-        original = nodule_paste.LOCATION_P
         p = {
             "parenchymal": (1.0, 0.0, 0.0),
             "juxta-pleural": (0.0, 1.0, 0.0),
             "juxta-vascular": (0.0, 0.0, 1.0),
         }
-        nodule_paste.LOCATION_P = p[location]
-        try:
-            _, lab, placed = paste_nodules(hu, np.zeros(hu.shape, np.uint8), lungs, rng, count=1)
-        finally:
-            nodule_paste.LOCATION_P = original
+        _, lab, placed = paste_nodules(
+            hu, np.zeros(hu.shape, np.uint8), lungs, rng, count=1, location_p=p[location]
+        )
         assert len(placed) == 1 and placed[0].location == location
         n: Nodule = placed[0]
         c = np.round(n.center[::-1]).astype(int)  # world (x, y, z) on a unit grid at the origin -> (z, y, x)
@@ -110,3 +105,32 @@ def test_design_is_the_generators() -> None:
     rng = np.random.default_rng(0)
     kinds = {design_nodule(rng, d_min=3.0).type for _ in range(200)}
     assert kinds == {"solid", "part-solid", "ground-glass", "calcified"}
+
+
+def test_paste_mix_follows_type_and_location_probabilities() -> None:
+    """``type_p`` / ``location_p`` choose what is pasted (the training key that shows a model the kinds it misses)."""
+    hu, lungs = _patch(seed=1)
+    t = RandPasteNodulesd(prob=1.0, max_count=1, type_p=[0, 0, 1, 0], location_p=[0, 0, 1])
+    kinds = set()
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        _, _, placed = paste_nodules(
+            hu, np.zeros(hu.shape, np.uint8), lungs, rng, count=1, type_p=t.type_p, location_p=t.location_p
+        )
+        kinds |= {(n.type, n.location) for n in placed}
+    assert kinds == {("ground-glass", "juxta-vascular")}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"type_p": [0.5, 0.5]},
+        {"location_p": [0.5, 0.6, -0.1]},
+        {"location_p": [0.2, 0.2, 0.2]},
+        {"type_p": "abcd"},
+    ],
+)
+def test_paste_probabilities_are_checked(kwargs: dict) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        RandPasteNodulesd(**kwargs)
