@@ -16,6 +16,13 @@ EVAL_OUT ?= outputs/eval
 VAL_DATA ?= sample_data/validation
 VAL_OUT ?= outputs/validation
 RUN_DIR ?= runs/train
+# real chest CT with synthetic nodules inserted (../shared/data): one set chooses settings, one is reported
+REAL_CT ?= ../shared/data/ct/totalseg_chest_ct_crop_1p5mm.nii.gz
+VAL_REAL_SEEDS ?= 201 202 203 204 205 206
+EVAL_REAL_SEEDS ?= 101 102 103 104 105 106
+REAL_SEEDS ?= $(EVAL_REAL_SEEDS)
+REAL_DATA ?= sample_data/eval_real
+REAL_OUT ?= outputs/eval_real
 FULL ?= 0
 ifeq ($(FULL),1)
   TRAIN_N ?= 120
@@ -36,7 +43,7 @@ EVAL_SEED ?= 9000
 IN ?= $(DEMO_DATA)/images
 OUT ?= $(DEMO_OUT)
 
-.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate bench pipeline clean help
+.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate validate-real evaluate-real bench pipeline clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -93,6 +100,16 @@ validate: install ## evaluate on the validation set that chooses settings (never
 	test -f sample_data/train_full/datalist.json || $(LS) sample-data sample_data/train_full --n 16 --seed 1000 --size full --workers $(WORKERS)
 	$(LS) held-out-set $(VAL_DATA) sample_data/val:all sample_data/train_full:validation,test
 	$(MAKE) evaluate EVAL_DATA=$(VAL_DATA) EVAL_OUT=$(VAL_OUT)
+	@if test -f $(REAL_CT); then $(MAKE) validate-real; else echo "validate: $(REAL_CT) not found, real-CT validation skipped"; fi
+
+validate-real: install ## validation on real CT: nodules inserted into the chest CT of ../shared/data with seeds 201-206 (guards against fitting the phantom generator)
+	$(MAKE) evaluate-real REAL_SEEDS="$(VAL_REAL_SEEDS)" REAL_DATA=$(VAL_DATA)_real REAL_OUT=$(VAL_OUT)_real
+
+evaluate-real: install ## the reported real-CT figure: nodules inserted into the chest CT of ../shared/data with seeds 101-106 (lung Dice there is against our own lung mask)
+	@test -f $(REAL_CT) || { echo "evaluate-real: $(REAL_CT) not found (it lives in ../shared/data)"; exit 1; }
+	for s in $(REAL_SEEDS); do test -f sample_data/inserted/s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/inserted/s$$s --n 3 --seed $$s || exit 1; done
+	$(LS) held-out-set $(REAL_DATA) $(foreach s,$(REAL_SEEDS),sample_data/inserted/s$(s):training)
+	$(MAKE) evaluate EVAL_DATA=$(REAL_DATA) EVAL_OUT=$(REAL_OUT)
 
 bench: install ## stage timings and the plain-MONAI baseline, same run; writes benchmarks/results/
 	$(LS) bench --out benchmarks/results
@@ -102,5 +119,5 @@ pipeline: install ## sample data -> training -> screening -> evaluation (FULL=1 
 	$(MAKE) evaluate SCREEN_ARGS="--weights $(RUN_DIR)/model.pt --classifier-weights $(RUN_DIR)/classifier.pt --overwrite"
 
 clean: ## remove generated data, outputs and caches (keeps .venv)
-	rm -rf sample_data/demo sample_data/train sample_data/eval outputs runs .pytest_cache .ruff_cache .mypy_cache
+	rm -rf sample_data/demo sample_data/train sample_data/eval sample_data/inserted outputs runs .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
