@@ -78,7 +78,7 @@ def write_case(
     outputs.write_json(folder / "nodules.json", {**meta, "nodules": result.nodules})
     io.atomic_write_text(
         folder / "candidates.csv",
-        outputs.to_csv(result.candidates, ("candidate_id", *outputs.NODULE_COLUMNS[1:-1])),
+        outputs.to_csv(result.candidates, outputs.CANDIDATE_COLUMNS),
     )
     report_rel = ""
     if settings.report:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -286,3 +287,44 @@ def extract_nodules(
         row["lung_side"] = _lung_side(lung_labels_zyx, box, component)
         nodules.append(row)
     return mask, nodules
+
+
+def measure_sphere(
+    centre_zyx: Sequence[float],
+    diameter_mm: float,
+    probability_zyx: np.ndarray,
+    hu_zyx: np.ndarray,
+    spacing_zyx: tuple[float, float, float] | np.ndarray,
+    *,
+    lung_labels_zyx: np.ndarray | None = None,
+    density: DensityThresholds | None = None,
+) -> dict[str, Any]:
+    """The measurements of :func:`extract_nodules` for a sphere of ``diameter_mm`` at ``centre_zyx``.
+
+    For point candidates without a segmentation (:mod:`pipelines.second_look`): HU statistics, density type
+    and lung side of the voxels within the sphere (at least the centre voxel); ``canonical_index_zyx`` is the
+    given centre and the sizes are the sphere's.
+    """
+    spacing = np.asarray(spacing_zyx, float)
+    c = np.asarray(centre_zyx, float)
+    r = diameter_mm / 2.0
+    lo = np.maximum(np.floor(c - r / spacing), 0).astype(int)
+    hi = np.minimum(np.ceil(c + r / spacing) + 1, hu_zyx.shape).astype(int)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    grid = np.meshgrid(
+        *[(np.arange(s.start, s.stop) - ci) * sp for s, ci, sp in zip(box, c, spacing)], indexing="ij"
+    )
+    component = sum(g**2 for g in grid) <= r**2
+    centre_voxel = tuple(int(np.clip(round(ci) - s.start, 0, s.stop - s.start - 1)) for ci, s in zip(c, box))
+    component[centre_voxel] = True
+    row = _measure(box, component, probability_zyx, hu_zyx, spacing, density or DensityThresholds())
+    volume = math.pi / 6.0 * diameter_mm**3
+    row.update(
+        canonical_index_zyx=tuple(float(v) for v in c),
+        diameter_mm=float(diameter_mm),
+        long_axis_mm=float(diameter_mm),
+        short_axis_mm=float(diameter_mm),
+        volume_mm3=volume,
+    )
+    row["lung_side"] = _lung_side(lung_labels_zyx, box, component)
+    return row

@@ -57,6 +57,8 @@ NODULE_COLUMNS = (
     "lung_side",
     "lung_rads",
 )
+#: ``candidates.csv``: every candidate, with where it came from (``network`` or ``second_look``).
+CANDIDATE_COLUMNS = ("candidate_id", *NODULE_COLUMNS[1:-1], "source")
 SUMMARY_COLUMNS = (
     "case_id",
     "status",

@@ -121,6 +121,9 @@ def analyse_case(
     for c in cands:
         c["canonical_index_zyx"] = [round(float(v), 3) for v in np.asarray(c["canonical_index_zyx"]) + start]
         c["segmentation_probability"] = float(c["probability"])
+        c["source"] = "network"
+    if settings.second_look:
+        cands += second_look_candidates(cands, data, probability_network, prob_crop, settings=settings)
     cls = classify_candidates(cands, data["image"], geometry, classifier=classifier, device=device)
     final = combine_scores(np.asarray([c["probability"] for c in cands]), cls, settings.classifier_weight)
     for c, pc, pf in zip(cands, cls, final):
@@ -129,6 +132,69 @@ def analyse_case(
     add_world_coordinates(cands, header_image(geometry.canonical))
     add_original_indices(cands, header_image(geometry.original))
     return _select_reported(cands, mask_crop, data, geometry, settings, prob_crop)
+
+
+def second_look_candidates(
+    cands: list[dict[str, Any]],
+    data: dict[str, Any],
+    probability_network: torch.Tensor,
+    prob_crop: np.ndarray,
+    *,
+    settings: ScreeningSettings,
+) -> list[dict[str, Any]]:
+    """Point candidates of :mod:`pipelines.second_look` beside the network's ``cands`` (canonical indices).
+
+    They fill the room ``settings.max_candidates`` leaves, carry ``source`` ``second_look`` and the
+    measurements of a sphere of the filter's scale (:func:`pipelines.nodules.measure_sphere`).
+    """
+    from pipelines.nodules import measure_sphere
+    from pipelines.second_look import find_spots
+
+    room = settings.max_candidates - len(cands)
+    if room <= 0:
+        return []
+    geometry: CaseGeometry = data["geometry"]
+    sl = geometry.crop_slices
+    start = np.asarray([b.start for b in sl], float)
+    image = torch.as_tensor(data["image"])[0].float().cpu().numpy()
+    hu = image * (settings.hu_max - settings.hu_min) + settings.hu_min
+    lungs = data.get("lungs")
+    spots = find_spots(
+        hu,
+        probability_network.detach().float().cpu().numpy(),
+        None if lungs is None else torch.as_tensor(lungs).cpu().numpy(),
+        float(np.mean(geometry.network_spacing_zyx)),
+        min_probability=settings.second_look_min_probability,
+        min_response_hu=settings.second_look_min_response_hu,
+        max_probability=settings.candidate_threshold,
+        avoid_zyx=[
+            (
+                geometry.canonical_to_network_index(np.asarray(c["canonical_index_zyx"], float)).tolist(),
+                float(c["diameter_mm"]) / 2,
+            )
+            for c in cands
+        ],
+    )[:room]
+    out = []
+    for i, spot in enumerate(spots, start=len(cands) + 1):
+        centre = geometry.network_to_canonical_index(np.asarray(spot.index_zyx, float))
+        row = measure_sphere(
+            centre - start,
+            spot.diameter_mm,
+            prob_crop,
+            data["hu"][sl],
+            spacing_zyx(geometry.canonical),
+            lung_labels_zyx=data["lungs_canonical"][sl],
+        )
+        row.update(
+            nodule_id=i,  # candidate id: beyond the network's labels, no mask
+            canonical_index_zyx=[round(float(v), 3) for v in centre],
+            probability=spot.probability,
+            segmentation_probability=spot.probability,
+            source="second_look",
+        )
+        out.append(row)
+    return out
 
 
 def _select_reported(
@@ -144,7 +210,7 @@ def _select_reported(
     reported: list[dict[str, Any]] = []
     for c in cands:
         c["candidate_id"] = int(c.pop("nodule_id"))
-        if c["probability"] >= settings.prob_threshold:
+        if c["probability"] >= settings.prob_threshold and c.get("source") != "second_look":
             c["nodule_id"] = len(reported) + 1
             reported.append(c)
     # uint8 whenever it can hold every label: the mask is written as is, without a full-size conversion

@@ -1,0 +1,156 @@
+"""Second-look candidates: the Hessian dot filter and how its spots join the network's candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from pipelines.io import ImageHeader
+from pipelines.postprocess import analyse_case
+from pipelines.preprocess import CaseGeometry
+from pipelines.second_look import dot_response, find_spots
+from pipelines.settings import ScreeningSettings
+
+BG, TISSUE = -850.0, 30.0
+
+
+def _volume(shape: tuple[int, int, int] = (40, 48, 48)) -> np.ndarray:
+    return np.full(shape, BG, np.float32)
+
+
+def _ball(
+    vol: np.ndarray, centre: tuple[int, int, int], diameter: float, value: float = TISSUE
+) -> np.ndarray:
+    z, y, x = np.indices(vol.shape)
+    inside = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= (diameter / 2) ** 2
+    vol[inside] = value
+    return inside
+
+
+def _reference_response(hu: np.ndarray, sigmas: tuple[float, ...]) -> np.ndarray:
+    """The dot filter the slow, obvious way: smooth, central differences twice, ``np.linalg.eigvalsh``."""
+    best = np.zeros(hu.shape)
+    for s in sigmas:
+        g = ndi.gaussian_filter(hu.astype(np.float64), s, mode="nearest")
+        grads = np.gradient(g)
+        h = np.stack([np.stack(np.gradient(grads[a]), -1) for a in range(3)], -2)
+        h = (h + np.swapaxes(h, -1, -2)) / 2
+        ev = np.linalg.eigvalsh(h)
+        l1, l3 = ev[..., 0], ev[..., 2]
+        r = np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * s * s
+        best = np.maximum(best, r)
+    return best
+
+
+def test_dot_response_matches_a_finite_difference_reference() -> None:
+    hu = _volume((32, 32, 32))
+    _ball(hu, (16, 14, 17), 5.0)
+    hu += np.random.default_rng(0).normal(0, 5, hu.shape).astype(np.float32)
+    ours, _ = dot_response(hu, 1.0, sigmas_mm=(1.5, 2.0))
+    ref = _reference_response(hu, (1.5, 2.0))
+    inner = (slice(8, 24),) * 3  # away from the edges, where the two pad differently
+    assert (
+        np.unravel_index(np.argmax(ours), ours.shape)
+        == np.unravel_index(np.argmax(ref), ref.shape)
+        == (16, 14, 17)
+    )
+    # central differences of a smoothed image vs exact Gaussian derivatives: close, not equal (they
+    # under-estimate second derivatives at small scales by ~15 %)
+    assert np.corrcoef(ours[inner].ravel(), ref[inner].ravel())[0, 1] > 0.99
+    assert ours[16, 14, 17] == pytest.approx(ref[16, 14, 17], rel=0.2) and ref[16, 14, 17] > 100
+
+
+def test_dot_response_answers_blobs_not_vessels_or_walls() -> None:
+    hu = _volume()
+    _ball(hu, (20, 12, 12), 5.0)
+    z, y, x = np.indices(hu.shape)
+    hu[(y - 34) ** 2 + (x - 34) ** 2 <= 2.5**2] = TISSUE  # a 5 mm vessel along z
+    hu[:, :, 44:] = TISSUE  # chest wall
+    resp, sigma = dot_response(hu, 1.0)
+    assert resp[20, 12, 12] > 200
+    assert 1.0 <= float(sigma[20, 12, 12]) <= 2.0  # d = 5 mm answers at s = d / (2 sqrt 3) ~ 1.4
+    assert resp[5:35, 30:39, 30:39].max() < 0.01 * resp[20, 12, 12]  # along the vessel
+    assert resp[:, 5:40, 40:].max() < 0.01 * resp[20, 12, 12]  # along the wall
+
+
+def test_scale_follows_size() -> None:
+    hu = _volume((48, 48, 48))
+    _ball(hu, (24, 14, 14), 4.0)
+    _ball(hu, (24, 32, 32), 10.0)
+    _, sigma = dot_response(hu, 1.0)
+    assert float(sigma[24, 14, 14]) < float(sigma[24, 32, 32]) == 3.0
+
+
+def test_find_spots_keeps_faint_blobs_and_drops_the_rest() -> None:
+    hu = _volume()
+    _ball(hu, (20, 12, 12), 5.0)  # faint for the network: p 0.2
+    _ball(hu, (20, 12, 34), 5.0)  # p 0.1, below min_probability
+    _ball(hu, (20, 34, 12), 5.0)  # a network candidate already
+    z, y, x = np.indices(hu.shape)
+    hu[(y - 36) ** 2 + (x - 36) ** 2 <= 2.5**2] = TISSUE  # vessel with p 0.3 along it
+    prob = np.full(hu.shape, 0.01, np.float32)
+    prob[18:23, 10:15, 10:15] = 0.2
+    prob[18:23, 10:15, 32:37] = 0.1
+    prob[18:23, 32:37, 10:15] = 0.9
+    prob[5:35, 34:39, 34:39] = 0.3
+    kwargs = dict(min_probability=0.15, min_response_hu=80.0, max_probability=0.366)
+    spots = find_spots(hu, prob, None, 1.0, avoid_zyx=[((20, 34, 12), 2.5)], **kwargs)
+    assert [s.index_zyx for s in spots] == [(20, 12, 12)]
+    assert spots[0].probability == pytest.approx(0.2) and spots[0].diameter_mm == pytest.approx(5.2, abs=1.8)
+    # without the avoided centre, the network's blob is a spot too, its score capped below the threshold
+    spots = find_spots(hu, prob, None, 1.0, **kwargs)
+    assert [s.index_zyx for s in spots] == [(20, 34, 12), (20, 12, 12)]
+    assert spots[0].probability < 0.366 and np.float32(spots[0].probability) < np.float32(0.366)
+    # outside the lungs: nothing
+    lungs = np.ones(hu.shape, np.uint8)
+    lungs[:, :24, :24] = 0
+    spots = find_spots(hu, prob, lungs, 1.0, **kwargs)
+    assert (20, 12, 12) not in [s.index_zyx for s in spots]
+
+
+def _case(hu: np.ndarray, prob: np.ndarray) -> tuple[dict, torch.Tensor]:
+    """A case whose canonical, crop and network grids coincide (1 mm, identity direction)."""
+    shape = hu.shape
+    hdr = ImageHeader(
+        (shape[2], shape[1], shape[0]), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+    geometry = CaseGeometry(hdr, hdr, tuple((0, n) for n in shape), shape, (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+    lungs = np.ones(shape, np.uint8)
+    lungs[:, :, shape[2] // 2 :] = 2
+    image = torch.tensor(np.clip((hu + 1000.0) / 1500.0, 0, 1))[None]
+    data = {
+        "hu": hu,
+        "lungs_canonical": lungs,
+        "image": image,
+        "lungs": torch.tensor(lungs)[None],
+        "geometry": geometry,
+    }
+    return data, torch.tensor(prob)
+
+
+@pytest.mark.parametrize("second_look", [True, False])
+def test_second_look_candidates_join_the_list_but_are_never_reported(second_look: bool) -> None:
+    hu = _volume()
+    big = _ball(hu, (20, 24, 12), 9.0)
+    _ball(hu, (20, 24, 36), 4.5)
+    prob = np.full(hu.shape, 0.01, np.float32)
+    prob[big] = 0.99
+    prob[18:23, 22:27, 34:39] = 0.25
+    settings = ScreeningSettings(second_look=second_look, report=False)
+    data, p = _case(hu, prob)
+    result = analyse_case(data, p, settings=settings, classifier=None, device=torch.device("cpu"))
+    assert [n["source"] for n in result.nodules] == ["network"]
+    assert len(result.nodules) == 1 and int(result.nodule_mask.max()) == 1
+    if not second_look:
+        assert [c["source"] for c in result.candidates] == ["network"]
+        return
+    assert [c["source"] for c in result.candidates] == ["network", "second_look"]
+    spot = result.candidates[1]
+    assert np.allclose(spot["canonical_index_zyx"], (20, 24, 36), atol=1.0)
+    assert spot["probability"] == pytest.approx(0.25) and spot["probability"] < settings.candidate_threshold
+    assert spot["lung_side"] == "left" and spot["type"] == "solid" and spot["mean_hu"] > -500  # lung is -850
+    assert spot["candidate_id"] == 2 and "nodule_id" not in spot
+    assert spot["center_lps_x_mm"] == pytest.approx(36.0, abs=1.0)  # identity geometry: world = index (x)
+    assert 3.0 <= spot["diameter_mm"] <= 7.0
