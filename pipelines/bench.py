@@ -135,6 +135,10 @@ def _bench_scan(runner: _Runner, name: str, path: Path, *, repeats: int, baselin
         entry[f"screen_mirror_{other}"] = _screens(
             runner, name, path, repeats, settings={**runner.settings, "mirror_scope": other}
         )
+    if shipped.second_look:  # what the second-look candidates cost (the baseline has none)
+        entry["screen_no_second_look"] = _screens(
+            runner, name, path, repeats, settings={**runner.settings, "second_look": False}
+        )
     if baseline:
         entry["baseline"] = runner.run("baseline", name, path)
     return entry

@@ -118,6 +118,7 @@ def scan_table(name: str, entry: dict[str, Any]) -> list[str]:
             "mirroring only the windows of first-pass candidates (`mirror_scope=candidates`",
         ),
         ("screen_single_pass", "one network pass per window like the baseline (`mirror_axes` off"),
+        ("screen_no_second_look", "without second-look candidates (`second_look` off"),
     )
     for key, label in variants:
         runs = entry.get(key)

@@ -85,6 +85,7 @@ def test_bench_measures_every_stage_of_both_paths(bench_result: tuple[dict, Path
     assert ScreeningSettings().mirror_axes and entry["screen_single_pass"]["median_seconds"] > 0
     assert ScreeningSettings().mirror_scope == "candidates"  # the other scope is timed as well
     assert entry["screen_mirror_all"]["median_seconds"] > 0
+    assert ScreeningSettings().second_look and entry["screen_no_second_look"]["median_seconds"] > 0
     # both clocks start after the Python imports, which are timed on their own
     assert entry["screen"]["runs"][0]["import_seconds"] >= 0 and entry["baseline"]["import_seconds"] >= 0
     assert entry["screen"]["max_peak_rss_bytes"] > 50 * 2**20  # torch alone is more than 50 MiB
@@ -107,6 +108,7 @@ def test_bench_writes_json_and_markdown(bench_result: tuple[dict, Path]) -> None
     assert "one network pass per window like the baseline" in text
     assert "| Python imports, before either clock" in text
     assert "(`mirror_scope=all`; median of 1)" in text
+    assert "(`second_look` off; median of 1)" in text
     assert "| sw_batch_size | lung gating |" in text and "SimpleITK gzip level 1" in text
     assert "MONAI Spacing (bilinear)" in text
 
