@@ -32,8 +32,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 #: Gaussian scales (mm) of the dot filter: a sphere of diameter d answers most at s = d / (2 sqrt 3), so
-#: these cover nodules of about 3.5-10 mm (larger ones are the network's own strength).
-SIGMAS_MM = (1.0, 1.5, 2.0, 3.0)
+#: these cover nodules of about 3.5-7 mm (larger ones are the network's own strength; a 3 mm scale cost
+#: 2.5x the time for the kernel reach alone).
+SIGMAS_MM = (1.0, 1.5, 2.0)
 #: Neighbourhood (voxels) of the local-maximum test and of the probability look-up around a spot.
 _PEAK_SIZE = 5
 #: Gaussian kernels reach this many sigmas (SciPy's default; 3 loses ~10 % of a small blob's response).
@@ -71,26 +72,34 @@ def _kernels(sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return g, (x / sigma**2 * g), ((x**2 / sigma**4 - 1.0 / sigma**2) * g)
 
 
-def hessian(x: np.ndarray, sigma: float) -> dict[tuple[int, int], np.ndarray]:
+def hessian(
+    x: np.ndarray, sigma: float, inner: tuple[slice, slice, slice] | None = None
+) -> dict[tuple[int, int], np.ndarray]:
     """Gaussian-derivative Hessian ``{(a, b): d2/da db}`` (a <= b; axes 0 z, 1 y, 2 x) of ``[z, y, x]`` ``x``.
 
-    Separable and shared: 3 passes along x, 6 along y, 6 along z (15 instead of 18), edges replicated.
+    Separable and shared (3 passes along x, 6 along y, 6 along z instead of 18), edges replicated. With
+    ``inner`` (a box of ``x``) only that box is returned, and each pass is cropped to it along the axes already
+    filtered: the later passes then run on a fraction of the volume (a 25^3 box around a 9^3 box: ~5x less).
     """
     g, g1, g2 = (k.astype(np.float32) for k in _kernels(sigma))
     k = (g, g1, g2)
+    zs, ys, xs = inner if inner is not None else (slice(None),) * 3
 
     def along(v: np.ndarray, order: int, axis: int) -> np.ndarray:
         return ndi.correlate1d(v, k[order], axis=axis, mode="nearest")
 
-    ax = {o: along(x, o, 2) for o in range(3)}  # x-derivative order o
-    axy = {(oy, ox): along(ax[ox], oy, 1) for oy, ox in ((0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2))}
+    ax = {o: along(x, o, 2)[:, :, xs] for o in range(3)}  # x-derivative order o
+    axy = {
+        (oy, ox): along(ax[ox], oy, 1)[:, ys, :]
+        for oy, ox in ((0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2))
+    }
     return {
-        (0, 0): along(axy[0, 0], 2, 0),
-        (1, 1): along(axy[2, 0], 0, 0),
-        (2, 2): along(axy[0, 2], 0, 0),
-        (0, 1): along(axy[1, 0], 1, 0),
-        (0, 2): along(axy[0, 1], 1, 0),
-        (1, 2): along(axy[1, 1], 0, 0),
+        (0, 0): along(axy[0, 0], 2, 0)[zs],
+        (1, 1): along(axy[2, 0], 0, 0)[zs],
+        (2, 2): along(axy[0, 2], 0, 0)[zs],
+        (0, 1): along(axy[1, 0], 1, 0)[zs],
+        (0, 2): along(axy[0, 1], 1, 0)[zs],
+        (1, 2): along(axy[1, 1], 0, 0)[zs],
     }
 
 
@@ -100,6 +109,7 @@ def dot_response(
     *,
     sigmas_mm: Sequence[float] = SIGMAS_MM,
     mask: np.ndarray | None = None,
+    inner: tuple[slice, slice, slice] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multi-scale Hessian dot response (HU) of an isotropic ``[z, y, x]`` HU volume and the best scale (mm).
 
@@ -107,17 +117,21 @@ def dot_response(
 
     Args:
         hu: CT in HU on an isotropic grid of ``spacing_mm``.
-        mask: optional boolean ``[z, y, x]``; the response is 0 outside it.
+        mask: optional boolean, the shape of ``inner``; the response is 0 outside it.
+        inner: the box of ``hu`` where the response is wanted (all of it by default); exact where ``hu``
+            extends it by the kernel reach (``TRUNCATE`` sigmas), edges replicated elsewhere.
 
     Returns:
-        ``(response, sigma_mm)``, both float32 ``[z, y, x]`` (``sigma_mm`` 0 where the response is 0).
+        ``(response, sigma_mm)``, both float32 of ``inner``'s shape (``sigma_mm`` 0 where the response is 0).
     """
     x = np.asarray(hu, dtype=np.float32)
-    best = np.zeros(x.shape, np.float32)
-    best_sigma = np.zeros(x.shape, np.float32)
-    keep = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
+    box = inner if inner is not None else (slice(None),) * 3
+    shape = x[box].shape
+    best = np.zeros(shape, np.float32)
+    best_sigma = np.zeros(shape, np.float32)
+    keep = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
     for s_mm in sigmas_mm:
-        d = hessian(x, float(s_mm) / float(spacing_mm))
+        d = hessian(x, float(s_mm) / float(spacing_mm), inner)
         sel = keep & (d[0, 0] + d[1, 1] + d[2, 2] < 0)
         if not sel.any():
             continue
@@ -127,7 +141,7 @@ def dot_response(
         ev = np.linalg.eigvalsh(h)  # ascending: ev[:, 0] the most negative
         l1, l3 = ev[:, 0], ev[:, 2]
         r = np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * float(s_mm) ** 2
-        resp = np.zeros(x.shape, np.float32)
+        resp = np.zeros(shape, np.float32)
         resp[sel] = r
         better = resp > best
         best[better] = resp[better]
@@ -178,20 +192,24 @@ def find_spots(
     prob = np.asarray(probability, dtype=np.float32)
     lung = np.ones(prob.shape, bool) if lungs is None else np.asarray(lungs).reshape(prob.shape) > 0
     half = _PEAK_SIZE // 2
-    margin = math.ceil(TRUNCATE * max(SIGMAS_MM) / spacing_mm) + half
+    reach = math.ceil(TRUNCATE * max(SIGMAS_MM) / spacing_mm)
     spots: list[Spot] = []
     # clusters of seed voxels whose 5^3 neighbourhoods touch: the 26-connected components of "a seed within 2
     # voxels", found on the sparse seeds (a full-volume label and maximum filter cost ~1 s per scan)
     for seeds in _seed_clusters(np.argwhere(prob >= min_probability), reach=2 * half + 1):
-        lo = np.maximum(seeds.min(0) - half - margin, 0)
-        hi = np.minimum(seeds.max(0) + half + margin + 1, prob.shape)
-        wide = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        # the response is needed where a peak may be (a seed within 2 voxels) and 2 voxels around: that box,
+        # computed from the box wider by the kernel reach
+        lo = np.maximum(seeds.min(0) - 2 * half, 0)
+        hi = np.minimum(seeds.max(0) + 2 * half + 1, prob.shape)
+        need = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        wlo = np.maximum(lo - reach, 0)
+        wide = tuple(slice(int(a), int(b)) for a, b in zip(wlo, np.minimum(hi + reach, prob.shape)))
         local = np.zeros(tuple(int(b - a) for a, b in zip(lo, hi)), bool)
         local[tuple((seeds - lo).T)] = True
-        mine = ndi.maximum_filter(local, size=_PEAK_SIZE) & lung[wide]  # in the lungs, a seed within 2 voxels
-        # the response is needed where a peak may be and in its 5^3 neighbourhood: exact for the peak test
-        needed = ndi.maximum_filter(mine, size=_PEAK_SIZE) & lung[wide]
-        resp, sig = dot_response(hu[wide], spacing_mm, mask=needed)
+        mine = ndi.maximum_filter(local, size=_PEAK_SIZE) & lung[need]  # in the lungs, a seed within 2 voxels
+        needed = ndi.maximum_filter(mine, size=_PEAK_SIZE) & lung[need]  # exact for the 5^3 peak test
+        inner = tuple(slice(int(a - w), int(b - w)) for a, b, w in zip(lo, hi, wlo))
+        resp, sig = dot_response(hu[wide], spacing_mm, mask=needed, inner=inner)  # type: ignore[arg-type]
         peaks = (resp == ndi.maximum_filter(resp, size=_PEAK_SIZE)) & (resp >= min_response_hu) & mine
         for p in np.argwhere(peaks):
             idx = tuple(int(a + b) for a, b in zip(p, lo))

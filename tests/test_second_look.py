@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from pipelines.io import ImageHeader
 from pipelines.postprocess import analyse_case
 from pipelines.preprocess import CaseGeometry
-from pipelines.second_look import dot_response, find_spots
+from pipelines.second_look import SIGMAS_MM, dot_response, find_spots
 from pipelines.settings import ScreeningSettings
 
 BG, TISSUE = -850.0, 30.0
@@ -80,7 +80,25 @@ def test_scale_follows_size() -> None:
     _ball(hu, (24, 14, 14), 4.0)
     _ball(hu, (24, 32, 32), 10.0)
     _, sigma = dot_response(hu, 1.0)
-    assert float(sigma[24, 14, 14]) < float(sigma[24, 32, 32]) == 3.0
+    assert float(sigma[24, 14, 14]) < float(sigma[24, 32, 32]) == max(SIGMAS_MM)
+
+
+def test_inner_box_equals_the_cropped_full_response() -> None:
+    """Cropping each separable pass to the wanted box changes nothing where the input reaches far enough."""
+    hu = _volume((44, 46, 48))
+    _ball(hu, (22, 20, 25), 4.0)
+    _ball(hu, (25, 26, 22), 6.0)
+    hu += np.random.default_rng(1).normal(0, 10, hu.shape).astype(np.float32)
+    full, full_sigma = dot_response(hu, 1.0)
+    inner = (
+        slice(12, 32),
+        slice(11, 35),
+        slice(10, 37),
+    )  # >= 8 voxels (4 x the largest sigma) from each edge
+    part, part_sigma = dot_response(hu, 1.0, inner=inner)
+    assert part.shape == (20, 24, 27)
+    np.testing.assert_allclose(part, full[inner], rtol=1e-5, atol=1e-3)
+    assert np.array_equal(part_sigma, full_sigma[inner]) and part.max() > 100
 
 
 def test_find_spots_keeps_faint_blobs_and_drops_the_rest() -> None:
