@@ -167,6 +167,7 @@ def second_look_candidates(
         min_probability=settings.second_look_min_probability,
         min_response_hu=settings.second_look_min_response_hu,
         max_probability=settings.candidate_threshold,
+        workers=torch.get_num_threads(),
         avoid_zyx=[
             (
                 geometry.canonical_to_network_index(np.asarray(c["canonical_index_zyx"], float)).tolist(),
