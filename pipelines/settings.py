@@ -69,7 +69,7 @@ class ScreeningSettings:
             filter) where the network's probability reaches ``second_look_min_probability`` but no network
             candidate formed. Scored by that probability, capped below ``candidate_threshold`` (they rank
             below every network candidate and are never reported as nodules); they go to ``candidates.csv``
-            and the LUNA16 submission. Validation CPM 0.647 -> 0.664 on phantoms, 0.722 -> 0.746 on real CT.
+            and the LUNA16 submission. Validation CPM 0.647 -> 0.658 on phantoms, 0.722 -> 0.746 on real CT.
         second_look_min_probability: network probability a second-look spot needs within 2 voxels.
         second_look_min_response_hu: dot-filter response (HU) a second-look spot needs.
         mirror_threshold: with ``mirror_scope="candidates"``, first-pass components above this (tempered)
@@ -86,7 +86,7 @@ class ScreeningSettings:
     overlap: float = 0.25
     skip_empty_windows: bool = True
     candidate_threshold: float = 0.366
-    prob_threshold: float = 0.70
+    prob_threshold: float = 0.78
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
     classifier_weight: float = 0.0
