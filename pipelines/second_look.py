@@ -162,6 +162,15 @@ def _seed_clusters(seeds: np.ndarray, *, reach: int) -> list[np.ndarray]:
     return np.split(seeds[order], bounds)
 
 
+def _covered(seeds: np.ndarray, avoid: Sequence[tuple[np.ndarray, float]], *, slack: float) -> bool:
+    """Whether every spot a cluster can give (within ``slack`` voxels of a seed) falls in one avoided ball.
+
+    Such a cluster (typically the faint halo around a network candidate) is skipped unfiltered: its spots would
+    all be dropped.
+    """
+    return any(float(np.linalg.norm(seeds - c, axis=1).max()) + slack <= r for c, r in avoid)
+
+
 def find_spots(
     hu: np.ndarray,
     probability: np.ndarray,
@@ -196,9 +205,16 @@ def find_spots(
     lung = np.ones(prob.shape, bool) if lungs is None else np.asarray(lungs).reshape(prob.shape) > 0
     half = _PEAK_SIZE // 2
     reach = math.ceil(TRUNCATE * max(SIGMAS_MM) / spacing_mm)
+    avoid = [  # balls (centre, radius in voxels) where no spot may lie
+        (np.asarray(c, float), max(min_separation_mm, float(r) + 2.0) / spacing_mm) for c, r in avoid_zyx
+    ]
     # clusters of seed voxels whose 5^3 neighbourhoods touch: the 26-connected components of "a seed within 2
     # voxels", found on the sparse seeds (a full-volume label and maximum filter cost ~1 s per scan)
-    clusters = _seed_clusters(np.argwhere(prob >= min_probability), reach=2 * half + 1)
+    clusters = [
+        c
+        for c in _seed_clusters(np.argwhere(prob >= min_probability), reach=2 * half + 1)
+        if not _covered(c, avoid, slack=half * math.sqrt(3.0))
+    ]
 
     def spots_of(seeds: np.ndarray) -> list[Spot]:
         # the response is needed where a peak may be (a seed within 2 voxels) and 2 voxels around: that box,
@@ -227,11 +243,10 @@ def find_spots(
         spots = [s for found in pool.map(spots_of, clusters) for s in found]
     spots.sort(key=lambda s: (-s.probability, -s.response_hu))
     kept: list[Spot] = []
-    avoid = [(np.asarray(c, float), float(r)) for c, r in avoid_zyx]
     cap = float(np.nextafter(np.float32(max_probability), np.float32(0)))
     for s in spots:
         at = np.asarray(s.index_zyx, float)
-        if any(np.linalg.norm(at - c) * spacing_mm <= max(min_separation_mm, r + 2.0) for c, r in avoid):
+        if any(np.linalg.norm(at - c) <= r for c, r in avoid):
             continue
         if any(np.linalg.norm(at - np.asarray(k.index_zyx)) * spacing_mm < min_separation_mm for k in kept):
             continue

@@ -128,6 +128,34 @@ def test_find_spots_keeps_faint_blobs_and_drops_the_rest() -> None:
     assert (20, 12, 12) not in [s.index_zyx for s in spots]
 
 
+def test_clusters_inside_an_avoided_ball_are_skipped_unfiltered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines import second_look
+
+    hu = _volume()
+    _ball(hu, (20, 12, 12), 5.0)  # a network candidate with a faint halo
+    _ball(hu, (20, 34, 34), 5.0)  # a faint blob elsewhere
+    prob = np.full(hu.shape, 0.01, np.float32)
+    prob[19:22, 11:14, 11:14] = 0.3
+    prob[19:22, 33:36, 33:36] = 0.3
+    calls = []
+    real = second_look.dot_response
+    monkeypatch.setattr(second_look, "dot_response", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kwargs = dict(min_probability=0.2, min_response_hu=80.0, max_probability=0.366)
+    spots = find_spots(hu, prob, None, 1.0, avoid_zyx=[((20, 12, 12), 6.0)], **kwargs)
+    assert [s.index_zyx for s in spots] == [(20, 34, 34)] and len(calls) == 1  # the halo was never filtered
+    monkeypatch.setattr(second_look, "_covered", lambda *a, **k: False)  # filtering it gives the same spots
+    assert (
+        find_spots(hu, prob, None, 1.0, avoid_zyx=[((20, 12, 12), 6.0)], **kwargs) == spots
+        and len(calls) == 3
+    )
+    # a ball that does not hold every spot the cluster could give: filtered
+    calls.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(second_look, "dot_response", lambda *a, **k: calls.append(1) or real(*a, **k))
+    find_spots(hu, prob, None, 1.0, avoid_zyx=[((20, 12, 12), 1.0)], **kwargs)
+    assert len(calls) == 2
+
+
 def _case(hu: np.ndarray, prob: np.ndarray) -> tuple[dict, torch.Tensor]:
     """A case whose canonical, crop and network grids coincide (1 mm, identity direction)."""
     shape = hu.shape
