@@ -157,7 +157,7 @@ def second_look_candidates(
     sl = geometry.crop_slices
     start = np.asarray([b.start for b in sl], float)
     image = torch.as_tensor(data["image"])[0].float().cpu().numpy()
-    hu = image * (settings.hu_max - settings.hu_min) + settings.hu_min
+    hu = preprocess.unscale_hu(image, hu_min=settings.hu_min, hu_max=settings.hu_max)
     lungs = data.get("lungs")
     spots = find_spots(
         hu,

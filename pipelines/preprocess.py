@@ -147,6 +147,11 @@ def scale_hu(array: torch.Tensor, *, hu_min: float, hu_max: float) -> torch.Tens
     return ((array.clamp(hu_min, hu_max) - hu_min) / (hu_max - hu_min)).float()
 
 
+def unscale_hu(array: np.ndarray, *, hu_min: float, hu_max: float) -> np.ndarray:
+    """HU back from :func:`scale_hu`'s [0, 1] values (clipped HU stay clipped)."""
+    return array * (hu_max - hu_min) + hu_min
+
+
 def restore_to_canonical(
     network_array: torch.Tensor | np.ndarray, geometry: CaseGeometry, *, mode: str = "trilinear"
 ) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 from pipelines.inference import load_weights, sliding_window_probability
 from pipelines.patches import extract_patch, label_candidates
 from pipelines.postprocess import CLASSIFIER_PATCH, header_image
-from pipelines.preprocess import CaseGeometry
+from pipelines.preprocess import CaseGeometry, unscale_hu
 from pipelines.train_data import PathLike, load_datalist
 
 CLASSIFIER_PROFILES: dict[str, dict[str, Any]] = {
@@ -115,7 +115,7 @@ def _case_patches(
     geometry: CaseGeometry = data["geometry"]
     vol = data["image"][0].cpu().numpy()
     lungs = np.asarray(data["lungs"]).reshape(vol.shape)
-    hu = vol * (settings.hu_max - settings.hu_min) + settings.hu_min
+    hu = unscale_hu(vol, hu_min=settings.hu_min, hu_max=settings.hu_max)
     _, cands = extract_nodules(
         prob.numpy(),
         hu,
