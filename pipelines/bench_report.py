@@ -46,16 +46,25 @@ def match_centres(a: np.ndarray, b: np.ndarray, *, radius_mm: float) -> list[tup
 
 
 def compare_detections(entry: dict[str, Any], *, radius_mm: float) -> dict[str, Any]:
-    """Compare our detections (``screen()`` candidates) with the baseline's and with the reference nodules."""
+    """Compare our detections (``screen()`` candidates) with the baseline's and with the reference nodules.
+
+    ``same`` compares the network's candidates only: both paths run the same network and weights, so they
+    should find the same ones; our second-look marks (``source`` ``second_look``, which the baseline has no
+    counterpart for) are counted apart and take part only in ``ours_hits_truth``.
+    """
     runs = [r for r in entry.get("screen", {}).get("runs", []) if "error" not in r]
-    ours = centres(runs[0]["detections"]) if runs else None
+    rows = runs[0]["detections"] if runs else None
     base = entry.get("baseline", {})
     theirs = centres(base["detections"]) if "detections" in base else None
     truth = centres(entry.get("truth", []))
     out: dict[str, Any] = {"radius_mm": radius_mm, "truth": len(truth)}
-    if ours is not None:
+    ours = None
+    if rows is not None:
+        network_rows = [r for r in rows if r.get("source", "network") != "second_look"]
+        ours = centres(network_rows)
         out["ours"] = len(ours)
-        out["ours_hits_truth"] = len(match_centres(truth, ours, radius_mm=radius_mm))
+        out["ours_second_look"] = len(rows) - len(network_rows)
+        out["ours_hits_truth"] = len(match_centres(truth, centres(rows), radius_mm=radius_mm))
     if theirs is not None:
         out["baseline"] = len(theirs)
         out["baseline_hits_truth"] = len(match_centres(truth, theirs, radius_mm=radius_mm))
@@ -179,9 +188,10 @@ def _notes(entry: dict[str, Any]) -> list[str]:
             notes.append(f"- **{key} failed**: {err}")
     if "same" in m:
         notes.append(
-            f"- detections (centres within {m['radius_mm']} mm): ours {m['ours']}, baseline {m['baseline']}, "
-            f"matched {m['matched']} -> **{'same nodules' if m['same'] else 'different'}**; reference nodules "
-            f"{m['truth']}: ours hit {m['ours_hits_truth']}, baseline hit {m['baseline_hits_truth']}"
+            f"- network candidates (centres within {m['radius_mm']} mm): ours {m['ours']}, baseline "
+            f"{m['baseline']}, matched {m['matched']} -> **{'same' if m['same'] else 'different'}**; ours also "
+            f"{m.get('ours_second_look', 0)} second-look mark(s); reference nodules {m['truth']}: ours hit "
+            f"{m['ours_hits_truth']} (all marks), baseline hit {m['baseline_hits_truth']}"
         )
     return notes
 

@@ -29,7 +29,7 @@ from pipelines.inference import load_weights, sliding_window_probability
 from pipelines.patches import extract_patch, label_candidates
 from pipelines.postprocess import CLASSIFIER_PATCH, header_image
 from pipelines.preprocess import CaseGeometry, unscale_hu
-from pipelines.train_data import PathLike, load_datalist
+from pipelines.train_data import PathLike, load_datalist, write_hard_negatives
 
 CLASSIFIER_PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {
@@ -302,6 +302,8 @@ def train_classifier_stage(
         mining=dict(mining),
         seed=seed,
     )
+    hard = write_hard_negatives(patches_file, run_dir / "hard_negatives.json")
+    print(f"[train] hard negatives for the segmentation stage: {hard} -> {run_dir / 'hard_negatives.json'}")
     n_pos = sum(v for k, v in counts.items() if k.endswith("_pos"))
     n_neg = counts["total"] - n_pos
     pairs["pos_weight"] = float(np.clip(n_neg / max(n_pos, 1), 1.0, 10.0))

@@ -157,6 +157,94 @@ class SampleIndicesd(MapTransform):
         return np.sort(np.concatenate(picks))
 
 
+class HardNegativeIndicesd(MapTransform):
+    """Put mined false positives among the negative patch centres (after :class:`SampleIndicesd`).
+
+    Uniform negatives inside the lungs rarely centre a patch on the few spots that fool the network (vessel
+    crossings, bifurcations, pleural bumps); step 10 of the shipped training, fed nodules pasted next to
+    vessels, learnt to fire on such spots. This transform reads the false-positive candidates that the network
+    produced on the training scans (:func:`write_hard_negatives`, world LPS mm per ``seriesuid``), maps them
+    onto this case's network grid with its ``geometry`` and appends them to ``bg_indices`` so that they make up
+    ``fraction`` of it: with ``RandCropByPosNegLabeld``'s ``pos``/``neg`` of 2/1 and ``fraction`` 0.5, one patch
+    in six is centred on a mined spot (the random window inside the context crop then moves it about as a
+    sliding window would). Spots that fall on a nodule voxel or outside the grid are dropped.
+
+    Args:
+        table: the ``hard_negatives.json`` path, its parsed ``{"cases": {uid: [[x, y, z], ...]}}`` content, or
+            None (the transform then does nothing).
+        fraction: share of ``bg_indices`` taken by mined spots, in [0, 1).
+    """
+
+    def __init__(
+        self,
+        *,
+        table: PathLike | Mapping[str, Any] | None,
+        fraction: float = 0.5,
+        label_key: str = "label",
+        uid_key: str = "seriesuid",
+        geometry_key: str = "geometry",
+        bg_key: str = "bg_indices",
+    ) -> None:
+        super().__init__([label_key])
+        if not 0.0 <= float(fraction) < 1.0:
+            raise ValueError(f"fraction must lie in [0, 1), not {fraction}")
+        content: Mapping[str, Any] = {}
+        if isinstance(table, Mapping):
+            content = table
+        elif table is not None:
+            path = Path(table)
+            try:
+                content = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path}: cannot read the hard negatives ({e})") from e
+        cases = content.get("cases", {})
+        self.cases = {str(k): np.asarray(v, float).reshape(-1, 3) for k, v in cases.items()}
+        self.fraction = float(fraction)
+        self.label_key, self.uid_key, self.geometry_key, self.bg_key = (
+            label_key,
+            uid_key,
+            geometry_key,
+            bg_key,
+        )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        world = self.cases.get(str(d.get(self.uid_key)))
+        if world is None or not len(world) or self.fraction == 0.0:
+            return d
+        from pipelines.train_classifier import world_to_network
+
+        label = np.squeeze(np.asarray(d[self.label_key]))
+        idx = np.rint(world_to_network(world, d[self.geometry_key])).astype(int)
+        idx = idx[((idx >= 0) & (idx < np.asarray(label.shape))).all(axis=1)]
+        flat = np.ravel_multi_index(tuple(idx.T), label.shape) if len(idx) else np.zeros(0, int)
+        flat = flat[label.reshape(-1)[flat] == 0]
+        bg = np.asarray(d[self.bg_key], dtype=np.int64)
+        if not len(flat):
+            return d
+        n_hard = max(len(flat), int(round(len(bg) * self.fraction / (1.0 - self.fraction))))
+        d[self.bg_key] = np.concatenate([bg, np.resize(flat.astype(np.int64), n_hard)])
+        return d
+
+
+def write_hard_negatives(patches_file: PathLike, out_file: PathLike) -> dict[str, int]:
+    """``hard_negatives.json`` for :class:`HardNegativeIndicesd` from the classifier's mined ``patches.npz``.
+
+    Keeps the network's own candidates that match no annotation (kind ``candidate``, label 0). Written
+    atomically; returns ``{"cases": ..., "spots": ...}``.
+    """
+    z = np.load(patches_file)
+    keep = (z["kinds"] == "candidate") & (z["labels"] == 0)
+    cases: dict[str, list[list[float]]] = {}
+    for uid, w in zip(z["seriesuids"][keep], z["world_lps_mm"][keep]):
+        cases.setdefault(str(uid), []).append([round(float(v), 3) for v in w])
+    out = Path(out_file)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"source": str(patches_file), "cases": cases}, indent=1))
+    os.replace(tmp, out)
+    return {"cases": len(cases), "spots": int(keep.sum())}
+
+
 def latest_checkpoint(ckpt_dir: PathLike) -> str | None:
     """Newest ``*.pt`` training checkpoint in ``ckpt_dir`` (by modification time), or None."""
     folder = Path(ckpt_dir)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from pipelines.bench import run_bench
 from pipelines.bench_baseline import mask_detections
-from pipelines.bench_report import match_centres
+from pipelines.bench_report import compare_detections, match_centres
 from pipelines.settings import ScreeningSettings
 
 # A 6 mm network grid and 32^3 windows: one window per path.
@@ -118,6 +118,27 @@ def test_match_centres_is_one_to_one_within_radius() -> None:
     b = np.array([[1.0, 0, 0], [0.5, 0, 0], [58, 0, 0]])
     pairs = match_centres(a, b, radius_mm=5.0)
     assert sorted(pairs) == [(0, 1)]  # closest pair first; (10,0,0) is 9 mm from (1,0,0); 8 mm apart at 50/58
+
+
+def _row(x: float, source: str | None = None) -> dict:
+    row = {"center_lps_x_mm": x, "center_lps_y_mm": 0.0, "center_lps_z_mm": 0.0}
+    return row if source is None else {**row, "source": source}
+
+
+def test_compare_detections_leaves_second_look_marks_out_of_the_same_network_check() -> None:
+    entry = {
+        "screen": {
+            "runs": [{"detections": [_row(0, "network"), _row(50, "network"), _row(100, "second_look")]}]
+        },
+        "baseline": {"detections": [_row(1), _row(49)]},
+        "truth": [_row(0), _row(100), _row(200)],
+    }
+    m = compare_detections(entry, radius_mm=5.0)
+    assert (m["ours"], m["ours_second_look"], m["baseline"], m["matched"]) == (2, 1, 2, 2)
+    assert m["same"] and m["ours_hits_truth"] == 2 and m["baseline_hits_truth"] == 1
+    entry["baseline"]["detections"] = [_row(1)]
+    m = compare_detections(entry, radius_mm=5.0)
+    assert not m["same"] and m["ours_only"] == 1
 
 
 def test_mask_detections_world_lps_centre_and_size_filter() -> None:

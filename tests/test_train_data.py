@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipelines.bundle import load_workflow
-from pipelines.train_data import SampleIndicesd, crop_context_size
+from pipelines.train_data import HardNegativeIndicesd, SampleIndicesd, crop_context_size, write_hard_negatives
 
 
 def test_every_nodule_is_sampled_equally_often():
@@ -69,3 +69,56 @@ def test_bundle_patches_show_a_nodule_off_centre_as_the_sliding_window_does():
     ).all()  # no further off than a sliding window shows it (+1 voxel jitter)
     assert offsets_arr.max() > 0.6 * half_stride.max()  # and not pinned to the centre
     assert np.median(offsets_arr) > 4.0
+
+
+def _geometry(shape: tuple[int, int, int], origin: tuple[float, float, float] = (10.0, -20.0, 5.0)):
+    """Canonical = crop = network grid: 2 mm voxels, identity direction, ``origin`` in world LPS mm."""
+    from pipelines.io import ImageHeader
+    from pipelines.preprocess import CaseGeometry
+
+    hdr = ImageHeader((shape[2], shape[1], shape[0]), (2.0, 2.0, 2.0), origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return CaseGeometry(hdr, hdr, tuple((0, n) for n in shape), shape, (2.0, 2.0, 2.0))  # type: ignore[arg-type]
+
+
+def test_mined_false_positives_become_the_wanted_share_of_negative_centres():
+    shape = (20, 24, 28)
+    label = np.zeros((1, *shape), np.float32)
+    label[0, 2:5, 2:5, 2:5] = 1
+    d = SampleIndicesd(max_bg=300)({"label": label, "lungs": np.ones_like(label)})
+    geometry = _geometry(shape)
+    # world (x, y, z) = origin + 2 mm * (x, y, z) index: spots at zyx (10, 12, 14) and (3, 3, 3) (a nodule
+    # voxel: dropped) and one outside the grid (dropped)
+    spots = [[10 + 2 * 14, -20 + 2 * 12, 5 + 2 * 10], [10 + 6, -20 + 6, 5 + 6], [500.0, 0.0, 0.0]]
+    table = {"cases": {"case1": spots}}
+    out = HardNegativeIndicesd(table=table, fraction=0.25)({**d, "seriesuid": "case1", "geometry": geometry})
+    bg = out["bg_indices"]
+    wanted = np.ravel_multi_index((10, 12, 14), shape)
+    assert np.isin(d["bg_indices"], bg).all()  # the uniform negatives are kept
+    assert (bg == wanted).sum() == 100  # 100 of 400 = the 0.25 share
+    assert len(bg) == 400 and not np.isin(bg, np.flatnonzero(label.reshape(-1))).any()
+    # another case, or no table, leaves the indices alone
+    other = HardNegativeIndicesd(table=table)({**d, "seriesuid": "case2", "geometry": geometry})
+    assert np.array_equal(other["bg_indices"], d["bg_indices"])
+    assert np.array_equal(HardNegativeIndicesd(table=None)(d)["bg_indices"], d["bg_indices"])
+
+
+def test_hard_negatives_file_round_trip_and_bad_file(tmp_path):
+    patches = tmp_path / "patches.npz"
+    np.savez(
+        patches,
+        labels=np.asarray([0, 1, 0, 0], np.uint8),
+        kinds=np.asarray(["candidate", "candidate", "random", "candidate"]),
+        seriesuids=np.asarray(["a", "a", "a", "b"]),
+        world_lps_mm=np.arange(12, dtype=float).reshape(4, 3),
+    )
+    out = tmp_path / "hard_negatives.json"
+    assert write_hard_negatives(patches, out) == {"cases": 2, "spots": 2}
+    t = HardNegativeIndicesd(table=out)
+    assert sorted(t.cases) == ["a", "b"]
+    assert t.cases["a"].tolist() == [[0.0, 1.0, 2.0]] and t.cases["b"].tolist() == [[9.0, 10.0, 11.0]]
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        HardNegativeIndicesd(table=bad)
+    with pytest.raises(ValueError, match="fraction"):
+        HardNegativeIndicesd(table=None, fraction=1.0)
