@@ -253,7 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "inputs", nargs="+", type=Path, help="folders, files or DICOM folders; the last argument is OUT"
     )
-    s.add_argument("--weights", type=Path, default=None)
+    s.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        default=None,
+        help="segmentation checkpoint; repeat it to screen with the mean logit of several (e.g. fold models)",
+    )
     s.add_argument("--classifier-weights", type=Path, default=None)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     s.add_argument("--sw-batch-size", dest="sw_batch_size", type=int, default=None)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipelines import io, outputs
+from pipelines.ensemble import load_network_weights, weight_files
 from pipelines.inference import load_weights, select_device, sliding_window_probability
 from pipelines.postprocess import CaseResult, analyse_case
 from pipelines.settings import ScreeningSettings
@@ -56,7 +57,8 @@ class ScreeningEngine:
         network: nodule segmentation network (logits ``[B, 1, z, y, x]``).
         inferer: MONAI ``SlidingWindowInferer``.
         settings: validated :class:`ScreeningSettings`.
-        weights: checkpoint for ``network`` (loaded with ``weights_only=True``); None keeps its weights.
+        weights: checkpoint for ``network`` (loaded with ``weights_only=True``), or several: their networks'
+            mean logit (:mod:`pipelines.ensemble`); None keeps its weights.
         classifier, classifier_weights: the false-positive classifier and its checkpoint (optional).
         overwrite: recompute completed cases.
         bundle_version: recorded with every output.
@@ -73,7 +75,7 @@ class ScreeningEngine:
         network: torch.nn.Module,
         inferer: Any,
         settings: ScreeningSettings,
-        weights: str | os.PathLike[str] | None = None,
+        weights: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         classifier: torch.nn.Module | None = None,
         classifier_weights: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
@@ -87,9 +89,7 @@ class ScreeningEngine:
         self.preprocessing = preprocessing
         self.settings = settings
         self.device = rank_device(select_device(settings.device))
-        self.network = network.to(self.device).eval()
-        if weights:
-            load_weights(self.network, Path(weights))
+        self.network = load_network_weights(network.to(self.device), weights).eval()
         self.classifier = None
         if classifier is not None and classifier_weights and Path(classifier_weights).is_file():
             self.classifier = load_weights(classifier, Path(classifier_weights)).to(self.device).eval()
@@ -105,8 +105,9 @@ class ScreeningEngine:
         self.stats: dict[str, int] = {}
         # a done case is skipped only if it was screened with these settings, weights and bundle version
         used_classifier = classifier_weights if self.classifier is not None else None
+        files: list[str | os.PathLike[str] | None] = [*weight_files(weights)] or [None]
         self.fingerprint = outputs.run_fingerprint(
-            settings.sha256(), bundle_version, [weights, used_classifier]
+            settings.sha256(), bundle_version, [*files, used_classifier]
         )
         self._shard: dict[str, int] = {}
 

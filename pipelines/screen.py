@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def screen(
     inputs: Any,
     output_dir: str | os.PathLike[str],
     *,
-    weights: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     classifier_weights: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -52,7 +53,8 @@ def screen(
         inputs: a folder (searched recursively for NIfTI/MetaImage/NRRD files and DICOM series), one file, one
             DICOM folder, a list of those, or an in-memory ``SimpleITK.Image`` (LPS world, HU).
         output_dir: output folder (layout in :mod:`pipelines.outputs`); must not lie inside an input folder.
-        weights, classifier_weights: checkpoints overriding the bundle's ``models/``.
+        weights, classifier_weights: checkpoints overriding the bundle's ``models/``; several ``weights``
+            screen with the mean logit of their networks (:mod:`pipelines.ensemble`).
         overwrite: recompute cases that are already complete.
         progress: show a progress bar.
         bundle_root: another bundle folder.
@@ -69,6 +71,7 @@ def screen(
     from pipelines import io
     from pipelines.bundle import load_workflow, settings_overrides
     from pipelines.engine import root_cause
+    from pipelines.ensemble import weight_files
 
     overrides: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -83,8 +86,9 @@ def screen(
         roots = [str(p) for p in inputs] if isinstance(inputs, list | tuple) else str(inputs)
         overrides["dataset_dir"] = roots
         overrides["evaluator#input_roots"] = roots if isinstance(roots, list) else [roots]
-    if weights is not None:
-        overrides["weights"] = str(weights)
+    files = [str(w) for w in weight_files(weights)]
+    if files:
+        overrides["weights"] = files[0] if len(files) == 1 else files
     if classifier_weights is not None:
         overrides["classifier_weights"] = str(classifier_weights)
     workflow = load_workflow("inference.json", root=bundle_root, overrides=overrides)
