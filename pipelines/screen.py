@@ -86,9 +86,9 @@ def screen(
         roots = [str(p) for p in inputs] if isinstance(inputs, list | tuple) else str(inputs)
         overrides["dataset_dir"] = roots
         overrides["evaluator#input_roots"] = roots if isinstance(roots, list) else [roots]
-    files = [str(w) for w in weight_files(weights)]
-    if files:
-        overrides["weights"] = files[0] if len(files) == 1 else files
+    if weights is not None:  # "" or []: keep the network's own weights
+        files = [str(w) for w in weight_files(weights)]
+        overrides["weights"] = files if len(files) > 1 else (files[0] if files else "")
     if classifier_weights is not None:
         overrides["classifier_weights"] = str(classifier_weights)
     workflow = load_workflow("inference.json", root=bundle_root, overrides=overrides)
