@@ -37,6 +37,7 @@ NODULE_COLUMNS = (
     "probability",
     "segmentation_probability",
     "classifier_probability",
+    "blobness",
     "center_lps_x_mm",
     "center_lps_y_mm",
     "center_lps_z_mm",

@@ -104,6 +104,41 @@ def hessian(
     }
 
 
+def blobness(
+    hu: np.ndarray, centre_zyx: Sequence[float] | np.ndarray, radius_mm: float, spacing_mm: float
+) -> float:
+    """How ball-like the bright structure at ``centre_zyx`` is, at the scale of a ball of ``radius_mm``.
+
+    ``|l|min / |l|max`` of the Hessian eigenvalues of the Gaussian-smoothed HU (scale ``radius / sqrt 3``, the
+    scale a ball of that radius answers most, at least 1.5 mm) when all three are negative (a bright blob),
+    else 0: about 1 for a ball, about 0 for a vessel (one eigenvalue near 0) or a wall (two). Network
+    candidates are compact components of the probability map, so a large vessel seen end-on near the hilum
+    looks as round to their measurements as a nodule; the HU around it does not.
+
+    Args:
+        hu: isotropic ``[z, y, x]`` HU volume (the network grid).
+        centre_zyx: candidate centre, voxel indices of ``hu``.
+        radius_mm: candidate radius.
+        spacing_mm: voxel size of ``hu``.
+    """
+    sigma = max(float(radius_mm), 1.5) / math.sqrt(3.0) / float(spacing_mm)
+    reach = max(1, math.ceil(TRUNCATE * sigma))
+    shape = np.asarray(hu.shape)
+    c = np.clip(np.rint(np.asarray(centre_zyx, float)).astype(int), 0, shape - 1)
+    lo, hi = np.maximum(c - reach, 0), np.minimum(c + reach + 1, shape)
+    crop = np.ascontiguousarray(hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
+    inner = tuple(slice(int(i), int(i) + 1) for i in c - lo)
+    h = hessian(crop, sigma, inner)  # type: ignore[arg-type]
+    m = np.empty((3, 3))
+    for (a, b), v in h.items():
+        m[a, b] = m[b, a] = float(v.reshape(-1)[0])
+    ev = np.linalg.eigvalsh(m)
+    if not (ev < 0).all():
+        return 0.0
+    mags = np.abs(ev)
+    return float(mags.min() / mags.max())
+
+
 def dot_response(
     hu: np.ndarray,
     spacing_mm: float,

@@ -42,6 +42,9 @@ class ScreeningSettings:
         max_candidates: per scan, at most this many candidates (LUNA16 caps submissions at 100 per scan).
         classifier_weight: weight of the false-positive classifier in the geometric mean of the scores
             (0 = segmentation only).
+        blobness_weight: shape term of the score: ``logit(p) + w * (blobness - 0.5)``, where ``blobness``
+            (0 vessel or wall, 1 ball; :func:`pipelines.second_look.blobness`) is measured at each candidate
+            in the HU image (0 = the score alone).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: ``auto`` (bfloat16 on CUDA, float32 on CPU) or an explicit dtype.
         stitch: where sliding-window outputs are stitched: ``device``, ``cpu`` or ``auto`` (device when the
@@ -90,6 +93,7 @@ class ScreeningSettings:
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
     classifier_weight: float = 0.0
+    blobness_weight: float = 4.0
     device: str = "auto"
     amp: str = "auto"
     stitch: str = "auto"
@@ -144,6 +148,7 @@ class ScreeningSettings:
         ):
             _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
         _check(self.min_diameter_mm >= 0, "min_diameter_mm", self.min_diameter_mm, ">= 0")
+        _check(0 <= self.blobness_weight <= 20, "blobness_weight", self.blobness_weight, "in [0, 20]")
         _check(self.logit_temperature > 0, "logit_temperature", self.logit_temperature, "> 0")
         _check(
             set(self.mirror_axes) <= set("zyx") and len(set(self.mirror_axes)) == len(self.mirror_axes),

@@ -8,9 +8,9 @@ import torch
 from scipy import ndimage as ndi
 
 from pipelines.io import ImageHeader
-from pipelines.postprocess import analyse_case
+from pipelines.postprocess import analyse_case, shape_adjusted
 from pipelines.preprocess import CaseGeometry
-from pipelines.second_look import SIGMAS_MM, dot_response, find_spots
+from pipelines.second_look import SIGMAS_MM, blobness, dot_response, find_spots
 from pipelines.settings import ScreeningSettings
 
 BG, TISSUE = -850.0, 30.0
@@ -195,8 +195,71 @@ def test_second_look_candidates_join_the_list_but_are_never_reported(second_look
     assert [c["source"] for c in result.candidates] == ["network", "second_look"]
     spot = result.candidates[1]
     assert np.allclose(spot["canonical_index_zyx"], (20, 24, 36), atol=1.0)
-    assert spot["probability"] == pytest.approx(0.25) and spot["probability"] < settings.candidate_threshold
+    # the network's score, capped below the candidate threshold, then the shape term of every candidate
+    assert spot["segmentation_probability"] == pytest.approx(0.25)
+    assert spot["segmentation_probability"] < settings.candidate_threshold
+    shaped = shape_adjusted(np.asarray([0.25]), np.asarray([spot["blobness"]]), settings.blobness_weight)[0]
+    assert spot["blobness"] > 0.8 and spot["probability"] == pytest.approx(shaped)
     assert spot["lung_side"] == "left" and spot["type"] == "solid" and spot["mean_hu"] > -500  # lung is -850
     assert spot["candidate_id"] == 2 and "nodule_id" not in spot
     assert spot["center_lps_x_mm"] == pytest.approx(36.0, abs=1.0)  # identity geometry: world = index (x)
     assert 3.0 <= spot["diameter_mm"] <= 7.0
+
+
+def test_blobness_is_one_for_a_ball_and_zero_for_vessels_and_walls() -> None:
+    ball = _volume()
+    _ball(ball, (20, 24, 24), 8.0)
+    assert blobness(ball, (20, 24, 24), 4.0, 1.0) > 0.95
+    assert blobness(ball, (20.4, 23.6, 24.3), 4.0, 1.0) > 0.9  # continuous centres round to a voxel
+    z, y, x = np.indices(ball.shape)
+    vessel = _volume()
+    vessel[(y - 24) ** 2 + (x - 24) ** 2 <= 9] = TISSUE  # a 6 mm vessel along z
+    assert blobness(vessel, (20, 24, 24), 3.0, 1.0) < 0.05
+    assert blobness(vessel, (20, 24, 24), 8.0, 1.0) < 0.05  # whatever the candidate's size
+    wall = _volume()
+    wall[:, :, 24:] = TISSUE
+    assert blobness(wall, (20, 24, 23), 4.0, 1.0) == 0.0
+    # a nodule touching a vessel is still mostly a ball; a ball at 2 mm spacing gives what it gives at 1 mm
+    both = vessel.copy()
+    _ball(both, (20, 24, 30), 10.0)
+    assert 0.3 < blobness(both, (20, 24, 30), 5.0, 1.0) < 0.95
+    coarse = _volume((20, 24, 24))
+    _ball(coarse, (10, 12, 12), 5.0)  # 10 mm at 2 mm voxels
+    fine = _volume()
+    _ball(fine, (20, 24, 24), 10.0)
+    assert blobness(coarse, (10, 12, 12), 5.0, 2.0) == pytest.approx(
+        blobness(fine, (20, 24, 24), 5.0, 1.0), abs=0.1
+    )
+    assert blobness(ball, (0, 0, 0), 4.0, 1.0) == 0.0  # lung corner: nothing bright, no blob
+
+
+def test_shape_adjusted_scores_move_balls_up_and_vessels_down() -> None:
+    p = np.asarray([0.9, 0.9, 0.5, 0.3])
+    blob = np.asarray([1.0, 0.0, 0.5, 0.8])
+    assert np.array_equal(shape_adjusted(p, blob, 0.0), p)
+    out = shape_adjusted(p, blob, 4.0)
+    logit = np.log(out / (1 - out)) - np.log(p / (1 - p))
+    assert np.allclose(logit, 4.0 * (blob - 0.5))
+    assert out[0] > 0.9 > out[1] and out[2] == pytest.approx(0.5)
+    assert len(shape_adjusted(np.zeros(0), np.zeros(0), 4.0)) == 0
+
+
+def test_candidates_carry_their_blobness_and_the_weight_reorders_them() -> None:
+    hu = _volume()
+    ball = _ball(hu, (20, 24, 12), 8.0)
+    z, y, x = np.indices(hu.shape)
+    vessel = ((y - 24) ** 2 + (z - 20) ** 2 <= 9) & (x >= 28)  # along x, in the left lung
+    hu[vessel] = TISSUE
+    prob = np.full(hu.shape, 0.01, np.float32)
+    prob[ball] = 0.95
+    prob[18:23, 22:27, 33:41] = 0.97  # the network likes a stretch of the vessel a little more
+    data, p = _case(hu, prob)
+    rows = {}
+    for w in (0.0, 6.0):
+        s = ScreeningSettings(report=False, second_look=False, blobness_weight=w)
+        res = analyse_case(data, p, settings=s, classifier=None, device=torch.device("cpu"))
+        rows[w] = sorted(res.candidates, key=lambda c: -c["probability"])
+    assert [c["lung_side"] for c in rows[0.0]] == ["left", "right"]  # vessel first on the network's score
+    assert [c["lung_side"] for c in rows[6.0]] == ["right", "left"]  # the ball first with the shape term
+    ball_row = rows[6.0][0]
+    assert ball_row["blobness"] > 0.8 and rows[6.0][1]["blobness"] < 0.2
