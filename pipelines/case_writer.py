@@ -101,7 +101,10 @@ def write_case(
         "fingerprint": fingerprint,
         "summary": summary,
         "candidates": [
-            {k: c[k] for k in ("center_lps_x_mm", "center_lps_y_mm", "center_lps_z_mm", "probability")}
+            {
+                **{k: c[k] for k in ("center_lps_x_mm", "center_lps_y_mm", "center_lps_z_mm", "probability")},
+                "source": c.get("source", "network"),
+            }
             for c in result.candidates
         ],
         "info": result.info,

@@ -9,6 +9,7 @@ fires only on the bright planted ball, so the expected answer is known exactly.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -178,4 +179,8 @@ def test_in_memory_image_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert len(rows) == 1
     assert float(rows[0]["center_lps_x_mm"]) == pytest.approx(wx, abs=2.0)
     assert float(rows[0]["center_lps_z_mm"]) == pytest.approx(wz, abs=2.0)
+    # result.json lists the candidates with where they came from (the bench tells network ones apart by it)
+    record = json.loads((tmp_path / "out" / "cases" / "image_0000" / "result.json").read_text())
+    assert [c["source"] for c in record["candidates"]][:1] == ["network"]
+    assert record["candidates"][0]["center_lps_x_mm"] == pytest.approx(wx, abs=2.0)
     assert FAST["target_spacing_mm"] == 3.0
