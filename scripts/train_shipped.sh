@@ -90,3 +90,10 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 #     train#paste_prob=0.8 train#paste_max_count=3 "train#paste_type_p=[0.35,0.25,0.3,0.1]"
 #     "train#paste_location_p=[0.3,0.2,0.5]" train#time_limit_s=3000 (phantom validation 0.658 -> 0.647 with
 #     2.6x the false-positive candidates; real-CT validation 0.746 -> 0.817).
+#   v0.6.0: step 11, step 10's weights and mix plus hard negatives: step 10's own false-positive candidates on
+#     the training scans (`lungscreen train ... --out runs/cpu10 --stages classifier` mines them and writes
+#     runs/cpu10/classifier/hard_negatives.json: 300 spots in 53 scans), with
+#     train#hard_negatives=runs/cpu10/classifier/hard_negatives.json train#hard_negative_fraction=0.5, seed 11,
+#     --init-weights runs/cpu10/models/model.pt, otherwise step 10's command (2400 iterations, 40 min): phantom
+#     validation 0.641 (228 candidates, step 10: 231), real CT 0.802; and the ensemble of steps 8 and 10
+#     (`--weights runs/cpu8/models/model.pt --weights runs/cpu10/models/model.pt`): 0.653 and 0.762.
