@@ -91,6 +91,39 @@ def test_datalist_items_are_absolute_with_lungs(tiny_dataset: Path) -> None:
         load_datalist(tiny_dataset / "nope", "training")
 
 
+def test_bundle_patch_sampling_centres_negatives_on_mined_false_positives(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """train#hard_negatives: a mined spot (world LPS mm) reaches the negative patch centres of its case at the
+    configured share, on the right voxel of the preprocessed (lung-cropped, resampled) grid."""
+    import SimpleITK as sitk
+    from monai.transforms import Compose
+
+    from pipelines.train_classifier import network_to_world
+
+    item = load_datalist(tiny_dataset, "training")[0]
+    lungs = sitk.ReadImage(item["lungs"])
+    ijk = np.argwhere(sitk.GetArrayFromImage(lungs) == 2)[0][::-1] + np.asarray(
+        [2, 2, 2]
+    )  # a left-lung voxel
+    spot = list(lungs.TransformIndexToPhysicalPoint([int(v) for v in ijk]))
+    table = tmp_path / "hard_negatives.json"
+    table.write_text(json.dumps({"cases": {item["seriesuid"]: [spot]}}))
+    overrides = {
+        "dataset_dir": str(tiny_dataset),
+        "train#hard_negatives": str(table),
+        "train#hard_negative_fraction": 0.25,
+    }
+    wf = load_workflow(["inference.json", "train.json"], workflow_type="train", overrides=overrides)
+    chain = wf.parser.get_parsed_content("train#preprocessing").transforms
+    n_random = len(wf.parser.get_parsed_content("train#random"))
+    d = Compose(chain[: len(chain) - n_random])(item)
+    values, counts = np.unique(d["bg_indices"], return_counts=True)
+    assert counts.max() == round(len(d["bg_indices"]) * 0.25)  # the share asked for
+    top = np.asarray(np.unravel_index(values[counts.argmax()], d["label"].shape[1:]), float)
+    assert np.linalg.norm(network_to_world(top[None], d["geometry"])[0] - np.asarray(spot)) <= 1.5  # mm
+
+
 def test_smoke_training_loss_falls_checkpoint_loads_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     kw = {"dataset": tiny_dataset, "out": out, "profile": "smoke", "device": "cpu", "evaluate": False}
