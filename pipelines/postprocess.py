@@ -1,9 +1,11 @@
 """From the network's probability map to scored, measured nodules on the canonical grid.
 
 Steps: probability back to the crop (exact inverse of the resampling) -> connected candidates with
-measurements (:func:`pipelines.nodules.extract_nodules`) -> false-positive classifier re-scores each
-candidate on the network grid -> world LPS/RAS centres and the input file's voxel indices -> reported
-nodules are those whose combined probability reaches ``settings.prob_threshold``.
+measurements (:func:`pipelines.nodules.extract_nodules`) -> second-look candidates
+(:func:`second_look_candidates`) -> false-positive classifier re-scores each candidate on the network grid ->
+shape term (:func:`shape_adjusted`: the Hessian blobness of the HU at each candidate) -> world LPS/RAS centres
+and the input file's voxel indices -> reported nodules are the network's candidates whose combined
+probability reaches ``settings.prob_threshold``.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ threshold or diameter). A multi-scale Hessian *dot enhancement filter* (Li, Sone
 Every spot within 2 voxels of ``p >= min_probability`` whose dot response reaches ``min_response_hu`` (a
 local maximum over 5x5x5 voxels, inside the lungs, away from the network's candidates) becomes a point
 candidate scored by the network's highest probability within 2 voxels. The score is capped below
-``candidate_threshold``, so second-look candidates rank below every network candidate and are never reported
-as nodules; they go to ``candidates.csv`` and the LUNA16 submission, where they raise the sensitivity at
-2-8 false positives per scan. The filter runs only in boxes around the low-probability components (up to a
+``candidate_threshold`` (below every network candidate's, until the shape term of
+:func:`pipelines.postprocess.shape_adjusted` moves every candidate by its :func:`blobness`), and second-look
+candidates are never reported as nodules; they go to ``candidates.csv`` and the LUNA16 submission, where they
+raise the sensitivity at 2-8 false positives per scan. The filter runs only in boxes around the low-probability components (up to a
 few hundred small boxes per scan, about 1 s), on the isotropic network grid, on the CPU (SciPy).
 
 Dot response at scale ``s`` (mm), eigenvalues ``l1 <= l2 <= l3`` of the Hessian of the Gaussian-smoothed HU

@@ -70,9 +70,9 @@ class ScreeningSettings:
             105 candidates, 28.5 % of the windows mirrored).
         second_look: add second-look candidates (:mod:`pipelines.second_look`): blob-shaped spots (Hessian dot
             filter) where the network's probability reaches ``second_look_min_probability`` but no network
-            candidate formed. Scored by that probability, capped below ``candidate_threshold`` (they rank
-            below every network candidate and are never reported as nodules); they go to ``candidates.csv``
-            and the LUNA16 submission. Validation CPM 0.647 -> 0.658 on phantoms, 0.722 -> 0.746 on real CT.
+            candidate formed. Scored by that probability, capped below ``candidate_threshold`` (before the
+            shape term, which moves them like every candidate), never reported as nodules; they go to
+            ``candidates.csv`` and the LUNA16 submission. Validation CPM 0.647 -> 0.658 on phantoms, 0.722 -> 0.746 on real CT.
         second_look_min_probability: network probability a second-look spot needs within 2 voxels.
         second_look_min_response_hu: dot-filter response (HU) a second-look spot needs.
         mirror_threshold: with ``mirror_scope="candidates"``, first-pass components above this (tempered)
