@@ -97,3 +97,8 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 #     --init-weights runs/cpu10/models/model.pt, otherwise step 10's command (2400 iterations, 40 min): phantom
 #     validation 0.641 (228 candidates, step 10: 231), real CT 0.802; and the ensemble of steps 8 and 10
 #     (`--weights runs/cpu8/models/model.pt --weights runs/cpu10/models/model.pt`): 0.653 and 0.762.
+#     Step 12: 16 fresh full phantoms (sample-data --n 16 --seed 1300 --size full, all training), mined with the
+#     step-8 weights while unseen (classifier stage, --out runs/cpu12 holding a copy of step 8's model.pt: 46
+#     spots in 13 scans), merged with train_mix2, then step 8's command from step 8's weights with
+#     train#hard_negatives=runs/cpu12/classifier/hard_negatives.json train#hard_negative_fraction=0.5, seed 12:
+#     validation 0.675 (shipped 0.684 with the shape term), real CT 0.778 (same).
