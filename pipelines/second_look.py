@@ -12,8 +12,9 @@ candidate scored by the network's highest probability within 2 voxels. The score
 ``candidate_threshold`` (below every network candidate's, until the shape term of
 :func:`pipelines.postprocess.shape_adjusted` moves every candidate by its :func:`blobness`), and second-look
 candidates are never reported as nodules; they go to ``candidates.csv`` and the LUNA16 submission, where they
-raise the sensitivity at 2-8 false positives per scan. The filter runs only in boxes around the low-probability components (up to a
-few hundred small boxes per scan, about 1 s), on the isotropic network grid, on the CPU (SciPy).
+raise the sensitivity at 2-8 false positives per scan. The filter runs only in boxes around the
+low-probability components (up to a few hundred small boxes per scan, about 1 s), on the isotropic network
+grid, on the CPU (SciPy).
 
 Dot response at scale ``s`` (mm), eigenvalues ``l1 <= l2 <= l3`` of the Hessian of the Gaussian-smoothed HU
 image: ``s**2 * l3**2 / |l1|`` where all three are negative, else 0 (HU; ``s**2`` normalises across scales);
