@@ -163,6 +163,21 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scans(pairs: list[str] | None) -> dict[str, str] | None:
+    """``--scan SIZE=PATH`` pairs as ``{size: path}`` (None when none were given)."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--scan wants NAME=PATH, got {pair!r}")
+        if not Path(path).exists():
+            raise SystemExit(f"--scan {name}: {path} does not exist")
+        out[name] = path
+    return out
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from pipelines.bench import run_bench
 
@@ -173,6 +188,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         repeats=a.repeats,
         baseline=not a.no_baseline,
         memory_slices=tuple(a.memory_slices or ()),
+        inputs=_bench_scans(a.scan),
     )
     print(result["markdown"])
     return 0
@@ -308,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", type=Path, required=True, help="folder with datalist.json (sample-data output)"
     )
     s.add_argument("--out", type=Path, default=Path("runs/train"))
-    s.add_argument("--profile", choices=("cpu", "gpu", "smoke"), default="cpu")
+    s.add_argument("--profile", choices=("cpu", "gpu", "gpu-device", "smoke"), default="cpu")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument(
@@ -332,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-baseline", action="store_true")
     s.add_argument(
         "--memory-slices", type=int, nargs="*", default=None, help="also measure scans stacked to N slices"
+    )
+    s.add_argument(
+        "--scan",
+        action="append",
+        metavar="NAME=PATH",
+        help="bench this scan (repeatable) instead of generating one per --sizes; an annotations.csv in its "
+        "folder or the one above gives the reference nodules",
     )
     s.set_defaults(func=cmd_bench)
 

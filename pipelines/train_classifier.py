@@ -282,7 +282,7 @@ def train_classifier_stage(
 
     run_dir = out / "classifier"
     pairs: dict[str, Any] = {"run_dir": str(run_dir), "seed": int(seed), "settings#device": device}
-    pairs.update(CLASSIFIER_PROFILES[profile])
+    pairs.update(CLASSIFIER_PROFILES["gpu" if profile.startswith("gpu") else profile])
     pairs.update(overrides)
     parser = _mining_parser(files=["inference.json", "train_classifier.json"], overrides=pairs)
     mining = parser.get_parsed_content("classifier#mining")
@@ -297,7 +297,7 @@ def train_classifier_stage(
         weights=out / "models" / "model.pt",
         out_file=patches_file,
         files=[f for f in PROFILES[profile] if f != "train_cpu.json"]
-        + (["train_cpu.json"] if profile != "gpu" else []),
+        + (["train_cpu.json"] if not profile.startswith("gpu") else []),
         overrides={"dataset_dir": str(dataset), "settings#device": device, **seg_settings},
         mining=dict(mining),
         seed=seed,

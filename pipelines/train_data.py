@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -350,3 +351,58 @@ class TimeLimit:
                     flush=True,
                 )
             engine.terminate()
+
+
+class TimeCosineLR(torch.optim.lr_scheduler.LRScheduler):
+    """Cosine annealing over wall-clock seconds instead of steps, for runs bounded by ``train#time_limit_s``.
+
+    On hardware of unknown speed (a lent GPU, a new laptop) a step-count schedule either ends before its
+    time limit or is cut off at a high learning rate. This one reaches ``eta_min`` when ``seconds`` have
+    passed, however many iterations that is, and stays there. The clock starts at the first ``step()`` after
+    construction (the first iteration or epoch), so dataset caching does not eat into the schedule. Step it
+    per iteration (``LrScheduleHandler(epoch_level=False)``) for a smooth curve. A resumed run restarts its
+    clock: it anneals again over ``seconds``.
+
+    Args:
+        optimizer: the wrapped optimizer; its initial learning rates are the peak.
+        seconds: length of the cosine in seconds (use the run's time limit).
+        eta_min: the learning rate at and after ``seconds``.
+        clock: seconds source (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        seconds: float,
+        eta_min: float = 0.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        if not seconds or seconds <= 0:
+            raise ValueError(f"TimeCosineLR needs seconds > 0, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.eta_min = float(eta_min)
+        self.clock = clock
+        self.t0: float | None = None
+        self._armed = False
+        super().__init__(optimizer)
+        self._armed = True
+
+    def fraction(self) -> float:
+        """Share of ``seconds`` passed since the clock started (0 before, clipped to 1)."""
+        if self.t0 is None:
+            return 0.0
+        return min(1.0, max(0.0, (self.clock() - self.t0) / self.seconds))
+
+    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+        if self._armed and self.t0 is None:
+            self.t0 = self.clock()
+        super().step()
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        cos = (1.0 + math.cos(math.pi * self.fraction())) / 2.0
+        return [self.eta_min + (float(base) - self.eta_min) * cos for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("clock", None)
+        return state

@@ -197,3 +197,18 @@ def test_stack_slices_mirrors_along_z_to_the_requested_count(tmp_path: Path) -> 
     assert arr.shape == (100, 64, 64) and out.GetSpacing() == (2.0, 2.0, 2.5)
     assert np.array_equal(arr[:48], src) and np.array_equal(arr[48:96], src[::-1])
     assert np.array_equal(arr[96:], src[:4])
+
+
+def test_bench_scan_option_names_bad_pairs_and_missing_files(tmp_path: Path) -> None:
+    from pipelines.cli import _bench_scans, build_parser
+
+    scan = tmp_path / "images" / "case.nii.gz"
+    scan.parent.mkdir()
+    scan.write_bytes(b"")
+    a = build_parser().parse_args(["bench", "--scan", f"full={scan}", "--scan", f"other={scan}"])
+    assert _bench_scans(a.scan) == {"full": str(scan), "other": str(scan)}
+    assert _bench_scans(None) is None
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        _bench_scans([str(scan)])
+    with pytest.raises(SystemExit, match="missing.nii.gz does not exist"):
+        _bench_scans([f"full={tmp_path / 'missing.nii.gz'}"])

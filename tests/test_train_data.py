@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from pipelines.bundle import load_workflow
-from pipelines.train_data import HardNegativeIndicesd, SampleIndicesd, crop_context_size, write_hard_negatives
+from pipelines.train_data import (
+    HardNegativeIndicesd,
+    SampleIndicesd,
+    TimeCosineLR,
+    crop_context_size,
+    write_hard_negatives,
+)
 
 
 def test_every_nodule_is_sampled_equally_often():
@@ -122,3 +128,66 @@ def test_hard_negatives_file_round_trip_and_bad_file(tmp_path):
         HardNegativeIndicesd(table=bad)
     with pytest.raises(ValueError, match="fraction"):
         HardNegativeIndicesd(table=None, fraction=1.0)
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_cosine_lr_anneals_over_wall_clock_not_steps() -> None:
+    clock = _FakeClock()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = TimeCosineLR(opt, seconds=100, eta_min=1e-5, clock=clock)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # construction does not start the clock
+    clock.now += 500  # caching time before the first iteration does not count
+    sched.step()  # first step starts the clock
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    clock.now += 50
+    for _ in range(7):  # however many steps: the rate depends on the time alone
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+    clock.now += 49
+    sched.step()
+    assert 1e-5 < opt.param_groups[0]["lr"] < 1.1e-5
+    clock.now += 1000
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_time_cosine_lr_state_saves_with_weights_only(tmp_path) -> None:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched = TimeCosineLR(opt, seconds=10)
+    sched.step()
+    path = tmp_path / "sched.pt"
+    torch.save(sched.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert "clock" not in state and state["seconds"] == 10.0
+    with pytest.raises(ValueError, match="seconds > 0"):
+        TimeCosineLR(opt, seconds=0)
+
+
+def test_time_cosine_lr_wires_into_train_json_by_override() -> None:
+    """The override that scripts/gpu_session.sh passes parses into the scheduler, stepped per iteration."""
+    wf = load_workflow(
+        ["inference.json", "train.json"],
+        workflow_type="train",
+        overrides={
+            "dataset_dir": "x",
+            "train#time_limit_s": 120,
+            "train#lr_scheduler": {
+                "_target_": "pipelines.train_data.TimeCosineLR",
+                "optimizer": "@train#optimizer",
+                "seconds": "@train#time_limit_s",
+                "eta_min": 1e-5,
+            },
+            "train#handlers#0#epoch_level": False,
+        },
+    )
+    sched = wf.parser.get_parsed_content("train#lr_scheduler")
+    assert isinstance(sched, TimeCosineLR) and sched.seconds == 120.0 and sched.eta_min == 1e-5
+    handler = wf.parser.get_parsed_content("train#handlers#0")
+    assert handler.lr_scheduler is sched and handler.epoch_level is False
