@@ -54,6 +54,7 @@ def run_bench(
     inputs: Mapping[str, str | os.PathLike[str]] | None = None,
     settings: Mapping[str, Any] | None = None,
     sweeps: bool = True,
+    variants: bool = True,
     sw_batch_sizes: Sequence[int] = (2, 4, 8),
     in_process: bool = False,
     work_dir: str | os.PathLike[str] | None = None,
@@ -72,6 +73,8 @@ def run_bench(
         inputs: ``{name: scan path}`` to benchmark instead of generating phantoms (tests use a tiny scan).
         settings: :class:`pipelines.settings.ScreeningSettings` overrides for both paths (e.g. ``roi_size``).
         sweeps: on the largest scan also run the ``sw_batch_size`` sweep and the writer comparison.
+        variants: also time ``screen()`` at the other settings (one network pass, the other mirror scope, no
+            second look). ``variants=False, sweeps=False`` is the quick run: stages, screen and baseline only.
         sw_batch_sizes: batch sizes of the sweep.
         in_process: run measurements in this process (fast, for tests; peak RSS is then not per path).
         work_dir: scratch folder (default: a temporary folder, removed afterwards).
@@ -103,7 +106,15 @@ def run_bench(
         largest = max(scans, key=lambda n: _voxels(scans[n]))
         for name, scan in scans.items():
             path = Path(scan)
-            entry = _bench_scan(runner, name, path, repeats=repeats, baseline=baseline)
+            entry = _bench_scan(
+                runner,
+                name,
+                path,
+                repeats=repeats,
+                baseline=baseline,
+                variants=variants,
+                partial=lambda e, n=name: _write_partial(Path(out_dir), result, n, e),
+            )
             if sweeps and name == largest:
                 entry["sw_sweep"] = runner.run("sw_sweep", name, path, sw_batch_sizes=list(sw_batch_sizes))
                 entry["io_ops"] = runner.run("io_ops", name, path)
@@ -120,10 +131,30 @@ def run_bench(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _bench_scan(runner: _Runner, name: str, path: Path, *, repeats: int, baseline: bool) -> dict[str, Any]:
+def _bench_scan(
+    runner: _Runner,
+    name: str,
+    path: Path,
+    *,
+    repeats: int,
+    baseline: bool,
+    variants: bool = True,
+    partial: Any = None,
+) -> dict[str, Any]:
+    """Stages, end-to-end screens and the baseline first (the comparison), then the setting variants.
+
+    ``partial(entry)`` is called after the core measurements, so a run cut short (a time-limited machine)
+    still leaves the comparison on disk.
+    """
     entry: dict[str, Any] = {"path": str(path), "size_xyz": _size(path)}
     entry["stages"] = runner.run("stages", name, path)
     entry["screen"] = _screens(runner, name, path, repeats)
+    if baseline:
+        entry["baseline"] = runner.run("baseline", name, path)
+    if partial is not None:
+        partial(entry)
+    if not variants:
+        return entry
     shipped = ScreeningSettings.from_dict(runner.settings)
     if shipped.mirror_axes:
         # the shipped settings mirror each window (2+ network passes); the baseline runs one: time ours at the
@@ -139,8 +170,6 @@ def _bench_scan(runner: _Runner, name: str, path: Path, *, repeats: int, baselin
         entry["screen_no_second_look"] = _screens(
             runner, name, path, repeats, settings={**runner.settings, "second_look": False}
         )
-    if baseline:
-        entry["baseline"] = runner.run("baseline", name, path)
     return entry
 
 
@@ -361,9 +390,19 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
+def _write_partial(out_dir: Path, result: dict[str, Any], name: str, entry: dict[str, Any]) -> None:
+    """``partial.json``: the measurements so far (no Markdown), replaced atomically after each scan's core."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {**result, "scans": {**result["scans"], name: entry}}
+    tmp = out_dir / ".partial.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    tmp.replace(out_dir / "partial.json")
+
+
 def _write(out_dir: Path, result: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{result['machine']['date'][:10]}-{result['machine']['host']}"
     result["files"] = {"json": str(out_dir / f"{stamp}.json"), "markdown": str(out_dir / f"{stamp}.md")}
     (out_dir / f"{stamp}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     (out_dir / f"{stamp}.md").write_text(result["markdown"])
+    (out_dir / "partial.json").unlink(missing_ok=True)

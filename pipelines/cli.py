@@ -189,6 +189,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         baseline=not a.no_baseline,
         memory_slices=tuple(a.memory_slices or ()),
         inputs=_bench_scans(a.scan),
+        sweeps=not a.quick,
+        variants=not a.quick,
     )
     print(result["markdown"])
     return 0
@@ -346,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--no-baseline", action="store_true")
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="stages, end-to-end screens and the baseline only (no setting variants, no sw_batch_size sweep)",
+    )
     s.add_argument(
         "--memory-slices", type=int, nargs="*", default=None, help="also measure scans stacked to N slices"
     )

@@ -125,7 +125,7 @@ if [ "$BENCH_S" -gt 20 ]; then
   timeout "$BENCH_S" bash -c "
     ${LS[*]} screen '$WORK/demo/images' '$WORK/bench/demo' --device '$DEVICE' --no-report;
     ${LS[*]} bench --out '$WORK/bench/results' --scan $BENCH_SIZES=\$(ls '$WORK'/benchdata/$BENCH_SIZES/images/* | head -1) \
-      --device '$DEVICE' --repeats 1" >>"$OUT/session.log" 2>&1
+      --device '$DEVICE' --repeats 2 --quick" >>"$OUT/session.log" 2>&1
   log "bench exit $?"
   (cd "$WORK" && tar czf "$OUT/bench.tgz" bench/results bench/demo/nodules.csv bench/demo/candidates.csv \
     bench/demo/submission.csv bench/demo/summary.csv bench/demo/cases/*/result.json 2>/dev/null)

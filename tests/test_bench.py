@@ -212,3 +212,35 @@ def test_bench_scan_option_names_bad_pairs_and_missing_files(tmp_path: Path) -> 
         _bench_scans([str(scan)])
     with pytest.raises(SystemExit, match="missing.nii.gz does not exist"):
         _bench_scans([f"full={tmp_path / 'missing.nii.gz'}"])
+
+
+def test_quick_bench_skips_variants_and_a_cut_run_leaves_the_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from pipelines import bench
+
+    scan = tiny_chest_ct(tmp_path / "tiny.nii.gz")
+    common = dict(inputs={"tiny": scan}, device="cpu", repeats=1, settings=TINY, in_process=True)
+    quick = run_bench(
+        out_dir=tmp_path / "quick", sweeps=False, variants=False, work_dir=tmp_path / "w1", **common
+    )
+    entry = quick["scans"]["tiny"]
+    assert {"stages", "screen", "baseline"} <= set(entry)
+    assert not {"screen_single_pass", "screen_no_second_look", "sw_sweep"} & set(entry)
+    assert "end to end" in quick["markdown"]
+    assert not (tmp_path / "quick" / "partial.json").exists()  # a finished run leaves only its results
+
+    real_screens = bench._screens
+
+    def variant_dies(runner, name, path, repeats, **extra):  # the machine is taken back mid-variants
+        if extra.get("settings"):
+            raise TimeoutError("cut short")
+        return real_screens(runner, name, path, repeats, **extra)
+
+    monkeypatch.setattr(bench, "_screens", variant_dies)
+    with pytest.raises(TimeoutError):
+        run_bench(out_dir=tmp_path / "cut", work_dir=tmp_path / "w2", **common)
+    saved = json.loads((tmp_path / "cut" / "partial.json").read_text())["scans"]["tiny"]
+    assert saved["screen"]["runs"] and sum(saved["baseline"]["stages"].values()) > 0
