@@ -68,6 +68,28 @@ class CaseGeometry:
         start = np.asarray([b[0] for b in self.crop_box], float)
         return (idx - start + 0.5) / scale - 0.5
 
+    def network_to_world(self, index_zyx: np.ndarray) -> np.ndarray:
+        """Continuous network-grid indices ``[N, 3]`` (z, y, x) -> world LPS mm ``[N, 3]`` (x, y, z)."""
+        from pipelines.postprocess import header_image
+
+        img = header_image(self.canonical)
+        out = []
+        for idx in np.asarray(index_zyx, float).reshape(-1, 3):
+            c = self.network_to_canonical_index(idx)
+            out.append(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in c[::-1]]))
+        return np.asarray(out, float).reshape(-1, 3)
+
+    def world_to_network(self, world_lps: np.ndarray) -> np.ndarray:
+        """World LPS mm ``[N, 3]`` -> continuous network-grid indices ``[N, 3]`` (z, y, x)."""
+        from pipelines.postprocess import header_image
+
+        img = header_image(self.canonical)
+        out = []
+        for w in np.asarray(world_lps, float).reshape(-1, 3):
+            xyz = img.TransformPhysicalPointToContinuousIndex([float(v) for v in w])
+            out.append(self.canonical_to_network_index(np.asarray(xyz[::-1], float)))
+        return np.asarray(out, float).reshape(-1, 3)
+
 
 def check_ct_units(hu_zyx: np.ndarray, *, path: str = "<memory>") -> None:
     """Refuse CT intensities that are not Hounsfield units (e.g. raw 0..4095 stored values).

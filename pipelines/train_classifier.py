@@ -27,7 +27,7 @@ import torch
 
 from pipelines.inference import load_weights, sliding_window_probability
 from pipelines.patches import extract_patch, label_candidates
-from pipelines.postprocess import CLASSIFIER_PATCH, header_image
+from pipelines.postprocess import CLASSIFIER_PATCH
 from pipelines.preprocess import CaseGeometry, unscale_hu
 from pipelines.train_data import PathLike, load_datalist, write_hard_negatives
 
@@ -68,23 +68,13 @@ def read_annotations(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def network_to_world(index_zyx: np.ndarray, geometry: CaseGeometry) -> np.ndarray:
-    """Continuous network-grid indices ``[N, 3]`` (z, y, x) -> world LPS mm ``[N, 3]`` (x, y, z)."""
-    img = header_image(geometry.canonical)
-    out = []
-    for idx in np.asarray(index_zyx, float).reshape(-1, 3):
-        c = geometry.network_to_canonical_index(idx)
-        out.append(img.TransformContinuousIndexToPhysicalPoint([float(v) for v in c[::-1]]))
-    return np.asarray(out, float).reshape(-1, 3)
+    """:meth:`CaseGeometry.network_to_world` (kept for callers of this module)."""
+    return geometry.network_to_world(index_zyx)
 
 
 def world_to_network(world_lps: np.ndarray, geometry: CaseGeometry) -> np.ndarray:
-    """World LPS mm ``[N, 3]`` -> continuous network-grid indices ``[N, 3]`` (z, y, x)."""
-    img = header_image(geometry.canonical)
-    out = []
-    for w in np.asarray(world_lps, float).reshape(-1, 3):
-        xyz = img.TransformPhysicalPointToContinuousIndex([float(v) for v in w])
-        out.append(geometry.canonical_to_network_index(np.asarray(xyz[::-1], float)))
-    return np.asarray(out, float).reshape(-1, 3)
+    """:meth:`CaseGeometry.world_to_network` (kept for callers of this module)."""
+    return geometry.world_to_network(world_lps)
 
 
 def _mining_parser(*, files: list[str], overrides: dict[str, Any]) -> Any:

@@ -213,10 +213,8 @@ class HardNegativeIndicesd(MapTransform):
         world = self.cases.get(str(d.get(self.uid_key)))
         if world is None or not len(world) or self.fraction == 0.0:
             return d
-        from pipelines.train_classifier import world_to_network
-
         label = np.squeeze(np.asarray(d[self.label_key]))
-        idx = np.rint(world_to_network(world, d[self.geometry_key])).astype(int)
+        idx = np.rint(d[self.geometry_key].world_to_network(world)).astype(int)
         idx = idx[((idx >= 0) & (idx < np.asarray(label.shape))).all(axis=1)]
         flat = np.ravel_multi_index(tuple(idx.T), label.shape) if len(idx) else np.zeros(0, int)
         flat = flat[label.reshape(-1)[flat] == 0]

@@ -89,3 +89,20 @@ def test_load_scan_keeps_integer_ct_as_int16(pixel: int, dtype: type) -> None:
     assert out["hu"].dtype == dtype and out["image"] is out["hu"]
     expected = sitk.GetArrayFromImage(sitk.DICOMOrient(img, "LPS"))
     np.testing.assert_array_equal(out["hu"], expected.astype(dtype))
+
+
+def test_network_world_mapping_round_trips_and_lands_on_the_canonical_voxel() -> None:
+    """CaseGeometry's world <-> network-grid maps (hard negatives, classifier mining) agree with SimpleITK."""
+    img = sitk.Image([60, 50, 40], sitk.sitkInt16)
+    img.SetSpacing((0.7, 0.9, 2.5))
+    img.SetOrigin((-120.0, 35.0, -310.0))
+    hdr = io.ImageHeader.of(img)
+    box = ((4, 36), (3, 47), (10, 58))
+    net_shape, net_spacing = preprocess.network_shape_for((32, 44, 48), (2.5, 0.9, 0.7), 1.0)
+    geom = CaseGeometry(hdr, hdr, box, net_shape, net_spacing)
+    net = np.array([[0.0, 0.0, 0.0], [10.3, 7.5, 20.0], [net_shape[0] - 1.0, net_shape[1] - 1.0, 3.0]])
+    world = geom.network_to_world(net)
+    assert np.allclose(geom.world_to_network(world), net, atol=1e-6)
+    canon = geom.network_to_canonical_index(net[1])
+    expected = img.TransformContinuousIndexToPhysicalPoint([float(v) for v in canon[::-1]])
+    assert np.allclose(world[1], expected, atol=1e-6)
