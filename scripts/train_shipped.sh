@@ -102,3 +102,9 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 #     spots in 13 scans), merged with train_mix2, then step 8's command from step 8's weights with
 #     train#hard_negatives=runs/cpu12/classifier/hard_negatives.json train#hard_negative_fraction=0.5, seed 12:
 #     validation 0.675 (shipped 0.684 with the shape term), real CT 0.778 (same).
+#   v0.6.1 (lent H200): `BUDGET_S=555 bash scripts/gpu_session.sh OUT` (three fine-tunings of step 8's weights at
+#     once, 184 s each: A --profile gpu-device seed 21, B the worker-process loader seed 22, C A with step 10's paste
+#     mix seed 23; 68 scans made there: sample-data --n 40 --seed 1400 --size full, --n 16 --seed 2400 --size small,
+#     insert-nodules seeds 1-12), then B continued on the same machine (seed 24, lr 3e-4, 170 s, 14 workers, B's
+#     COMMON/EXTRA overrides with --init-weights run_B/models/model.pt): validation phantoms / real CT A 0.681/0.778,
+#     B 0.681/0.778, C 0.667/0.778, B2 0.6835/0.778 (shipped 0.6835/0.7778, fewer candidates): none kept.
