@@ -9,6 +9,7 @@
 #        B  the same recipe through the classic loader (CPU worker processes): the fallback, and a second seed
 #        C  A with stage 10's heavier nodule pasting (more pasted nodules, more part-solid/GGO, juxta-vascular)
 #      The choice between them is made afterwards on CPU with `make validate`, never here.
+#   1b. python -m pipelines.train_probe: the gpu profile's loader alone, its batch transfer and its step alone.
 #   3. `lungscreen bench --device cuda` (our path vs the plain MONAI chain, same run) and the demo set screened
 #      on CUDA (its nodules.csv compared with a CPU run afterwards).
 #
@@ -79,6 +80,16 @@ print(f"training mix: {len(d['training'])} cases from {len(parts)} sets")
 PY
 log "data done: $(grep -c '"image"' "$WORK/mix/datalist.json") cases"
 
+# ---- 1b. where a training iteration's time goes (loader alone, transfer, step alone), the machine to itself ----
+PROBE_S=${PROBE_S:-10}
+if [ "$PROBE_S" -gt 0 ]; then
+  log "probe: gpu profile, loader and step $PROBE_S s each"
+  timeout $((PROBE_S * 2 + 90)) $PY -m pipelines.train_probe --dataset "$WORK/mix" --profile gpu --device "$DEVICE" \
+    --seconds "$PROBE_S" --set train#num_workers=14 train#cache_workers=16 train#max_fg_per_nodule=16 \
+    --out "$WORK/probe_gpu.json" >>"$OUT/session.log" 2>&1
+  log "probe exit $?"
+fi
+
 # ---- 2. three fine-tunings at once ----------------------------------------------------------------------
 SEG_S=$((BUDGET_S - (SECONDS - T0) - BENCH_S - CACHE_S - 25))
 [ "$SEG_S" -lt 60 ] && SEG_S=60
@@ -115,7 +126,7 @@ for r in $RUNS; do
   fi
 done
 nvidia-smi --query-gpu=memory.used --format=csv >>"$OUT/session.log" 2>&1
-(cd "$WORK" && tar czf "$OUT/logs.tgz" train_*.log run_*/segmentation/train_log.jsonl run_*/train_result.json 2>/dev/null)
+(cd "$WORK" && tar czf "$OUT/logs.tgz" probe_*.json train_*.log run_*/segmentation/train_log.jsonl run_*/train_result.json 2>/dev/null)
 
 # ---- 3. bench and the demo set on CUDA ------------------------------------------------------------------
 LEFT=$((BUDGET_S - (SECONDS - T0) - 5))

@@ -222,3 +222,20 @@ def test_gpu_fast_overlay_trains_with_device_cached_volumes(
         overrides={"dataset_dir": str(tiny_dataset), "settings#device": "cpu", **train_mod.SMOKE_OVERRIDES},
     )
     assert type(wf.parser.get_parsed_content("train#dataloader")).__name__ == "ThreadDataLoader"
+
+
+def test_train_probe_times_loader_and_step_of_the_profile(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The probe builds the profile's own loader and network and reports rates that add up."""
+    from pipelines.train_probe import main, probe
+
+    r = probe(dataset=tiny_dataset, profile="smoke", device="cpu", seconds=0.2, overrides=dict(TINY))
+    smoke_batch = 2  # SMOKE_OVERRIDES: batch 1 volume x num_samples 2 patches
+    assert r["patches_per_batch"] == smoke_batch and r["device"] == "cpu"
+    assert r["loader_batches_per_s"] > 0 and r["step_per_s"] > 0
+    assert r["loader_patches_per_s"] == pytest.approx(r["loader_batches_per_s"] * smoke_batch, rel=0.01)
+    assert r["bound"] == ("loader" if r["loader_batches_per_s"] < r["step_per_s"] else "step")
+    out = tmp_path / "probe.json"
+    sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+    assert main(["--dataset", str(tiny_dataset), "--profile", "smoke", "--device", "cpu", "--seconds", "0.1",
+                 "--out", str(out), "--set", *sets]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["profile"] == "smoke"
