@@ -67,16 +67,6 @@ def read_annotations(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return {uid: (np.asarray(v)[:, :3], np.asarray(v)[:, 3]) for uid, v in rows.items()}
 
 
-def network_to_world(index_zyx: np.ndarray, geometry: CaseGeometry) -> np.ndarray:
-    """:meth:`CaseGeometry.network_to_world` (kept for callers of this module)."""
-    return geometry.network_to_world(index_zyx)
-
-
-def world_to_network(world_lps: np.ndarray, geometry: CaseGeometry) -> np.ndarray:
-    """:meth:`CaseGeometry.world_to_network` (kept for callers of this module)."""
-    return geometry.world_to_network(world_lps)
-
-
 def _mining_parser(*, files: list[str], overrides: dict[str, Any]) -> Any:
     from monai.bundle import ConfigParser
 
@@ -117,10 +107,10 @@ def _case_patches(
     )
     centres = [np.asarray(c["canonical_index_zyx"], float) for c in cands]  # network grid here
     ann_w, ann_d = ann
-    world = network_to_world(np.asarray(centres).reshape(-1, 3), geometry)
+    world = geometry.network_to_world(np.asarray(centres).reshape(-1, 3))
     hits = label_candidates(world, ann_w, ann_d)
     out = [(c, int(h), "candidate") for c, h in zip(centres, hits)]
-    ann_net = world_to_network(ann_w, geometry) if len(ann_w) else np.zeros((0, 3))
+    ann_net = geometry.world_to_network(ann_w) if len(ann_w) else np.zeros((0, 3))
     spacing = np.asarray(geometry.network_spacing_zyx, float)
     for c, d in zip(ann_net, ann_d):
         out.append((c, 1, "annotation"))
@@ -130,7 +120,7 @@ def _case_patches(
     inside = np.argwhere(lungs > 0)
     for _ in range(int(mining["random_negatives"]) if len(inside) else 0):
         c = inside[rng.integers(len(inside))].astype(float)
-        w = network_to_world(c[None], geometry)
+        w = geometry.network_to_world(c[None])
         if not label_candidates(w, ann_w, ann_d + 10.0)[0]:
             out.append((c, 0, "random"))
     return [
@@ -138,7 +128,7 @@ def _case_patches(
             extract_patch(vol, c, size=CLASSIFIER_PATCH, pad_value=0.0),
             y,
             k,
-            network_to_world(c[None], geometry)[0],
+            geometry.network_to_world(c[None])[0],
         )
         for c, y, k in out
     ]

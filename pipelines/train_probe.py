@@ -137,7 +137,7 @@ def probe(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import _parse_value
+    from pipelines.cli import _key_values
 
     ap = argparse.ArgumentParser(prog="python -m pipelines.train_probe", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
@@ -149,12 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, help="also write the result here as JSON")
     a = ap.parse_args(argv)
-    over = {}
-    for pair in a.set:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            ap.error(f"--set wants KEY=VALUE, got {pair!r}")
-        over[key] = _parse_value(value)
+    over = _key_values(a.set)
     result = probe(dataset=a.dataset, profile=a.profile, device=a.device, seconds=a.seconds, overrides=over)
     text = json.dumps(result, indent=1)
     print(text)

@@ -99,8 +99,6 @@ def test_bundle_patch_sampling_centres_negatives_on_mined_false_positives(
     import SimpleITK as sitk
     from monai.transforms import Compose
 
-    from pipelines.train_classifier import network_to_world
-
     item = load_datalist(tiny_dataset, "training")[0]
     lungs = sitk.ReadImage(item["lungs"])
     ijk = np.argwhere(sitk.GetArrayFromImage(lungs) == 2)[0][::-1] + np.asarray(
@@ -121,7 +119,7 @@ def test_bundle_patch_sampling_centres_negatives_on_mined_false_positives(
     values, counts = np.unique(d["bg_indices"], return_counts=True)
     assert counts.max() == round(len(d["bg_indices"]) * 0.25)  # the share asked for
     top = np.asarray(np.unravel_index(values[counts.argmax()], d["label"].shape[1:]), float)
-    assert np.linalg.norm(network_to_world(top[None], d["geometry"])[0] - np.asarray(spot)) <= 1.5  # mm
+    assert np.linalg.norm(d["geometry"].network_to_world(top[None])[0] - np.asarray(spot)) <= 1.5  # mm
 
 
 def test_smoke_training_loss_falls_checkpoint_loads_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
