@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from pipelines.io import atomic_write_text
 from pipelines.settings import ScreeningSettings
 
 # (dataset seed, case index) of the scans, chosen for the issue's sizes and for holding nodules, so that the
@@ -392,17 +393,14 @@ def machine_info(device: str) -> dict[str, Any]:
 
 def _write_partial(out_dir: Path, result: dict[str, Any], name: str, entry: dict[str, Any]) -> None:
     """``partial.json``: the measurements so far (no Markdown), replaced atomically after each scan's core."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     data = {**result, "scans": {**result["scans"], name: entry}}
-    tmp = out_dir / ".partial.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    tmp.replace(out_dir / "partial.json")
+    atomic_write_text(out_dir / "partial.json", json.dumps(data, indent=1, default=float) + "\n")
 
 
 def _write(out_dir: Path, result: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{result['machine']['date'][:10]}-{result['machine']['host']}"
     result["files"] = {"json": str(out_dir / f"{stamp}.json"), "markdown": str(out_dir / f"{stamp}.md")}
-    (out_dir / f"{stamp}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (out_dir / f"{stamp}.md").write_text(result["markdown"])
+    atomic_write_text(out_dir / f"{stamp}.json", json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(out_dir / f"{stamp}.md", result["markdown"])
     (out_dir / "partial.json").unlink(missing_ok=True)

@@ -31,15 +31,19 @@ from pipelines.postprocess import CLASSIFIER_PATCH
 from pipelines.preprocess import CaseGeometry, unscale_hu
 from pipelines.train_data import PathLike, load_datalist, write_hard_negatives
 
+_GPU_CLASSIFIER: dict[str, Any] = {
+    "classifier#batch_size": 64,
+    "classifier#num_workers": 8,
+    "classifier#max_epochs": 15,
+    "classifier#time_limit_s": 60,
+    "classifier#mining#workers": 15,
+    "classifier#mining#max_cases": 64,
+}
+#: Classifier settings per training profile (the keys of :data:`pipelines.train.PROFILES`); both GPU profiles
+#: train the classifier the same way (its patches are small and cached, the overlay is for the UNet's stage).
 CLASSIFIER_PROFILES: dict[str, dict[str, Any]] = {
-    "gpu": {
-        "classifier#batch_size": 64,
-        "classifier#num_workers": 8,
-        "classifier#max_epochs": 15,
-        "classifier#time_limit_s": 60,
-        "classifier#mining#workers": 15,
-        "classifier#mining#max_cases": 64,
-    },
+    "gpu": _GPU_CLASSIFIER,
+    "gpu-device": _GPU_CLASSIFIER,
     "cpu": {
         "classifier#batch_size": 16,
         "classifier#num_workers": 0,
@@ -109,28 +113,35 @@ def _case_patches(
     ann_w, ann_d = ann
     world = geometry.network_to_world(np.asarray(centres).reshape(-1, 3))
     hits = label_candidates(world, ann_w, ann_d)
-    out = [(c, int(h), "candidate") for c, h in zip(centres, hits)]
+    # (network-grid centre, label, kind, world centre or None while not mapped yet)
+    out: list[tuple[np.ndarray, int, str, np.ndarray | None]] = [
+        (c, int(h), "candidate", w) for c, h, w in zip(centres, hits, world)
+    ]
     ann_net = geometry.world_to_network(ann_w) if len(ann_w) else np.zeros((0, 3))
     spacing = np.asarray(geometry.network_spacing_zyx, float)
-    for c, d in zip(ann_net, ann_d):
-        out.append((c, 1, "annotation"))
+    for c, w, d in zip(ann_net, ann_w, ann_d):
+        out.append((c, 1, "annotation", np.asarray(w, float)))
         jit = min(float(mining["jitter_mm"]), d / 4.0)
         for _ in range(int(mining["jitter_per_positive"])):
-            out.append((c + rng.uniform(-jit, jit, 3) / spacing, 1, "jitter"))
+            out.append((c + rng.uniform(-jit, jit, 3) / spacing, 1, "jitter", None))
     inside = np.argwhere(lungs > 0)
     for _ in range(int(mining["random_negatives"]) if len(inside) else 0):
         c = inside[rng.integers(len(inside))].astype(float)
         w = geometry.network_to_world(c[None])
         if not label_candidates(w, ann_w, ann_d + 10.0)[0]:
-            out.append((c, 0, "random"))
+            out.append((c, 0, "random", w[0]))
+    # the jittered centres are the only ones not mapped yet: one batched mapping
+    jitter_w = iter(
+        geometry.network_to_world(np.asarray([c for c, *_, w in out if w is None]).reshape(-1, 3))
+    )
     return [
         (
             extract_patch(vol, c, size=CLASSIFIER_PATCH, pad_value=0.0),
             y,
             k,
-            geometry.network_to_world(c[None])[0],
+            w if w is not None else next(jitter_w),
         )
-        for c, y, k in out
+        for c, y, k, w in out
     ]
 
 
@@ -262,7 +273,7 @@ def train_classifier_stage(
 
     run_dir = out / "classifier"
     pairs: dict[str, Any] = {"run_dir": str(run_dir), "seed": int(seed), "settings#device": device}
-    pairs.update(CLASSIFIER_PROFILES["gpu" if profile.startswith("gpu") else profile])
+    pairs.update(CLASSIFIER_PROFILES[profile])
     pairs.update(overrides)
     parser = _mining_parser(files=["inference.json", "train_classifier.json"], overrides=pairs)
     mining = parser.get_parsed_content("classifier#mining")
@@ -276,8 +287,7 @@ def train_classifier_stage(
         dataset=dataset,
         weights=out / "models" / "model.pt",
         out_file=patches_file,
-        files=[f for f in PROFILES[profile] if f != "train_cpu.json"]
-        + (["train_cpu.json"] if not profile.startswith("gpu") else []),
+        files=list(PROFILES[profile]),
         overrides={"dataset_dir": str(dataset), "settings#device": device, **seg_settings},
         mining=dict(mining),
         seed=seed,

@@ -191,3 +191,51 @@ def test_time_cosine_lr_wires_into_train_json_by_override() -> None:
     assert isinstance(sched, TimeCosineLR) and sched.seconds == 120.0 and sched.eta_min == 1e-5
     handler = wf.parser.get_parsed_content("train#handlers#0")
     assert handler.lr_scheduler is sched and handler.epoch_level is False
+
+
+def test_classifier_mining_records_each_patch_at_its_world_centre():
+    from types import SimpleNamespace
+
+    from pipelines.postprocess import CLASSIFIER_PATCH
+    from pipelines.train_classifier import _case_patches
+
+    shape = (30, 32, 34)
+    geometry = _geometry(shape)
+    vol = np.zeros((1, *shape), np.float32)
+    prob = torch.zeros(shape)
+    prob[8:13, 8:13, 8:13] = 0.9  # a network candidate at zyx (10, 10, 10): world (30, 0, 25)
+    ann_w = np.asarray([[10 + 2 * 22, -20 + 2 * 20, 5 + 2 * 18]], float)  # a nodule at zyx (18, 20, 22)
+    mining = {
+        "candidate_threshold": 0.5,
+        "max_candidates": 10,
+        "jitter_mm": 2.0,
+        "jitter_per_positive": 3,
+        "random_negatives": 4,
+    }
+    settings = SimpleNamespace(hu_min=-1000.0, hu_max=500.0, min_diameter_mm=0.0)
+    data = {"image": torch.as_tensor(vol), "lungs": np.ones(shape, np.uint8), "geometry": geometry}
+    recs = _case_patches(
+        data, prob, (ann_w, np.asarray([6.0])), settings=settings, mining=mining, rng=np.random.default_rng(0)
+    )
+    kinds = [k for _, _, k, _ in recs]
+    assert kinds.count("candidate") == 1 and kinds.count("annotation") == 1 and kinds.count("jitter") == 3
+    assert 1 <= kinds.count("random") <= 4
+    for patch, y, kind, world in recs:
+        assert patch.shape[-3:] == CLASSIFIER_PATCH
+        back = geometry.world_to_network(np.asarray(world)[None])[0]  # network-grid centre of the record
+        if kind == "candidate":
+            assert y == 0 and np.allclose(world, [30.0, 0.0, 25.0], atol=1e-6)
+        elif kind == "annotation":
+            assert y == 1 and np.allclose(world, ann_w[0])
+        elif kind == "jitter":  # within jitter_mm of the nodule, per axis, and a positive
+            assert y == 1 and np.all(np.abs(np.asarray(world) - ann_w[0]) <= 2.0 + 1e-6)
+        else:  # random negatives sit on voxel centres, more than radius + 10 mm from the nodule
+            assert y == 0 and np.allclose(back, np.rint(back), atol=1e-6)
+            assert np.linalg.norm(np.asarray(world) - ann_w[0]) > 3.0 + 10.0 - 1e-6
+
+
+def test_every_training_profile_has_classifier_settings():
+    from pipelines.train import PROFILES
+    from pipelines.train_classifier import CLASSIFIER_PROFILES
+
+    assert set(CLASSIFIER_PROFILES) == set(PROFILES)
