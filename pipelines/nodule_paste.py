@@ -9,7 +9,9 @@ The nodules are designed and rendered by the phantom generator (:func:`pipelines
 spiculated) and blended as :mod:`pipelines.phantom_insert` inserts into real CT (:func:`blend_nodules`:
 rendered onto a smoothed copy of the patch, and only the blurred difference is added back), so the patch keeps
 its own noise and texture inside the nodule. A nodule goes where it can lie: free in the lung (parenchymal), touching the lung border
-(juxta-pleural), or touching a vessel (juxta-vascular), never over a labelled nodule.
+(juxta-pleural), or touching a vessel (juxta-vascular), never over a labelled nodule, and only where at least
+:data:`~pipelines.phantom_nodules.MIN_VISIBLE` of it shows (not inside a vessel, where its label would teach the
+network to mark the vessel).
 
 Patches are ``[1, z, y, x]`` on the isotropic network grid, intensities scaled from ``[hu_min, hu_max]`` to
 ``[0, 1]`` (:class:`pipelines.transforms.ScaleHUd`), labels binary, lung masks > 0 inside the lungs.
@@ -26,11 +28,21 @@ from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage as ndi
 
 from pipelines.phantom_insert import blend_nodules
-from pipelines.phantom_nodules import LOCATIONS, TYPE_P, TYPES, Nodule, design_nodule
+from pipelines.phantom_nodules import (
+    LOCATIONS,
+    MIN_VISIBLE,
+    TYPE_P,
+    TYPES,
+    Nodule,
+    design_nodule,
+    visible_fraction,
+)
 from pipelines.phantom_shapes import Grid
 
 #: Probabilities of the location classes (parenchymal, juxta-pleural, juxta-vascular), as the generator's.
 LOCATION_P = (0.45, 0.3, 0.25)
+#: Positions tried per nodule before it is skipped: each must leave :data:`MIN_VISIBLE` of it showing.
+PLACE_TRIES = 5
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -120,12 +132,18 @@ def paste_nodules(
         nodule.location = str(rng.choice(LOCATIONS, p=list(location_p)))
         reach = _reach(nodule)
         free = to_label > reach + 3.0 if to_label is not None else np.ones(hu.shape, bool)
-        centre = place_center(
-            rng, nodule, lung_depth=lung_depth, free=free, vessels=vessels, spacing_mm=spacing_mm
-        )
+        for _ in range(PLACE_TRIES):  # a place where most of the nodule shows (not inside a vessel)
+            centre = place_center(
+                rng, nodule, lung_depth=lung_depth, free=free, vessels=vessels, spacing_mm=spacing_mm
+            )
+            if centre is None:
+                break
+            nodule.center = grid.index_to_world(centre[None])[0]
+            if visible_fraction(nodule, hu, grid) >= MIN_VISIBLE:
+                break
+            centre = None
         if centre is None:
             continue
-        nodule.center = grid.index_to_world(centre[None])[0]
         if any(np.linalg.norm(nodule.center - o.center) <= reach + _reach(o) + 3.0 for o in placed):
             continue
         placed.append(nodule)

@@ -155,7 +155,7 @@ def generate_case(
         np.concatenate([arteries.ends, veins.ends]),
         np.concatenate([arteries.r0, veins.r0]),
     )
-    placed = place_nodules(specs, lungs=fns, candidates=cands, vessels=tree, rng=rng)
+    placed = place_nodules(specs, lungs=fns, candidates=cands, vessels=tree, rng=rng, scan=(hu, grid))
     labels = render_nodules(hu, grid, placed, rng)
     for i, n in enumerate(placed, start=1):
         lungs[labels == i] = n.side

@@ -95,7 +95,14 @@ def insert_into_array(
         if s not in sides:
             fns[s], cands[s] = fns[sides[0]], cands[sides[0]]
     empty = np.zeros((0, 3))
-    placed = place_nodules(specs, lungs=fns, candidates=cands, vessels=(empty, empty, np.zeros(0)), rng=rng)  # type: ignore[arg-type]
+    placed = place_nodules(
+        specs,
+        lungs=fns,  # type: ignore[arg-type]
+        candidates=cands,
+        vessels=(empty, empty, np.zeros(0)),
+        rng=rng,
+        scan=(ndimage.gaussian_filter(np.asarray(hu, np.float32), 1.0), grid),
+    )
     new_hu, labels = blend_nodules(hu, grid, placed, rng)
     return new_hu, labels, placed
 

@@ -134,3 +134,22 @@ def test_paste_probabilities_are_checked(kwargs: dict) -> None:
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
         RandPasteNodulesd(**kwargs)
+
+
+def test_pasted_nodules_do_not_hide_inside_a_large_vessel() -> None:
+    from pipelines.phantom_nodules import MIN_VISIBLE, visible_fraction
+    from pipelines.phantom_shapes import Grid
+
+    hu, lungs = _patch(seed=4)
+    zz, yy, xx = np.indices(hu.shape)
+    hilar = (yy - 32) ** 2 + (xx - 36) ** 2 <= 14**2  # a 28 mm vessel inside the lung mask, a third of it
+    hu[hilar] = 40.0
+    grid = Grid(hu.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    shown = []
+    for seed in range(6):
+        _, _, placed = paste_nodules(
+            hu, np.zeros(hu.shape, np.uint8), lungs, np.random.default_rng(seed), count=3, d_min=6.0
+        )
+        shown += [visible_fraction(n, hu, grid) for n in placed]
+    assert len(shown) >= 8
+    assert min(shown) >= MIN_VISIBLE

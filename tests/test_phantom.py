@@ -203,3 +203,65 @@ def test_full_size_case():
     size = c.image.GetSize()
     assert 512 in size and size[0] * size[1] * size[2] >= 512 * 512 * 100
     assert max(c.image.GetSpacing()) <= 2.5 and min(c.image.GetSpacing()) >= 0.5
+
+
+def _ball_lung(radius: float = 40.0):
+    def sdf(p: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(np.asarray(p, float), axis=-1) - radius
+
+    return sdf
+
+
+def test_visible_fraction_of_a_nodule_in_air_in_a_vessel_and_half_in_a_wall():
+    from pipelines.phantom_nodules import Nodule, visible_fraction
+    from pipelines.phantom_shapes import Grid
+
+    grid = Grid((40, 40, 40), (1.0, 1.0, 1.0), (-20.0, -20.0, -20.0))
+    hu = np.full(grid.shape_zyx, -850.0, np.float32)
+    solid = Nodule(center=np.zeros(3), radius=5.0, type="solid", location="parenchymal", side=1, hu=30.0)
+    assert visible_fraction(solid, hu, grid) == 1.0
+    hu[:] = 40.0  # inside a vessel (or the chest wall): nothing shows
+    assert visible_fraction(solid, hu, grid) == 0.0
+    hu[:, :, :20] = -850.0  # x < 0 lung, x >= 0 wall: half shows
+    assert 0.35 < visible_fraction(solid, hu, grid) < 0.65
+    # a ground-glass nodule (-600 HU) does not show against -700 HU (dense parenchyma), a solid one does
+    hu[:] = -700.0
+    ggo = Nodule(
+        center=np.zeros(3), radius=5.0, type="ground-glass", location="parenchymal", side=1, hu=-600.0
+    )
+    assert visible_fraction(ggo, hu, grid) == 0.0 and visible_fraction(solid, hu, grid) == 1.0
+    off = Nodule(center=np.full(3, 30.0), radius=5.0, type="solid", location="parenchymal", side=1)
+    assert visible_fraction(off, hu, grid) == 0.0  # off the grid counts as hidden
+
+
+def test_placement_keeps_nodules_out_of_dense_structures_given_the_scan():
+    from pipelines.phantom_nodules import MIN_VISIBLE, design_nodule, place_nodules, visible_fraction
+    from pipelines.phantom_shapes import Grid
+
+    grid = Grid((100, 100, 100), (1.0, 1.0, 1.0), (-50.0, -50.0, -50.0))
+    hu = np.full(grid.shape_zyx, -850.0, np.float32)
+    hu[:, :, 50:] = 40.0  # the lung's half with x >= 0 is a dense block (a big vessel, say)
+    lung = _ball_lung(40.0)
+    pts = np.random.default_rng(1).uniform(-35, 35, size=(3000, 3))
+    pts = pts[lung(pts) < -5]
+    empty = np.zeros((0, 3))
+
+    def place(scan):
+        rng = np.random.default_rng(3)
+        specs = [design_nodule(rng, d_min=4.0) for _ in range(12)]
+        for n in specs:  # denser than ground glass, so that the dense block hides them all alike
+            n.hu = 30.0
+        return place_nodules(
+            specs,
+            lungs={1: lung, 2: lung},
+            candidates={1: pts, 2: pts},
+            vessels=(empty, empty, np.zeros(0)),
+            rng=rng,
+            scan=scan,
+        )
+
+    blind = place(None)
+    assert min(visible_fraction(n, hu, grid) for n in blind) < 0.3  # without the scan some hide in the block
+    seen = place((hu, grid))
+    assert len(seen) >= 6
+    assert all(visible_fraction(n, hu, grid) >= MIN_VISIBLE for n in seen)
