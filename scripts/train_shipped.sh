@@ -108,3 +108,10 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 #     insert-nodules seeds 1-12), then B continued on the same machine (seed 24, lr 3e-4, 170 s, 14 workers, B's
 #     COMMON/EXTRA overrides with --init-weights run_B/models/model.pt): validation phantoms / real CT A 0.681/0.778,
 #     B 0.681/0.778, C 0.667/0.778, B2 0.6835/0.778 (shipped 0.6835/0.7778, fewer candidates): none kept.
+#   v0.7.0: the phantom generator now places nodules only where >= 60 % of each shows (stages 1-8 above ran on
+#     data of the v0.6 generator, `git checkout 1dcc9cd` makes it again). Step 13: all training data of the
+#     recipe made again by the v0.7 generator (same commands and seeds: train_full, train_small, inserted_1-6,
+#     train_full2 with every case in training), merged as sample_data/train_mix7, then step 8's command from
+#     step 8's weights: --dataset sample_data/train_mix7 --out runs/cpu13 --seed 13 --init-weights
+#     monai_bundle/models/model.pt (2400 iterations, 34 min): validation (v0.7 data) phantoms 0.790 with 130
+#     candidates / real CT 0.944; the shipped weights there 0.793 with 117 / 0.944: not kept.
