@@ -109,8 +109,19 @@ def cmd_screen(a: argparse.Namespace) -> int:
     return res.exit_code
 
 
+def _warn_if_stale(dataset: Path | str | None) -> None:
+    """Print a warning when ``dataset`` was made by an older phantom generator (its figures are not comparable)."""
+    from pipelines.phantom_write import stale_dataset_warning
+
+    msg = stale_dataset_warning(dataset) if dataset is not None and Path(dataset).is_dir() else None
+    if msg:
+        print(msg, file=sys.stderr)
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from pipelines.evaluation import evaluate
+
+    _warn_if_stale(a.ref_dir if a.ref_dir is not None else Path(a.annotations).parent)
 
     metrics = evaluate(
         annotations=a.annotations,
@@ -146,6 +157,8 @@ def cmd_prepare_luna16(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from pipelines.train import train
+
+    _warn_if_stale(a.dataset)
 
     result = train(
         dataset=a.dataset,

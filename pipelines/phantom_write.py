@@ -93,6 +93,47 @@ def write_case(
     return entry
 
 
+#: Version of the phantom generator's output, written to every dataset it makes (``generator.json``).
+#: 2 (v0.7.0): nodules are placed only where most of each shows (:data:`pipelines.phantom_nodules.MIN_VISIBLE`).
+GENERATOR_VERSION = 2
+GENERATOR_FILE = "generator.json"
+
+
+def generator_version(dataset: str | Path) -> int | None:
+    """The phantom generator version a dataset was made with; None for a dataset the generator did not make.
+
+    Datasets of the generator hold ``cases.csv``; those made before the version stamp existed count as 1.
+    """
+    d = Path(dataset)
+    stamp = d / GENERATOR_FILE
+    if stamp.is_file():
+        try:
+            return int(json.loads(stamp.read_text())["phantom_generator"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{stamp}: not a generator stamp ({e})") from e
+    return 1 if (d / "cases.csv").is_file() else None
+
+
+def stale_dataset_warning(dataset: str | Path) -> str | None:
+    """A one-line warning when ``dataset`` was made by an older phantom generator, else None."""
+    v = generator_version(dataset)
+    if v is None or v >= GENERATOR_VERSION:
+        return None
+    return (
+        f"warning: {dataset} was made by phantom generator {v}, this lungscreen's is {GENERATOR_VERSION} "
+        "(v0.7.0 no longer hides nodules inside vessels or the chest wall); delete the folder and make it again"
+    )
+
+
+def _write_generator_stamp(out: Path, version: int) -> None:
+    atomic_write_text(out / GENERATOR_FILE, json.dumps({"phantom_generator": int(version)}) + "\n")
+
+
+def _sources_version(sources: list[Path]) -> int | None:
+    versions = [v for v in (generator_version(s) for s in sources) if v is not None]
+    return min(versions) if versions else None
+
+
 def write_tables(
     out: Path,
     ids: list[str],
@@ -130,6 +171,7 @@ def write_tables(
     parts = split_ids(ids, seed=seed, splits=splits)
     datalist = {k: [entries[c] for c in v] for k, v in parts.items()}
     atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")
+    _write_generator_stamp(out, GENERATOR_VERSION)
 
 
 def _make_case(
@@ -304,6 +346,9 @@ def merge_datasets(sources: list[str | Path], out_dir: str | Path) -> Path:
         head = [headers[name]] if name in headers else []
         atomic_write_text(out / name, "".join(f"{ln}\n" for ln in head + lines))
     atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")
+    version = _sources_version([Path(s) for s in sources])
+    if version is not None:  # a merge is as old as its oldest phantom source
+        _write_generator_stamp(out, version)
     return out
 
 
@@ -370,4 +415,7 @@ def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str
             lines += [r for r in rows if r.split(",", 1)[0] in keep]
         atomic_write_text(out / name, "".join(f"{ln}\n" for ln in lines))
     atomic_write_text(out / "datalist.json", json.dumps({"test": entries}, indent=2) + "\n")
+    version = _sources_version([Path(s) for s, _ in sources])
+    if version is not None:
+        _write_generator_stamp(out, version)
     return out

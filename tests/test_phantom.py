@@ -128,7 +128,7 @@ def test_same_seed_same_bytes_and_datalist_loads(tmp_path):
     a = make_dataset(tmp_path / "a", n=1, seed=7)
     b = make_dataset(tmp_path / "b", n=1, seed=7)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 7
+    assert len(files) == 8  # image, lungs, labels, 4 tables and generator.json
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     entries = load_decathlon_datalist(str(a / "datalist.json"), data_list_key="training", base_dir=str(a))
