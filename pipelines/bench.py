@@ -398,7 +398,6 @@ def _write_partial(out_dir: Path, result: dict[str, Any], name: str, entry: dict
 
 
 def _write(out_dir: Path, result: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{result['machine']['date'][:10]}-{result['machine']['host']}"
     result["files"] = {"json": str(out_dir / f"{stamp}.json"), "markdown": str(out_dir / f"{stamp}.md")}
     atomic_write_text(out_dir / f"{stamp}.json", json.dumps(result, indent=1, default=float) + "\n")

@@ -63,10 +63,7 @@ def _sdf_fns(lungs: Array, grid: Grid) -> tuple[dict[int, object], dict[int, Arr
         inside = ndimage.distance_transform_edt(lungs == side, sampling=grid.spacing_zyx)
 
         def fn(p: Array, inside: Array = inside) -> Array:
-            idx = np.round(grid.world_to_index_zyx(p)).astype(int)
-            ok = np.all((idx >= 0) & (idx < np.asarray(grid.shape_zyx)), axis=-1)
-            idx = np.clip(idx, 0, np.asarray(grid.shape_zyx) - 1)
-            d = inside[idx[:, 0], idx[:, 1], idx[:, 2]]
+            d, ok = grid.sample_nearest(inside, p)
             return np.where(ok & (d > 0), -d, 5.0)
 
         fns[side] = fn
@@ -95,30 +92,32 @@ def insert_into_array(
         if s not in sides:
             fns[s], cands[s] = fns[sides[0]], cands[sides[0]]
     empty = np.zeros((0, 3))
+    smooth = ndimage.gaussian_filter(np.asarray(hu, np.float32), 1.0)
     placed = place_nodules(
         specs,
         lungs=fns,  # type: ignore[arg-type]
         candidates=cands,
         vessels=(empty, empty, np.zeros(0)),
         rng=rng,
-        scan=(ndimage.gaussian_filter(np.asarray(hu, np.float32), 1.0), grid),
+        scan=(smooth, grid),
     )
-    new_hu, labels = blend_nodules(hu, grid, placed, rng)
+    new_hu, labels = blend_nodules(hu, grid, placed, rng, smooth=smooth)
     return new_hu, labels, placed
 
 
 def blend_nodules(
-    hu: Array, grid: Grid, nodules: list[Nodule], rng: np.random.Generator
+    hu: Array, grid: Grid, nodules: list[Nodule], rng: np.random.Generator, *, smooth: Array | None = None
 ) -> tuple[Array, Array]:
     """Insert ``nodules`` into HU ``[z, y, x]`` so that the scan keeps its own noise and texture inside them.
 
-    They are rendered onto a smoothed copy and only the (slightly blurred) difference is added back.
+    They are rendered onto a smoothed copy (``smooth``, Gaussian sigma 1 voxel of ``hu``, computed when not
+    given) and only the (slightly blurred) difference is added back.
 
     Returns:
-        ``(new_hu float32, instance labels)``; ``hu`` is not modified.
+        ``(new_hu float32, instance labels)``; ``hu`` and ``smooth`` are not modified.
     """
     hu = np.asarray(hu, dtype=np.float32)
-    smooth = ndimage.gaussian_filter(hu, 1.0)
+    smooth = ndimage.gaussian_filter(hu, 1.0) if smooth is None else np.array(smooth, np.float32)
     before = smooth.copy()
     labels = render_nodules(smooth, grid, nodules, rng)
     delta = ndimage.gaussian_filter(smooth - before, [0.5 / s for s in grid.spacing_zyx])

@@ -71,8 +71,16 @@ def _unit(rng: np.random.Generator, n: int) -> Array:
 MIN_VISIBLE = 0.6
 #: Typical lung parenchyma (HU): a nodule's contrast is its density above this.
 PARENCHYMA_HU = -850.0
-#: Points sampled inside a nodule's body to estimate :func:`visible_fraction`.
-_VISIBILITY_POINTS = 256
+
+
+def _ball_points(n: int) -> Array:
+    """``n`` fixed points spread uniformly in the unit ball."""
+    rng = np.random.default_rng(0)
+    return _unit(rng, n) * (rng.random(n) ** (1 / 3))[:, None]
+
+
+#: Scaled onto a nodule, these estimate :func:`visible_fraction` (fixed: no caller's random stream moves).
+_BALL_POINTS = _ball_points(256)
 
 
 #: Probabilities of the nodule types of :data:`TYPES` in generated scans.
@@ -127,16 +135,11 @@ def visible_fraction(n: Nodule, hu: Array, grid: Grid) -> float:
     off the grid count as hidden. Deterministic (its own sampler): placing with it does not shift the
     caller's random stream.
     """
-    local = np.random.default_rng(0)
-    d = _unit(local, _VISIBILITY_POINTS) * (local.random(_VISIBILITY_POINTS) ** (1 / 3))[:, None]
-    pts = n.center + d * n.r_max
+    pts = n.center + _BALL_POINTS * n.r_max
     pts = pts[n.surface_sdf(pts) < 0]
     if not len(pts):
         pts = n.center[None]
-    idx = np.round(grid.world_to_index_zyx(pts)).astype(int)
-    inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape_zyx)), axis=-1)
-    idx = np.clip(idx, 0, np.asarray(grid.shape_zyx) - 1)
-    before = np.asarray(hu)[idx[:, 0], idx[:, 1], idx[:, 2]]
+    before, inside = grid.sample_nearest(hu, pts)
     limit = n.hu - 0.5 * (n.hu - PARENCHYMA_HU)
     return float(np.mean(inside & (before <= limit)))
 

@@ -61,6 +61,17 @@ class Grid:
         )
         return p[..., ::-1]
 
+    def sample_nearest(self, array_zyx: Array, xyz: Array) -> tuple[Array, Array]:
+        """Values of ``array_zyx`` at the voxels nearest to world points ``[n, 3]`` and whether each is on the grid.
+
+        Points off the grid take the value of the nearest edge voxel; the mask tells them apart.
+        """
+        idx = np.round(self.world_to_index_zyx(xyz)).astype(int)
+        shape = np.asarray(self.shape_zyx)
+        inside = np.all((idx >= 0) & (idx < shape), axis=-1)
+        idx = np.clip(idx, 0, shape - 1)
+        return np.asarray(array_zyx)[idx[..., 0], idx[..., 1], idx[..., 2]], inside
+
     def index_to_world(self, kji: Array) -> Array:
         """LPS world points ``[..., (x, y, z)]`` of array indices ``[..., (k, j, i)]``."""
         kji = np.asarray(kji, dtype=np.float64)
