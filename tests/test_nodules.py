@@ -10,7 +10,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pipelines.nodule_density import DensityThresholds, classify_density
-from pipelines.nodules import add_original_indices, add_world_coordinates, extract_nodules, probability_score
+from pipelines.nodules import (
+    add_original_indices,
+    add_world_coordinates,
+    extract_nodules,
+    peak_centre,
+    probability_score,
+)
 
 LUNG_HU = -850.0
 
@@ -107,13 +113,43 @@ def test_seed_threshold_keeps_only_components_with_a_confident_voxel() -> None:
         extract_nodules(prob, _lung(shape), spacing, threshold=0.5, seed_threshold=0.3)
 
 
-def test_centroid_is_probability_weighted() -> None:
+def test_centroid_is_probability_weighted_within_the_peak() -> None:
     prob = np.zeros((5, 5, 12), np.float32)
-    prob[1:4, 1:4, 1:6] = 0.6
-    prob[1:4, 1:4, 6:11] = 0.9
+    prob[1:4, 1:4, 1:6] = 0.8
+    prob[1:4, 1:4, 6:10] = 0.9
+    prob[1:4, 1:4, 10] = 0.99  # the peak level is (0.8 + 0.99) / 2: the peak is x = 6..10
     _, nodules = extract_nodules(prob, _lung(prob.shape), (1.0, 1.0, 1.0), min_diameter_mm=0)
-    expected_x = (0.6 * 3 + 0.9 * 8) / 1.5  # 6.0, while the unweighted centroid is 5.5
+    expected_x = (0.9 * 9 * (6 + 7 + 8 + 9) + 0.99 * 9 * 10) / (0.9 * 36 + 0.99 * 9)  # 8.04; unweighted 8.0
     assert nodules[0]["canonical_index_zyx"][2] == pytest.approx(expected_x)
+    assert nodules[0]["canonical_index_zyx"][:2] == pytest.approx([2.0, 2.0])
+
+
+def test_centre_stays_on_the_nodule_when_a_vessel_tail_joins_it() -> None:
+    spacing = (1.0, 0.7, 0.7)
+    shape = (30, 40, 60)
+    centre = (15.0, 20.0, 20.0)
+    ball = _sphere(shape, centre, 3.75, spacing)  # a 7.5 mm nodule
+    z, y, x = np.indices(shape)
+    tail = (np.hypot((z - 15) * spacing[0], (y - 20) * spacing[1]) <= 2.0) & (x >= 20) & (x < 55)
+    prob = np.zeros(shape, np.float32)
+    prob[tail] = 0.55
+    dist = np.sqrt(sum(((g - c) * sp) ** 2 for g, c, sp in zip((z, y, x), centre, spacing, strict=True)))
+    prob[ball] = np.maximum(prob[ball], 0.98 - 0.1 * dist[ball])
+    mask, nodules = extract_nodules(prob, _lung(shape), spacing, threshold=0.366)
+    assert len(nodules) == 1 and int((mask > 0).sum()) == int((ball | tail).sum())
+    whole = np.nonzero(ball | tail)
+    weights = prob[ball | tail] / prob[ball | tail].sum()
+    whole_x = float(np.dot(whole[2], weights))
+    assert (whole_x - centre[2]) * spacing[2] > 3.75  # the whole component's centroid misses the nodule
+    got = np.asarray(nodules[0]["canonical_index_zyx"])
+    assert np.linalg.norm((got - centre) * spacing) < 0.5
+
+
+def test_peak_centre_of_a_uniform_component_is_its_centroid() -> None:
+    component = np.zeros((6, 7, 8), bool)
+    component[1:4, 2:7, 3:5] = True
+    got = peak_centre(np.where(component, 0.7, 0.0), component, (slice(10, 16), slice(0, 7), slice(5, 13)))
+    assert got == pytest.approx((12.0, 4.0, 8.5))
 
 
 def test_probability_score_is_mean_of_top_tenth() -> None:
