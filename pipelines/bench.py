@@ -167,6 +167,10 @@ def _bench_scan(
         entry[f"screen_mirror_{other}"] = _screens(
             runner, name, path, repeats, settings={**runner.settings, "mirror_scope": other}
         )
+    if shipped.fine_spacing_mm:  # what the finer second grid costs (the baseline has one grid)
+        entry["screen_single_scale"] = _screens(
+            runner, name, path, repeats, settings={**runner.settings, "fine_spacing_mm": None}
+        )
     if shipped.second_look:  # what the second-look candidates cost (the baseline has none)
         entry["screen_no_second_look"] = _screens(
             runner, name, path, repeats, settings={**runner.settings, "second_look": False}

@@ -12,6 +12,7 @@ STAGES = (
     "lung_mask",
     "resample",
     "sliding_window",
+    "sliding_window_fine",
     "postprocess",
     "classifier",
     "write",
@@ -128,6 +129,7 @@ def scan_table(name: str, entry: dict[str, Any]) -> list[str]:
         ),
         ("screen_single_pass", "one network pass per window like the baseline (`mirror_axes` off"),
         ("screen_no_second_look", "without second-look candidates (`second_look` off"),
+        ("screen_single_scale", "without the finer second grid (`fine_spacing_mm` null"),
     )
     for key, label in variants:
         runs = entry.get(key)

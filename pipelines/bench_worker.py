@@ -90,6 +90,7 @@ def _components(spec: Spec) -> dict[str, Any]:
         "network": network,
         "inferer": get("inferer"),
         "classifier": classifier,
+        "fine_preprocessing": get("fine_preprocessing") if settings.fine_spacing_mm else None,
     }
 
 
@@ -101,6 +102,7 @@ def task_stages(spec: Spec) -> dict[str, Any]:
     """Our path stage by stage, with the bundle's own transforms and functions, in the engine's order."""
     from pipelines import io
     from pipelines.inference import sliding_window_probability
+    from pipelines.multiscale import fine_case
     from pipelines.postprocess import analyse_case, classify_candidates
 
     comp = _components(spec)
@@ -125,8 +127,21 @@ def task_stages(spec: Spec) -> dict[str, Any]:
             settings=settings,
             device=device,
         )
+    fine = None
+    if comp["fine_preprocessing"] is not None:
+        with clock("sliding_window_fine"):
+            fine_data = fine_case(data, comp["fine_preprocessing"])
+            fine_prob, _ = sliding_window_probability(
+                fine_data["image"],
+                fine_data.get("lungs"),
+                network=comp["network"],
+                inferer=comp["inferer"],
+                settings=settings,
+                device=device,
+            )
+            fine = (fine_data, fine_prob)
     with clock("postprocess"):
-        result = analyse_case(data, prob, settings=settings, classifier=None, device=device)
+        result = analyse_case(data, prob, settings=settings, classifier=None, device=device, fine=fine)
     with clock("classifier"):
         classify_candidates(
             result.candidates, data["image"], data["geometry"], classifier=comp["classifier"], device=device

@@ -64,6 +64,9 @@ class ScreeningEngine:
         bundle_version: recorded with every output.
         progress: show a progress bar.
         input_roots: the folders the cases came from; the output may not lie inside any of them.
+        fine_preprocessing: the bundle's resampling + HU scaling at ``settings.fine_spacing_mm``; with it
+            (and that setting) every case gets a second network pass on the finer grid
+            (:mod:`pipelines.multiscale`).
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class ScreeningEngine:
         bundle_version: str = "",
         progress: bool = True,
         input_roots: Sequence[str | os.PathLike[str]] = (),
+        fine_preprocessing: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.input_roots = [Path(r) for r in input_roots]
+        self.fine_preprocessing = fine_preprocessing if settings.fine_spacing_mm else None
         self.cases = [c if isinstance(c, io.CaseInput) else _as_case(c, i) for i, c in enumerate(dataset)]
         self.output_dir = Path(output_dir)
         self.preprocessing = preprocessing
@@ -210,15 +215,37 @@ class ScreeningEngine:
                 compile_network=self.settings.compile,
             )
         timings["network"] = time.perf_counter() - t
+        fine = None
+        if self.fine_preprocessing is not None and not data.get("no_lung"):
+            t = time.perf_counter()
+            fine = self._fine_pass(data)
+            timings["network_fine"] = time.perf_counter() - t
         t = time.perf_counter()
         result = analyse_case(
-            data, prob_net, settings=self.settings, classifier=self.classifier, device=self.device
+            data, prob_net, settings=self.settings, classifier=self.classifier, device=self.device, fine=fine
         )
         result.info.update({**info, **self._shard})
         if data.get("no_lung"):
             result.warnings.append("no lung tissue found: nothing screened")
         timings["postprocess"] = time.perf_counter() - t
         return result, timings
+
+    def _fine_pass(self, data: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+        """The case on the finer grid and the network's probability there."""
+        from pipelines.multiscale import fine_case
+
+        fine_data = fine_case(data, self.fine_preprocessing)
+        prob, _ = sliding_window_probability(
+            fine_data["image"],
+            fine_data.get("lungs"),
+            network=self.network,
+            inferer=self.inferer,
+            settings=self.settings,
+            device=self.device,
+            channels_last=self.settings.channels_last and self.device.type == "cuda",
+            compile_network=self.settings.compile,
+        )
+        return fine_data, prob
 
     def _write(
         self, case: io.CaseInput, data: dict[str, Any], result: CaseResult, timings: dict[str, float]

@@ -58,8 +58,9 @@ NODULE_COLUMNS = (
     "lung_side",
     "lung_rads",
 )
-#: ``candidates.csv``: every candidate, with where it came from (``network`` or ``second_look``).
-CANDIDATE_COLUMNS = ("candidate_id", *NODULE_COLUMNS[1:-1], "source")
+#: ``candidates.csv``: every candidate, with where it came from (``network`` or ``second_look``) and the network
+#: grid (mm) whose score it carries (:mod:`pipelines.multiscale`).
+CANDIDATE_COLUMNS = ("candidate_id", *NODULE_COLUMNS[1:-1], "source", "scale_mm")
 SUMMARY_COLUMNS = (
     "case_id",
     "status",

@@ -130,6 +130,47 @@ def candidate_blobness(
     )
 
 
+def _scale_candidates(
+    data: dict[str, Any],
+    probability_network: torch.Tensor,
+    settings: ScreeningSettings,
+    hu_network: np.ndarray | None = None,
+    *,
+    scale_mm: float,
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Network and second-look candidates of one grid: ``(candidates, mask_crop, prob_crop)``.
+
+    Candidates carry canonical ``canonical_index_zyx``, their network score as ``probability`` and the grid's
+    nominal spacing as ``scale_mm``; ``hu_network`` is :func:`network_hu` of ``data`` when the caller has it.
+    """
+    from pipelines.nodules import extract_nodules
+
+    geometry: CaseGeometry = data["geometry"]
+    sl = geometry.crop_slices
+    prob_crop = preprocess.resample(probability_network, geometry.crop_shape).numpy()
+    mask_crop, cands = extract_nodules(
+        prob_crop,
+        data["hu"][sl],
+        spacing_zyx(geometry.canonical),
+        threshold=settings.candidate_threshold,
+        min_diameter_mm=settings.min_diameter_mm,
+        max_candidates=settings.max_candidates,
+        lung_labels_zyx=data["lungs_canonical"][sl],
+    )
+    start = np.asarray([b[0] for b in geometry.crop_box], float)
+    for c in cands:
+        c["canonical_index_zyx"] = [round(float(v), 3) for v in np.asarray(c["canonical_index_zyx"]) + start]
+        c["segmentation_probability"] = float(c["probability"])
+        c["source"] = "network"
+    if settings.second_look:
+        cands += second_look_candidates(
+            cands, data, probability_network, prob_crop, settings=settings, hu_network=hu_network
+        )
+    for c in cands:
+        c["scale_mm"] = scale_mm
+    return cands, mask_crop, prob_crop
+
+
 def analyse_case(
     data: dict[str, Any],
     probability_network: torch.Tensor,
@@ -137,39 +178,36 @@ def analyse_case(
     settings: ScreeningSettings,
     classifier: torch.nn.Module | None,
     device: torch.device,
+    fine: tuple[dict[str, Any], torch.Tensor] | None = None,
 ) -> CaseResult:
     """Turn the network-grid probability into reported nodules and candidates for one case.
 
     Args:
         data: the preprocessed case dictionary (``hu``, ``lungs_canonical``, ``image``, ``geometry``).
         probability_network: ``[z, y, x]`` probabilities on the network grid.
+        fine: the case on the finer grid (:func:`pipelines.multiscale.fine_case`) and the probabilities
+            there; its candidates are merged in by :func:`pipelines.multiscale.merge_scales`.
     """
-    from pipelines.nodules import add_original_indices, add_world_coordinates, extract_nodules
+    from pipelines.nodules import add_original_indices, add_world_coordinates
 
     geometry: CaseGeometry = data["geometry"]
-    sl = geometry.crop_slices
-    spacing = spacing_zyx(geometry.canonical)
-    prob_crop = preprocess.resample(probability_network, geometry.crop_shape).numpy()
-    lungs = data["lungs_canonical"]
-    mask_crop, cands = extract_nodules(
-        prob_crop,
-        data["hu"][sl],
-        spacing,
-        threshold=settings.candidate_threshold,
-        min_diameter_mm=settings.min_diameter_mm,
-        max_candidates=settings.max_candidates,
-        lung_labels_zyx=lungs[sl],
-    )
-    start = np.asarray([b[0] for b in geometry.crop_box], float)
-    for c in cands:
-        c["canonical_index_zyx"] = [round(float(v), 3) for v in np.asarray(c["canonical_index_zyx"]) + start]
-        c["segmentation_probability"] = float(c["probability"])
-        c["source"] = "network"
     hu_network = network_hu(data, settings)
-    if settings.second_look:
-        cands += second_look_candidates(
-            cands, data, probability_network, prob_crop, settings=settings, hu_network=hu_network
+    cands, mask_crop, prob_crop = _scale_candidates(
+        data, probability_network, settings, hu_network, scale_mm=settings.target_spacing_mm
+    )
+    if fine is not None:
+        from pipelines.multiscale import merge_scales
+
+        fine_data, fine_probability = fine
+        fine_mm = float(settings.fine_spacing_mm or np.mean(fine_data["geometry"].network_spacing_zyx))
+        cands, mask_crop, prob_crop = merge_scales(
+            (cands, mask_crop, prob_crop),
+            _scale_candidates(fine_data, fine_probability, settings, scale_mm=fine_mm),
+            spacing_zyx(geometry.canonical),
+            max_diameter_mm=settings.fine_max_diameter_mm,
+            logit_offset=settings.fine_logit_offset,
         )
+        cands = sorted(cands, key=lambda c: -float(c["probability"]))[: settings.max_candidates]
     cls = classify_candidates(cands, data["image"], geometry, classifier=classifier, device=device)
     final = combine_scores(np.asarray([c["probability"] for c in cands]), cls, settings.classifier_weight)
     blob = candidate_blobness(cands, hu_network, geometry)

@@ -78,6 +78,13 @@ class ScreeningSettings:
         mirror_threshold: with ``mirror_scope="candidates"``, first-pass components above this (tempered)
             probability and at least ``min_diameter_mm`` big have their windows mirrored. Lower values mirror
             more windows and lose fewer near-misses.
+        fine_spacing_mm: a second network pass on the lung crop resampled to this finer isotropic spacing
+            (``None``: off), for small nodules that the first grid shows too few voxels of; its candidates are
+            merged into the first pass's (:mod:`pipelines.multiscale`). Needs the bundle's
+            ``fine_preprocessing``. About twice the first pass's network time at 0.7 mm.
+        fine_max_diameter_mm: fine-pass candidates above this diameter are ignored (the first grid, with
+            more context per window, finds the large ones).
+        fine_logit_offset: added to the logit of fine-pass scores before the merge.
     """
 
     target_spacing_mm: float = 1.0
@@ -89,7 +96,7 @@ class ScreeningSettings:
     overlap: float = 0.25
     skip_empty_windows: bool = True
     candidate_threshold: float = 0.366
-    prob_threshold: float = 0.78
+    prob_threshold: float = 0.88
     min_diameter_mm: float = 3.0
     max_candidates: int = 100
     classifier_weight: float = 0.0
@@ -111,6 +118,9 @@ class ScreeningSettings:
     second_look: bool = True
     second_look_min_probability: float = 0.2
     second_look_min_response_hu: float = 80.0
+    fine_spacing_mm: float | None = 0.7
+    fine_max_diameter_mm: float = 10.0
+    fine_logit_offset: float = -1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
@@ -148,6 +158,13 @@ class ScreeningSettings:
         ):
             _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
         _check(self.min_diameter_mm >= 0, "min_diameter_mm", self.min_diameter_mm, ">= 0")
+        _check(
+            self.fine_spacing_mm is None or 0 < self.fine_spacing_mm < self.target_spacing_mm,
+            "fine_spacing_mm",
+            self.fine_spacing_mm,
+            f"null or a spacing in mm below target_spacing_mm ({self.target_spacing_mm})",
+        )
+        _check(self.fine_max_diameter_mm > 0, "fine_max_diameter_mm", self.fine_max_diameter_mm, "> 0 mm")
         _check(0 <= self.blobness_weight <= 20, "blobness_weight", self.blobness_weight, "in [0, 20]")
         _check(self.logit_temperature > 0, "logit_temperature", self.logit_temperature, "> 0")
         _check(

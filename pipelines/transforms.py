@@ -166,16 +166,19 @@ class ResampleToSpacingd(MapTransform):
         self,
         keys: Sequence[str],
         *,
-        spacing_mm: float,
+        spacing_mm: float | None,
         label_keys: Sequence[str] = (),
         device: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
-        self.spacing_mm = float(spacing_mm)
+        # None builds (a bundle's optional fine pass with its spacing switched off) but never runs
+        self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
         self.label_keys = set(label_keys)
         self.device = device
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self.spacing_mm is None:
+            raise ValueError("ResampleToSpacingd: spacing_mm is None (no grid to resample to)")
         d = dict(data)
         geometry: CaseGeometry = d["geometry"]
         crop_spacing = io.spacing_zyx(geometry.canonical)

@@ -32,6 +32,7 @@ FAST: dict[str, Any] = {
     "device": "cpu",
     "sw_batch_size": 2,
     "lung_margin_mm": 6.0,
+    "fine_spacing_mm": None,  # the finer second grid is tested on its own (tests/test_multiscale.py)
 }
 BODY_HU, LUNG_HU, AIR_HU = 0, -850, -1000
 

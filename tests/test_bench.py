@@ -19,7 +19,7 @@ from pipelines.bench_report import compare_detections, match_centres
 from pipelines.settings import ScreeningSettings
 
 # A 6 mm network grid and 32^3 windows: one window per path.
-TINY = {"roi_size": [32, 32, 32], "target_spacing_mm": 6.0, "lung_margin_mm": 6.0}
+TINY = {"roi_size": [32, 32, 32], "target_spacing_mm": 6.0, "lung_margin_mm": 6.0, "fine_spacing_mm": 4.0}
 
 
 def tiny_chest_ct(path: Path) -> Path:
@@ -66,6 +66,7 @@ def test_bench_measures_every_stage_of_both_paths(bench_result: tuple[dict, Path
         "lung_mask",
         "resample",
         "sliding_window",
+        "sliding_window_fine",
         "postprocess",
         "classifier",
         "write",
@@ -86,6 +87,7 @@ def test_bench_measures_every_stage_of_both_paths(bench_result: tuple[dict, Path
     assert ScreeningSettings().mirror_scope == "candidates"  # the other scope is timed as well
     assert entry["screen_mirror_all"]["median_seconds"] > 0
     assert ScreeningSettings().second_look and entry["screen_no_second_look"]["median_seconds"] > 0
+    assert entry["screen_single_scale"]["median_seconds"] > 0  # the finer second grid, off
     # both clocks start after the Python imports, which are timed on their own
     assert entry["screen"]["runs"][0]["import_seconds"] >= 0 and entry["baseline"]["import_seconds"] >= 0
     assert entry["screen"]["max_peak_rss_bytes"] > 50 * 2**20  # torch alone is more than 50 MiB

@@ -21,7 +21,7 @@ META = BUNDLE / "configs" / "metadata.json"
 INFERENCE = BUNDLE / "configs" / "inference.json"
 TINY = [
     "--settings#roi_size", "[32,32,32]", "--settings#target_spacing_mm", "3.0", "--settings#report", "False",
-    "--progress", "False", "--weights", "",
+    "--settings#fine_spacing_mm", "2.0", "--progress", "False", "--weights", "",
 ]  # fmt: skip
 
 

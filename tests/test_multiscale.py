@@ -1,0 +1,209 @@
+"""The finer second network grid (pipelines.multiscale): its case, the merge of its candidates, the settings and
+a screening run that goes through it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import chest_image, read_result, run_screen, silent_weights, write_case
+from monai.transforms import Compose
+
+from pipelines.io import ImageHeader
+from pipelines.multiscale import fine_case, merge_scales, offset_probability
+from pipelines.postprocess import analyse_case
+from pipelines.preprocess import CaseGeometry
+from pipelines.settings import ScreeningSettings, SettingsError
+from pipelines.transforms import ResampleToSpacingd, ScaleHUd
+
+BG, TISSUE = -850.0, 30.0
+
+
+def _cand(cid: int, centre: tuple[float, float, float], diameter: float, p: float, **kw: object) -> dict:
+    return {
+        "nodule_id": cid,
+        "canonical_index_zyx": list(centre),
+        "diameter_mm": diameter,
+        "probability": p,
+        "segmentation_probability": p,
+        "source": "network",
+        "scale_mm": 1.0,
+        **kw,
+    }
+
+
+def _ball_mask(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
+
+
+def test_offset_probability_moves_the_logit() -> None:
+    assert offset_probability(0.5, -1.0) == pytest.approx(1 / (1 + np.e))
+    assert offset_probability(0.9, 0.0) == pytest.approx(0.9)
+    assert 0 < offset_probability(0.0, -1.0) < 1e-6 and offset_probability(1.0, 0.0) > 1 - 1e-6
+
+
+def test_merge_raises_adds_and_ignores_by_the_rules() -> None:
+    shape = (30, 30, 30)
+    coarse_mask = np.zeros(shape, np.uint16)
+    coarse_mask[_ball_mask(shape, (8, 8, 8), 4)] = 1
+    coarse_mask[_ball_mask(shape, (20, 8, 8), 2)] = 2
+    coarse = [
+        _cand(1, (8, 8, 8), 8.0, 0.95),
+        _cand(2, (20, 8, 8), 4.0, 0.40),
+        _cand(3, (25, 25, 25), 4.0, 0.30, source="second_look"),  # a point candidate: no mask label
+    ]
+    fine_mask = np.zeros(shape, np.uint16)
+    new_ball = _ball_mask(shape, (8, 22, 22), 2.5)
+    fine_mask[new_ball] = 4
+    fine_mask[_ball_mask(shape, (20, 9, 8), 2)] = 2
+    fine = [
+        _cand(1, (8.5, 8, 8), 7.0, 0.97, scale_mm=0.7),  # near candidate 1, lower after the offset: no change
+        _cand(2, (20, 9, 8), 4.0, 0.95, scale_mm=0.7),  # 1 mm from candidate 2: lends it its higher score
+        _cand(3, (8, 8, 20), 14.0, 0.99, scale_mm=0.7),  # above fine_max_diameter_mm: ignored
+        _cand(4, (8, 22, 22), 5.0, 0.90, scale_mm=0.7),  # near nothing: added, with its voxels
+        _cand(5, (15, 25, 5), 4.0, 0.30, source="second_look", scale_mm=0.7),  # added, no voxels
+    ]
+    coarse_prob, fine_prob = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    coarse_prob[0, 0, 0], fine_prob[0, 0, 1] = 0.7, 0.6
+    before = json.dumps(coarse), coarse_mask.copy()
+    cands, mask, prob = merge_scales(
+        (coarse, coarse_mask, coarse_prob),
+        (fine, fine_mask, fine_prob),
+        (1.0, 1.0, 1.0),
+        max_diameter_mm=10.0,
+        logit_offset=-1.0,
+    )
+    assert json.dumps(coarse) == before[0] and np.array_equal(coarse_mask, before[1])  # inputs untouched
+    assert [c["nodule_id"] for c in cands] == [1, 2, 3, 4, 5]
+    assert cands[0]["probability"] == 0.95 and cands[0]["scale_mm"] == 1.0
+    raised = offset_probability(0.95, -1.0)
+    assert cands[1]["probability"] == pytest.approx(raised) and cands[1]["scale_mm"] == 0.7
+    assert cands[1]["segmentation_probability"] == pytest.approx(raised)
+    assert cands[3]["probability"] == pytest.approx(offset_probability(0.90, -1.0))
+    assert cands[3]["canonical_index_zyx"] == [8, 22, 22] and cands[3]["source"] == "network"
+    assert cands[4]["source"] == "second_look" and not (mask == 5).any()
+    # the added network candidate's voxels carry its new label; the first pass's labels are kept
+    assert np.array_equal(mask == 4, new_ball) and np.array_equal(mask[mask < 4], coarse_mask[mask < 4])
+    assert prob[0, 0, 0] == pytest.approx(0.7) and prob[0, 0, 1] == pytest.approx(0.6)
+
+
+def test_merge_with_no_first_pass_candidate_adds_the_fine_ones() -> None:
+    shape = (10, 10, 10)
+    empty = np.zeros(shape, np.uint16)
+    fine_mask = empty.copy()
+    fine_mask[4:6, 4:6, 4:6] = 1
+    cands, mask, _ = merge_scales(
+        ([], empty, np.zeros(shape, np.float32)),
+        ([_cand(1, (4.5, 4.5, 4.5), 3.0, 0.8, scale_mm=0.7)], fine_mask, np.zeros(shape, np.float32)),
+        (1.0, 1.0, 1.0),
+        max_diameter_mm=10.0,
+        logit_offset=0.0,
+    )
+    assert len(cands) == 1 and cands[0]["probability"] == pytest.approx(0.8)
+    assert np.array_equal(mask > 0, fine_mask > 0) and int(mask.max()) == cands[0]["nodule_id"] == 1
+
+
+def _fine_preprocessing(spacing_mm: float) -> Compose:
+    return Compose(
+        [
+            ResampleToSpacingd(["image", "lungs"], label_keys=["lungs"], spacing_mm=spacing_mm),
+            ScaleHUd("image", hu_min=-1000.0, hu_max=500.0),
+        ]
+    )
+
+
+def _case(hu: np.ndarray, crop: tuple[tuple[int, int], ...]) -> dict:
+    """A 1 mm identity-direction case cropped to ``crop``, on a 1 mm network grid (the crop itself)."""
+    shape = hu.shape
+    hdr = ImageHeader(
+        (shape[2], shape[1], shape[0]), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+    crop_shape = tuple(b - a for a, b in crop)
+    geometry = CaseGeometry(hdr, hdr, crop, crop_shape, (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+    sl = tuple(slice(a, b) for a, b in crop)
+    lungs = np.ones(shape, np.uint8)
+    lungs[:, :, shape[2] // 2 :] = 2
+    return {
+        "case_id": "c",
+        "hu": hu,
+        "lungs_canonical": lungs,
+        "image": torch.tensor(np.clip((hu[sl] + 1000.0) / 1500.0, 0, 1))[None],
+        "lungs": torch.tensor(lungs[sl])[None],
+        "geometry": geometry,
+    }
+
+
+def test_fine_case_resamples_the_crop_and_leaves_the_first_grid_alone() -> None:
+    hu = np.full((30, 40, 50), BG, np.float32)
+    data = _case(hu, ((2, 28), (4, 36), (5, 45)))
+    fine = fine_case(data, _fine_preprocessing(0.5))
+    g, fg = data["geometry"], fine["geometry"]
+    assert g.network_shape == (26, 32, 40) and g.network_spacing_zyx == (1.0, 1.0, 1.0)
+    assert fg.crop_box == g.crop_box and fg.network_shape == (52, 64, 80)
+    assert np.allclose(fg.network_spacing_zyx, 0.5)
+    assert tuple(fine["image"].shape) == (1, 52, 64, 80) and tuple(fine["lungs"].shape[-3:]) == (52, 64, 80)
+    assert float(fine["image"].max()) == pytest.approx((BG + 1000) / 1500)
+    assert fine["hu"] is data["hu"]
+
+
+def test_a_nodule_seen_only_on_the_fine_grid_is_reported_with_its_mask() -> None:
+    hu = np.full((40, 48, 48), BG, np.float32)
+    big = _ball_mask(hu.shape, (20, 24, 12), 4.5)
+    small = _ball_mask(hu.shape, (20, 24, 36), 2.5)
+    hu[big | small] = TISSUE
+    data = _case(hu, ((0, 40), (0, 48), (0, 48)))
+    prob = np.full(hu.shape, 0.01, np.float32)
+    prob[big] = 0.99  # the first grid sees the big nodule only
+    fine = fine_case(data, _fine_preprocessing(0.5))
+    fz, fy, fx = np.indices(fine["geometry"].network_shape)
+    fine_prob = np.full(fine["geometry"].network_shape, 0.01, np.float32)
+    fine_prob[(fz / 2 - 20) ** 2 + (fy / 2 - 24) ** 2 + (fx / 2 - 36) ** 2 <= 2.5**2] = 0.99
+    settings = ScreeningSettings(report=False, second_look=False, fine_spacing_mm=0.5)
+    cpu = torch.device("cpu")
+    alone = analyse_case(data, torch.tensor(prob), settings=settings, classifier=None, device=cpu)
+    assert len(alone.nodules) == 1
+    both = analyse_case(
+        data,
+        torch.tensor(prob),
+        settings=settings,
+        classifier=None,
+        device=cpu,
+        fine=(fine, torch.tensor(fine_prob)),
+    )
+    assert len(both.nodules) == 2
+    added = next(n for n in both.nodules if n["scale_mm"] == 0.5)
+    assert np.allclose(added["canonical_index_zyx"], (20, 24, 36), atol=0.5)
+    assert 4.0 <= added["diameter_mm"] <= 6.0 and added["blobness"] > 0.5
+    own = both.nodule_mask == added["nodule_id"]
+    assert (own & small).sum() >= 0.8 * small.sum() and not (own & big).any()
+    first = next(n for n in both.nodules if n["scale_mm"] == 1.0)
+    assert np.array_equal(both.nodule_mask == first["nodule_id"], big)
+
+
+def test_fine_spacing_must_be_finer_than_the_network_grid() -> None:
+    assert ScreeningSettings(fine_spacing_mm=None).fine_spacing_mm is None
+    assert ScreeningSettings(fine_spacing_mm=0.7).fine_spacing_mm == 0.7
+    for bad in (1.0, 1.5, 0.0, -0.7):
+        with pytest.raises(SettingsError, match="fine_spacing_mm"):
+            ScreeningSettings(fine_spacing_mm=bad)
+    with pytest.raises(SettingsError, match="fine_max_diameter_mm"):
+        ScreeningSettings(fine_max_diameter_mm=0)
+
+
+def test_the_bundle_runs_the_fine_pass_and_null_switches_it_off(tmp_path: Path) -> None:
+    write_case(chest_image(), tmp_path / "in" / "chest.nii.gz")
+    weights = str(silent_weights(tmp_path / "silent.pt"))
+    run_screen(tmp_path / "in", tmp_path / "on", weights=weights, fine_spacing_mm=2.0)
+    run_screen(tmp_path / "in", tmp_path / "off", weights=weights)  # FAST: fine_spacing_mm None
+    on, off = (
+        read_result(tmp_path / "on", "chest")["summary"],
+        read_result(tmp_path / "off", "chest")["summary"],
+    )
+    assert on["status"] == off["status"] == "ok"
+    assert on["seconds_network_fine"] > 0 and "seconds_network_fine" not in off
+    header = (tmp_path / "on" / "cases" / "chest" / "candidates.csv").read_text().splitlines()[0]
+    assert header.endswith(",source,scale_mm")
