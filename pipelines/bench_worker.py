@@ -118,28 +118,24 @@ def task_stages(spec: Spec) -> dict[str, Any]:
     for t in comp["preprocessing"].transforms:
         with clock(_STAGE_OF_TRANSFORM.get(type(t).__name__, "resample")):
             data = t(data)
-    with clock("sliding_window"):
-        prob, info = sliding_window_probability(
-            data["image"],
-            data.get("lungs"),
+
+    def probability(d: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        return sliding_window_probability(
+            d["image"],
+            d.get("lungs"),
             network=comp["network"],
             inferer=comp["inferer"],
             settings=settings,
             device=device,
         )
+
+    with clock("sliding_window"):
+        prob, info = probability(data)
     fine = None
     if comp["fine_preprocessing"] is not None:
         with clock("sliding_window_fine"):
             fine_data = fine_case(data, comp["fine_preprocessing"])
-            fine_prob, _ = sliding_window_probability(
-                fine_data["image"],
-                fine_data.get("lungs"),
-                network=comp["network"],
-                inferer=comp["inferer"],
-                settings=settings,
-                device=device,
-            )
-            fine = (fine_data, fine_prob)
+            fine = (fine_data, probability(fine_data)[0])
     with clock("postprocess"):
         result = analyse_case(data, prob, settings=settings, classifier=None, device=device, fine=fine)
     with clock("classifier"):

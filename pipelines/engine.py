@@ -204,16 +204,7 @@ class ScreeningEngine:
             prob_net = torch.zeros(tuple(data["image"].shape[1:]))
             info: dict[str, Any] = {"windows_run": 0, "windows_skipped": 0}
         else:
-            prob_net, info = sliding_window_probability(
-                data["image"],
-                data.get("lungs"),
-                network=self.network,
-                inferer=self.inferer,
-                settings=self.settings,
-                device=self.device,
-                channels_last=self.settings.channels_last and self.device.type == "cuda",
-                compile_network=self.settings.compile,
-            )
+            prob_net, info = self._probability(data)
         timings["network"] = time.perf_counter() - t
         fine = None
         if self.fine_preprocessing is not None and not data.get("no_lung"):
@@ -230,14 +221,11 @@ class ScreeningEngine:
         timings["postprocess"] = time.perf_counter() - t
         return result, timings
 
-    def _fine_pass(self, data: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
-        """The case on the finer grid and the network's probability there."""
-        from pipelines.multiscale import fine_case
-
-        fine_data = fine_case(data, self.fine_preprocessing)
-        prob, _ = sliding_window_probability(
-            fine_data["image"],
-            fine_data.get("lungs"),
+    def _probability(self, data: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The network's probability on ``data``'s network grid (sliding window, the settings' mirroring)."""
+        return sliding_window_probability(
+            data["image"],
+            data.get("lungs"),
             network=self.network,
             inferer=self.inferer,
             settings=self.settings,
@@ -245,7 +233,13 @@ class ScreeningEngine:
             channels_last=self.settings.channels_last and self.device.type == "cuda",
             compile_network=self.settings.compile,
         )
-        return fine_data, prob
+
+    def _fine_pass(self, data: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
+        """The case on the finer grid and the network's probability there."""
+        from pipelines.multiscale import fine_case
+
+        fine_data = fine_case(data, self.fine_preprocessing)
+        return fine_data, self._probability(fine_data)[0]
 
     def _write(
         self, case: io.CaseInput, data: dict[str, Any], result: CaseResult, timings: dict[str, float]
