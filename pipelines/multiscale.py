@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from pipelines.io import spacing_zyx
 from pipelines.preprocess import CaseGeometry
@@ -99,6 +100,7 @@ def merge_scales(
     radii = np.asarray([float(c["diameter_mm"]) / 2 for c in cands], float)
     next_id = max([int(c["nodule_id"]) for c in cands] + [int(mask.max(initial=0))]) + 1
     fine_mask = fine[1]
+    fine_boxes = ndimage.find_objects(fine_mask)  # one pass; each added candidate's voxels within its box
     for f in fine[0]:
         radius = float(f["diameter_mm"]) / 2
         if 2 * radius > max_diameter_mm:
@@ -113,8 +115,11 @@ def merge_scales(
                     cands[j].update(probability=score, segmentation_probability=score, scale_mm=f["scale_mm"])
                 continue
         row = dict(f, probability=score, segmentation_probability=score)
-        if f.get("source") == "network":
-            mask[(fine_mask == int(f["nodule_id"])) & (mask == 0)] = next_id
+        fid = int(f["nodule_id"])
+        if f.get("source") == "network" and fid <= len(fine_boxes) and fine_boxes[fid - 1] is not None:
+            box = fine_boxes[fid - 1]
+            region = mask[box]  # a view: writes go to ``mask``
+            region[(fine_mask[box] == fid) & (region == 0)] = next_id
         row["nodule_id"] = next_id
         next_id += 1
         cands.append(row)

@@ -133,8 +133,9 @@ def peak_centre(
     The peak is the 26-connected part of ``p >= (min + max) / 2`` (the component's own probability range)
     that holds the most probable voxel; the level is lowered to the ``min_voxels``-th highest probability
     when fewer voxels reach it (a peak smaller than the smallest nodule of interest is no nodule: e.g. the
-    few voxels of a neck that a split gave to the weaker of two touching nodules). A nodule against a vessel or the pleura often grows a tail of
-    lower probability along the vessel; the centroid of the whole component slides onto that tail (a
+    few voxels of a neck that a split gave to the weaker of two touching nodules).
+
+    A nodule against a vessel or the pleura often grows a tail of lower probability along the vessel; the centroid of the whole component slides onto that tail (a
     7.5 mm calcified juxta-vascular nodule of the validation set: 4.2 mm off, outside its own radius,
     while the peak's centroid lies 0.3 mm from it). For a round component the peak's centroid is the
     component's own.
