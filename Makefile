@@ -17,7 +17,9 @@ VAL_DATA ?= sample_data/validation
 VAL_OUT ?= outputs/validation
 RUN_DIR ?= runs/train
 # real chest CT with synthetic nodules inserted (../shared/data): one set chooses settings, one is reported
-REAL_CT ?= ../shared/data/ct/totalseg_chest_ct_crop_1p5mm.nii.gz
+# real public files (README, Optional real data): point SHARED_DATA at your own copy
+SHARED_DATA ?= ../shared/data
+REAL_CT ?= $(SHARED_DATA)/ct/totalseg_chest_ct_crop_1p5mm.nii.gz
 VAL_REAL_SEEDS ?= 201 202 203 204 205 206
 EVAL_REAL_SEEDS ?= 101 102 103 104 105 106
 REAL_SEEDS ?= $(EVAL_REAL_SEEDS)
@@ -106,7 +108,7 @@ validate-real: install ## validation on real CT: nodules inserted into the chest
 	$(MAKE) evaluate-real REAL_SEEDS="$(VAL_REAL_SEEDS)" REAL_DATA=$(VAL_DATA)_real REAL_OUT=$(VAL_OUT)_real
 
 evaluate-real: install ## the reported real-CT figure: nodules inserted into the chest CT of ../shared/data with seeds 101-106 (lung Dice there is against our own lung mask)
-	@test -f $(REAL_CT) || { echo "evaluate-real: $(REAL_CT) not found (it lives in ../shared/data)"; exit 1; }
+	@test -f $(REAL_CT) || { echo "evaluate-real: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }
 	for s in $(REAL_SEEDS); do test -f sample_data/inserted/s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/inserted/s$$s --n 3 --seed $$s || exit 1; done
 	$(LS) held-out-set $(REAL_DATA) $(foreach s,$(REAL_SEEDS),sample_data/inserted/s$(s):training)
 	$(MAKE) evaluate EVAL_DATA=$(REAL_DATA) EVAL_OUT=$(REAL_OUT)

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import SHARED_DATA
 from helpers import (
     chest_hu,
     chest_image,
@@ -33,7 +34,7 @@ from helpers import (
     write_dicom_series,
 )
 
-SHARED_LIDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "lidc_two_slices_dicom"
+SHARED_LIDC = SHARED_DATA / "ct" / "lidc_two_slices_dicom"
 
 
 @pytest.fixture(scope="module")
