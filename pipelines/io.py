@@ -14,13 +14,18 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+
+if TYPE_CHECKING:
+    from pipelines.io_header import Header
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
@@ -29,8 +34,6 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 _TAG_MODALITY = "0008|0060"
 _TAG_IMAGE_TYPE = "0008|0008"
 _TAG_SERIES_UID = "0020|000e"
-_TAG_ORIENTATION = "0020|0037"
-_TAG_POSITION = "0020|0032"
 
 
 class ImageReadError(ValueError):
@@ -152,21 +155,68 @@ def strip_image_suffix(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_image(path: str | os.PathLike[str], *, dicom_files: list[str] | None = None) -> sitk.Image:
-    """Read a 3D scan and validate it.
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def special_file_kind(path: str | os.PathLike[str]) -> str:
+    """``"a FIFO (named pipe)"``, ``"a socket"``, ``"a character device"``, ``"a block device"``, or ``""``.
+
+    Decided by ``stat`` (following links) without opening the file: opening a FIFO blocks until someone
+    writes to it, and a device such as ``/dev/zero`` never ends.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return ""  # missing or a dangling link: the reader says so
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "")
+
+
+def is_special_file(path: str | os.PathLike[str]) -> bool:
+    """True for a FIFO, socket or device (never opened by this package)."""
+    return bool(special_file_kind(path))
+
+
+def skip_special_file(path: str | os.PathLike[str], notes: list[str]) -> bool:
+    """True (and a note appended to ``notes``) when ``path`` is a special file that discovery must skip."""
+    kind = special_file_kind(path)
+    if kind:
+        notes.append(f"skipped {path}: {kind}, not a regular file (never opened)")
+    return bool(kind)
+
+
+def _refuse_special(path: str | os.PathLike[str]) -> None:
+    kind = special_file_kind(path)
+    if kind:
+        raise ImageReadError(path, f"{kind}, not a regular file: refused without opening it")
+
+
+def read_image(
+    path: str | os.PathLike[str], *, dicom_files: list[str] | None = None, max_voxels: int | None = None
+) -> sitk.Image:
+    """Read a 3D scan and validate it; the header is checked before any voxel is read.
 
     Args:
         path: a NIfTI/MetaImage/NRRD file, a folder holding one DICOM series, or a DICOM file.
         dicom_files: explicit ordered slice files (from :func:`discover_cases`) for a DICOM series.
+        max_voxels: refuse, from the header, images with more voxels (every dimension) or more than
+            ``2 * max_voxels`` bytes (:func:`pipelines.io_header.check_limits`); ``None``: no limit here
+            (the screening engine checks its setting with :func:`check_size` first).
 
     Returns:
         The image in its own on-disk geometry (SimpleITK: LPS world, spacing ``(x, y, z)`` in mm).
 
     Raises:
-        ImageReadError: naming the file, for a missing/empty/corrupt/truncated file, a non-image file, an image
-            that is not 3D (2D or 4D), non-finite voxels, or a zero/negative/non-finite spacing.
+        ImageReadError: naming the file, for a missing/empty/corrupt/truncated file, a FIFO/socket/device, a
+            non-image file, an image that is not 3D (2D or 4D), too large, non-finite voxels, a spacing outside
+            0.05-20 mm, a sheared direction, or a gantry-tilted DICOM series.
     """
     p = Path(path)
+    _refuse_special(p)
     if not p.exists():
         raise ImageReadError(p, "no such file or folder")
     if p.is_file() and p.stat().st_size == 0:
@@ -174,10 +224,11 @@ def read_image(path: str | os.PathLike[str], *, dicom_files: list[str] | None = 
     if p.is_file() and not os.access(p, os.R_OK):
         raise ImageReadError(p, "file is not readable (permission denied)")
     try:
+        if p.is_dir() and not dicom_files:
+            dicom_files = _dicom_folder_files(p)
+        _check_header(p, dicom_files=dicom_files, max_voxels=max_voxels)
         if dicom_files:
             image = _read_dicom_files(p, dicom_files)
-        elif p.is_dir():
-            image = _read_dicom_folder(p)
         else:
             if _full_suffix(p) in (".nii", ".nii.gz"):
                 from pipelines.io_nifti import check_nifti_file
@@ -190,6 +241,20 @@ def read_image(path: str | os.PathLike[str], *, dicom_files: list[str] | None = 
         raise ImageReadError(p, f"cannot read image: {_first_line(str(err))}") from None
     validate_image(image, p)
     return image
+
+
+def _check_header(path: Path, *, dicom_files: list[str] | None, max_voxels: int | None) -> None:
+    """Header-only checks before reading (limits, spacing, shear); an unreadable header is left to the reader."""
+    from pipelines import io_header
+
+    _refuse_special(dicom_files[0] if dicom_files else path)
+    try:
+        header = io_header.read_header(path, dicom_files=dicom_files)
+    except ImageReadError:
+        return  # the reader below gives the precise reason
+    if max_voxels is not None:
+        io_header.check_limits(header, path, max_voxels=max_voxels)
+    io_header.check_geometry(header, path)
 
 
 _ITK_NOISE = re.compile(r"^(Exception thrown in SimpleITK \S+:\s*)?\S+\.(cxx|hxx|h|cpp|txx):\d+:?$")
@@ -211,7 +276,8 @@ def _first_line(msg: str) -> str:
 
 
 def validate_image(image: sitk.Image, path: str | os.PathLike[str] = "<memory>") -> None:
-    """Raise :class:`ImageReadError` unless ``image`` is a finite, scalar, 3D volume with positive spacing."""
+    """Raise :class:`ImageReadError` unless ``image`` is a finite, scalar, 3D volume with a spacing of 0.05-20 mm
+    per axis and an orthonormal direction (limits in :mod:`pipelines.io_header`)."""
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 4 and size[3] == 1:
@@ -224,11 +290,13 @@ def validate_image(image: sitk.Image, path: str | os.PathLike[str] = "<memory>")
         )
     if min(size[:3]) < 2:
         raise ImageReadError(path, f"image of size {size[:3]} is a single slice (2D), not a volume")
-    spacing = np.asarray(image.GetSpacing()[:3], dtype=float)
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise ImageReadError(
-            path, f"spacing must be strictly positive and finite, not {tuple(spacing.tolist())}"
-        )
+    from pipelines.io_header import direction_problem, spacing_problem
+
+    problem = spacing_problem(image.GetSpacing()[:3])
+    if not problem:
+        problem = direction_problem(np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3])
+    if problem:
+        raise ImageReadError(path, problem)
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         arr = sitk.GetArrayViewFromImage(image)
         if not np.isfinite(arr).all():
@@ -236,7 +304,8 @@ def validate_image(image: sitk.Image, path: str | os.PathLike[str] = "<memory>")
             raise ImageReadError(path, f"{bad} voxels are NaN or infinite")
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _dicom_folder_files(folder: Path) -> list[str]:
+    """The slice files of the one DICOM series in ``folder`` (GDCM skips FIFOs and devices when listing)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ImageReadError(folder, "folder holds no DICOM series")
@@ -244,61 +313,18 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise ImageReadError(
             folder, f"folder holds {len(series)} DICOM series; use discover_cases to split them"
         )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-    return _read_dicom_files(folder, list(files))
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
 def _read_dicom_files(folder: Path, files: list[str]) -> sitk.Image:
+    from pipelines.dicom_geometry import check_dicom_slices
+
     check_dicom_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOff()
     reader.LoadPrivateTagsOff()
     return reader.Execute()
-
-
-def check_dicom_slices(folder: Path, files: list[str], *, tolerance: float = 0.1) -> None:
-    """Refuse a DICOM series with mixed orientations, missing slices or uneven gaps.
-
-    Slice positions are projected on the slice normal; the gaps must agree within ``tolerance`` (relative).
-    Series without position tags (header-stripped) are accepted as SimpleITK orders them.
-    """
-    if len(files) < 2:
-        raise ImageReadError(folder, f"DICOM series has {len(files)} slice; a volume needs at least 2")
-    orientations, positions = [], []
-    for f in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(f)
-        try:
-            r.ReadImageInformation()
-        except RuntimeError:
-            raise ImageReadError(f, "unreadable DICOM slice") from None
-        if r.HasMetaDataKey(_TAG_ORIENTATION) and r.HasMetaDataKey(_TAG_POSITION):
-            orientations.append(_floats(r.GetMetaData(_TAG_ORIENTATION)))
-            positions.append(_floats(r.GetMetaData(_TAG_POSITION)))
-    if len(positions) != len(files):
-        return
-    ori = np.asarray(orientations)
-    if ori.shape[1] != 6 or np.abs(ori - ori[0]).max() > 1e-3:
-        raise ImageReadError(folder, "DICOM series mixes slice orientations")
-    normal = np.cross(ori[0, :3], ori[0, 3:])
-    z = np.sort(np.asarray(positions) @ normal)
-    gaps = np.diff(z)
-    if np.any(gaps < 1e-3):
-        raise ImageReadError(folder, "DICOM series has duplicate slice positions")
-    median = float(np.median(gaps))
-    uneven = np.abs(gaps - median) > tolerance * median
-    if uneven.any():
-        worst = float(gaps[uneven].max())
-        raise ImageReadError(
-            folder,
-            f"DICOM series has missing slices or uneven gaps ({int(uneven.sum())} gaps differ from "
-            f"{median:.2f} mm, largest {worst:.2f} mm)",
-        )
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.replace(",", "\\").split("\\") if v.strip()]
 
 
 def to_3d(image: sitk.Image) -> sitk.Image:
@@ -466,6 +492,8 @@ def _walk(root: Path, orphans: list[str], *, recursive: bool) -> list[CaseInput]
             if name.startswith("."):
                 continue
             f = folder / name
+            if skip_special_file(f, orphans):
+                continue
             lower = name.lower()
             if lower.endswith(".raw") or lower.endswith(".zraw"):
                 continue
@@ -548,39 +576,39 @@ def _unique_ids(cases: list[CaseInput]) -> list[CaseInput]:
     return cases
 
 
-def peek_size(case: CaseInput) -> tuple[int, int, int]:
-    """Image size ``(x, y, z)`` from the header only (no voxel data is read)."""
+def _case_header(case: CaseInput) -> Header:
+    from pipelines.io_header import Header, read_header
+
     if case.image is not None:
-        return tuple(case.image.GetSize()[:3])  # type: ignore[return-value]
-    first = case.dicom_files[0] if case.dicom_files else str(case.path)
-    r = sitk.ImageFileReader()
-    r.SetFileName(first)
-    try:
-        r.ReadImageInformation()
-    except RuntimeError as err:
-        raise ImageReadError(first, f"cannot read image header: {_first_line(str(err))}") from None
-    size = tuple(int(v) for v in r.GetSize())
+        return Header.of_image(case.image)
     if case.dicom_files:
-        return (size[0], size[1], len(case.dicom_files))
+        _refuse_special(case.dicom_files[0])
+    else:
+        _refuse_special(case.path)
+    return read_header(case.path, dicom_files=case.dicom_files or None)
+
+
+def peek_size(case: CaseInput) -> tuple[int, int, int]:
+    """Image size ``(x, y, z)`` from the header only (no voxel data is read; a special file is never opened)."""
+    size = _case_header(case).size
     return tuple((list(size) + [1, 1])[:3])  # type: ignore[return-value]
 
 
 def check_size(case: CaseInput, *, max_voxels: int) -> None:
-    """Refuse, before reading voxels, a scan larger than ``max_voxels`` (bounded memory per case)."""
-    if case.image is None and Path(case.path).is_dir() and not case.dicom_files:
-        return  # a folder: read_image will explain what is wrong with it
-    if case.image is None and not Path(case.path).exists():
-        return
-    if case.image is None and Path(case.path).is_file() and Path(case.path).stat().st_size == 0:
+    """Refuse, from the header, a scan larger than ``max_voxels`` voxels (every dimension) or ``2 * max_voxels``
+    bytes (bounded memory per case; :func:`pipelines.io_header.check_limits`). A FIFO, socket or device is
+    refused without being opened; a header that cannot be read is left to :func:`read_image` to explain."""
+    from pipelines.io_header import check_limits
+
+    path = Path(case.path)
+    if case.image is None and not case.dicom_files and (path.is_dir() or not path.exists()):
+        return  # a folder or a missing file: read_image will explain what is wrong with it
+    if case.image is None and path.is_file() and path.stat().st_size == 0:
         return
     try:
-        size = peek_size(case)
-    except ImageReadError:
+        header = _case_header(case)
+    except ImageReadError as err:
+        if is_special_file(err.path):
+            raise
         return  # read_image gives the precise reason
-    n = int(np.prod(size, dtype=np.int64))
-    if n > max_voxels:
-        raise ImageReadError(
-            case.path,
-            f"volume of {size[0]}x{size[1]}x{size[2]} = {n / 1e6:.0f} M voxels exceeds the limit of "
-            f"{max_voxels / 1e6:.0f} M voxels (setting max_input_voxels)",
-        )
+    check_limits(header, case.path, max_voxels=max_voxels)

@@ -46,6 +46,7 @@ def fine_case(data: dict[str, Any], fine_preprocessing: Any) -> dict[str, Any]:
     sl = geometry.crop_slices
     fine = {
         "case_id": data.get("case_id"),
+        "source_name": data.get("source_name", "<memory>"),
         "geometry": geometry,
         "hu": data["hu"],
         "lungs_canonical": data["lungs_canonical"],

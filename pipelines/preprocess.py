@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.io import ImageHeader, ImageReadError
+from pipelines.io_header import format_count
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
@@ -134,6 +135,42 @@ def network_shape_for(
     shape = tuple(max(1, int(round(n * s / target_mm))) for n, s in zip(crop_shape, spacing_zyx))
     spacing = tuple(n * s / m for n, s, m in zip(crop_shape, spacing_zyx, shape))
     return shape, spacing  # type: ignore[return-value]
+
+
+def check_grid_size(
+    shape_zyx: tuple[int, ...],
+    *,
+    crop_spacing_zyx: tuple[float, ...],
+    target_spacing_zyx: tuple[float, ...],
+    max_voxels: int,
+    name: str = "<memory>",
+) -> None:
+    """Refuse a resampled grid of more than ``max_voxels`` voxels before anything is allocated.
+
+    The network grid's size is the physical extent divided by the target spacing: a coarse scan (large
+    voxels) or a very fine target spacing would ask the allocator for hundreds of GB.
+
+    Args:
+        shape_zyx: ``(z, y, x)`` voxels of the region to resample (the lung crop).
+        crop_spacing_zyx: its voxel size in mm.
+        target_spacing_zyx: the grid's voxel size in mm.
+        max_voxels: the limit (the screening setting ``max_input_voxels``).
+        name: the input named in the error.
+
+    Raises:
+        ImageReadError: naming the input, the grid and the limit.
+    """
+    extent = [n * s for n, s in zip(shape_zyx, crop_spacing_zyx)]
+    grid = [max(1, round(e / t)) for e, t in zip(extent, target_spacing_zyx)]
+    voxels = int(np.prod(grid, dtype=object))  # Python integers: no overflow
+    if voxels > max_voxels:
+        raise ImageReadError(
+            name,
+            f"resampling the {'x'.join(f'{e:.0f}' for e in extent)} mm region (z, y, x) to "
+            f"{'/'.join(f'{t:g}' for t in dict.fromkeys(target_spacing_zyx))} mm voxels would make a "
+            f"{'x'.join(str(g) for g in grid)} grid of {format_count(voxels)} voxels, above the limit of "
+            f"{format_count(max_voxels)} (setting max_input_voxels): refused before allocating it",
+        )
 
 
 def resample(

@@ -27,6 +27,7 @@ from pipelines import io, modality, preprocess
 from pipelines.plan import SegPlan
 from pipelines.preprocess import CaseGeometry
 from pipelines.segdata import SegCase, load_case
+from pipelines.settings import ScreeningSettings
 
 
 def network_shape(
@@ -110,7 +111,8 @@ class ResampleToPland(MapTransform):
     """Resample ``[C, z, y, x]`` arrays to the plan's target spacing (trilinear; nearest for ``label_keys``).
 
     Sets ``geometry.network_shape`` and ``geometry.network_spacing_zyx``; label maps become ``[1, z, y, x]``
-    int64 tensors.
+    int64 tensors. A grid of more than ``max_voxels`` voxels is refused before it is allocated
+    (:func:`pipelines.preprocess.check_grid_size`).
     """
 
     def __init__(
@@ -120,15 +122,24 @@ class ResampleToPland(MapTransform):
         plan: SegPlan,
         label_keys: Sequence[str] = ("label",),
         device: str | None = None,
+        max_voxels: int = ScreeningSettings.max_input_voxels,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.plan = plan
         self.label_keys = set(label_keys)
         self.device = device
+        self.max_voxels = int(max_voxels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         geometry: CaseGeometry = d["geometry"]
+        preprocess.check_grid_size(
+            geometry.crop_shape,
+            crop_spacing_zyx=io.spacing_zyx(geometry.canonical),
+            target_spacing_zyx=tuple(self.plan.target_spacing_zyx),
+            max_voxels=self.max_voxels,
+            name=str(d.get("case_id", "<memory>")),
+        )
         shape, spacing = network_shape(
             geometry.crop_shape, io.spacing_zyx(geometry.canonical), self.plan.target_spacing_zyx
         )

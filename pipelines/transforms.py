@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 
 from pipelines import io, preprocess
 from pipelines.preprocess import CaseGeometry
+from pipelines.settings import ScreeningSettings
 
 
 def load_canonical(source: Any) -> tuple[np.ndarray, io.ImageHeader, io.ImageHeader, str]:
@@ -160,7 +161,11 @@ class CropToLungsd(MapTransform):
 
 
 class ResampleToSpacingd(MapTransform):
-    """Resample the cropped arrays to isotropic ``spacing_mm`` (trilinear images, nearest-exact labels)."""
+    """Resample the cropped arrays to isotropic ``spacing_mm`` (trilinear images, nearest-exact labels).
+
+    A grid of more than ``max_voxels`` voxels (the setting ``max_input_voxels``) is refused before it is
+    allocated (:func:`pipelines.preprocess.check_grid_size`).
+    """
 
     def __init__(
         self,
@@ -169,12 +174,14 @@ class ResampleToSpacingd(MapTransform):
         spacing_mm: float | None,
         label_keys: Sequence[str] = (),
         device: str | None = None,
+        max_voxels: int = ScreeningSettings.max_input_voxels,
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         # None builds (a bundle's optional fine pass with its spacing switched off) but never runs
         self.spacing_mm = None if spacing_mm is None else float(spacing_mm)
         self.label_keys = set(label_keys)
         self.device = device
+        self.max_voxels = int(max_voxels)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         if self.spacing_mm is None:
@@ -182,6 +189,13 @@ class ResampleToSpacingd(MapTransform):
         d = dict(data)
         geometry: CaseGeometry = d["geometry"]
         crop_spacing = io.spacing_zyx(geometry.canonical)
+        preprocess.check_grid_size(
+            geometry.crop_shape,
+            crop_spacing_zyx=crop_spacing,
+            target_spacing_zyx=(self.spacing_mm,) * 3,
+            max_voxels=self.max_voxels,
+            name=str(d.get("source_name", "<memory>")),
+        )
         shape, spacing = preprocess.network_shape_for(geometry.crop_shape, crop_spacing, self.spacing_mm)
         geometry.network_shape, geometry.network_spacing_zyx = shape, spacing
         for key in self.key_iterator(d):

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from helpers import chest_hu, chest_image, to_image, write_case, write_dicom_series
 
-from pipelines import io, io_nifti
+from pipelines import dicom_geometry, io, io_nifti
 
 
 def _geometry(img: sitk.Image) -> tuple:
@@ -114,13 +114,13 @@ def test_validate_image() -> None:
 
 def test_dicom_slice_checks(tmp_path: Path) -> None:
     files = [str(f) for f in write_dicom_series(chest_image(), tmp_path / "s")]
-    io.check_dicom_slices(tmp_path, files)
+    dicom_geometry.check_dicom_slices(tmp_path, files)
     with pytest.raises(io.ImageReadError, match="duplicate slice positions"):
-        io.check_dicom_slices(tmp_path, files + files[:1])
+        dicom_geometry.check_dicom_slices(tmp_path, files + files[:1])
     with pytest.raises(io.ImageReadError, match="at least 2"):
-        io.check_dicom_slices(tmp_path, files[:1])
+        dicom_geometry.check_dicom_slices(tmp_path, files[:1])
     with pytest.raises(io.ImageReadError, match="missing slices"):
-        io.check_dicom_slices(tmp_path, files[:5] + files[6:])
+        dicom_geometry.check_dicom_slices(tmp_path, files[:5] + files[6:])
 
 
 # --------------------------------------------------------------------------------------------- discovery
