@@ -34,7 +34,9 @@ def write_case(
     ``fingerprint`` (:func:`pipelines.outputs.run_fingerprint`) is recorded in ``result.json``: a rerun skips the
     case only if its own fingerprint is the same.
     """
-    from pipelines.lungrads import categorize_scan
+    from pipelines.assessability import assess_case
+    from pipelines.lungrads import assign_categories
+    from pipelines.nodules import lung_zone
 
     geometry: CaseGeometry = data["geometry"]
     folder = outputs.case_dir(output_dir, case.case_id)
@@ -44,9 +46,12 @@ def write_case(
     outputs.remove_stale_temporaries(folder)  # left by a run killed while writing this case
     ext = ".nii.gz" if settings.compress else ".nii"
     spacing = io.spacing_zyx(geometry.canonical)
-    category = categorize_scan(result.nodules)
+    assessment = assess_case(
+        dicom_files=case.dicom_files, geometry=geometry, lung_labels_zyx=result.lung_mask
+    )
+    category = assign_categories(result.nodules, incomplete_reason=assessment.reason or None)
     for n in result.nodules:
-        n["lung_rads"] = _nodule_category(category, n)
+        n["lung_zone"] = lung_zone(result.lung_mask, n["canonical_index_zyx"], str(n.get("lung_side", "")))
     outputs.write_mask(result.lung_mask, geometry, folder / f"lungs{ext}", compress=settings.compress)
     outputs.write_mask(
         outputs.smallest_label_dtype(result.nodule_mask),
@@ -59,7 +64,9 @@ def write_case(
             result.probability.full(), geometry, folder / f"probability{ext}", compress=settings.compress
         )
     volumes = outputs.lung_volumes_ml(result.lung_mask, spacing)
-    warnings: list[str] = result.warnings + list(case.notes)
+    warnings: list[str] = result.warnings + list(case.notes) + list(assessment.warnings)
+    if not assessment.assessable:
+        warnings.append(f"not assessable (Lung-RADS 0): {assessment.reason}")
     meta = {
         "case_id": case.case_id,
         "bundle_version": bundle_version,
@@ -70,12 +77,13 @@ def write_case(
             "hu": "HU",
         },
         "input_geometry": _geometry_dict(geometry),
+        "assessment": assessment.to_dict(),
         "lung_rads": category,
         "warnings": warnings,
         **volumes,
     }
     io.atomic_write_text(folder / "nodules.csv", outputs.to_csv(result.nodules, outputs.NODULE_COLUMNS))
-    outputs.write_json(folder / "nodules.json", {**meta, "nodules": result.nodules})
+    outputs.write_json(folder / "nodules.json", {**meta, "nodules": [_public(n) for n in result.nodules]})
     io.atomic_write_text(
         folder / "candidates.csv",
         outputs.to_csv(result.candidates, outputs.CANDIDATE_COLUMNS),
@@ -88,7 +96,7 @@ def write_case(
         "case_id": case.case_id,
         "status": "ok",
         "nodule_count": len(result.nodules),
-        "largest_nodule_mm": max((n["diameter_mm"] for n in result.nodules), default=0.0),
+        "largest_nodule_mm": max((float(n["mean_diameter_mm"]) for n in result.nodules), default=0.0),
         "lung_rads": category.get("category", ""),
         **volumes,
         **{f"seconds_{k}": round(v, 3) for k, v in timings.items()},
@@ -100,6 +108,7 @@ def write_case(
         "case_id": case.case_id,
         "fingerprint": fingerprint,
         "summary": summary,
+        "assessment": assessment.to_dict(),
         "candidates": [
             {
                 **{k: c[k] for k in ("center_lps_x_mm", "center_lps_y_mm", "center_lps_z_mm", "probability")},
@@ -112,19 +121,10 @@ def write_case(
     return outputs.write_json(done, record)
 
 
-def _nodule_category(scan_category: dict[str, Any], nodule: dict[str, Any]) -> str:
-    for item in scan_category.get("nodule_categories", []):
-        if item.get("nodule_id") == nodule["nodule_id"]:
-            return str(item.get("category", ""))
-    from pipelines.lungrads import categorize_nodule
-
-    return str(
-        categorize_nodule(
-            type=nodule["type"],
-            diameter_mm=nodule["diameter_mm"],
-            solid_component_mm=nodule.get("solid_component_mm"),
-        ).get("category", "")
-    )
+def _public(nodule: dict[str, Any]) -> dict[str, Any]:
+    """A nodule as ``nodules.json`` shows it: ``diameter_mm`` (the equivalent-sphere size the candidate merging uses)
+    appears only under its own name, ``equivalent_diameter_mm``, beside the Lung-RADS ``mean_diameter_mm``."""
+    return {k: v for k, v in nodule.items() if k != "diameter_mm"}
 
 
 def _geometry_dict(g: CaseGeometry) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipelines import io, outputs
+from pipelines.assessability import screenable
 from pipelines.ensemble import load_network_weights, weight_files
 from pipelines.inference import load_weights, select_device, sliding_window_probability
 from pipelines.postprocess import CaseResult, analyse_case
@@ -200,14 +201,16 @@ class ScreeningEngine:
     def _compute(self, data: dict[str, Any]) -> tuple[CaseResult, dict[str, float]]:
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        if data.get("no_lung"):
+        # no lung, or too thin a volume for a 3D detector (a localizer, a 2-slice stack): nothing to screen
+        skip = bool(data.get("no_lung")) or not screenable(data)
+        if skip:
             prob_net = torch.zeros(tuple(data["image"].shape[1:]))
             info: dict[str, Any] = {"windows_run": 0, "windows_skipped": 0}
         else:
             prob_net, info = self._probability(data)
         timings["network"] = time.perf_counter() - t
         fine = None
-        if self.fine_preprocessing is not None and not data.get("no_lung"):
+        if self.fine_preprocessing is not None and not skip:
             t = time.perf_counter()
             fine = self._fine_pass(data)
             timings["network_fine"] = time.perf_counter() - t

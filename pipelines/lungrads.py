@@ -14,13 +14,19 @@ category           baseline finding
 4B Very suspicious solid >= 15 mm; part-solid with solid component >= 8 mm
 =================  ==========================================================================
 
-Sizes are **mean diameters in mm rounded to one decimal place** (v2022: "report mean nodule diameter to
-one decimal point"); the rounding is half-up, so 5.95 mm counts as 6.0 mm.
+Sizes are **mean diameters in mm rounded to one decimal place** (v2022: measure the long and the short axis to
+one decimal point and "report mean nodule diameter to one decimal point"; Lung-RADS v1.0 rounded to whole mm);
+the rounding is half-up, so 5.95 mm counts as 6.0 mm. The mean diameter is the mean of the long axis and the
+perpendicular short axis on the axial slice where the nodule is largest (:mod:`pipelines.nodule_axes`; the
+nodule dicts' ``mean_diameter_mm``). Lung-RADS also allows volume; this module uses the mean diameter only
+(:data:`SIZE_BASIS`), and volumes are reported beside it. A solid component is measured the same way.
 
 Not applied (they need a prior scan or a reader): growth, new and stable nodules, stepped management of
 stable nodules, juxtapleural/perifissural and airway nodules, atypical cysts, the 4X upgrade for
 additional suspicious features, and the "S" modifier. Category 0 is produced only when the caller says
-the lungs could not be fully evaluated.
+the lungs could not be fully evaluated (:mod:`pipelines.assessability`); every nodule of such a scan is then
+category 0 too, its size-and-type category kept as ``size_category``, so nothing of a scan that was not fully
+read looks benign.
 
 Reference: Christensen J, Prosper AE, Wu CC, et al. ACR Lung-RADS v2022: Assessment Categories and
 Management Recommendations. J Am Coll Radiol. 2024;21(3):473-488. doi:10.1016/j.jacr.2023.09.009.
@@ -45,6 +51,10 @@ NOTE = (
     "Baseline-screen size and density rules only; juxtapleural, airway, cyst, 4X and S rules need a reader."
 )
 NODULE_TYPES = ("solid", "part-solid", "ground-glass", "calcified")
+SIZE_BASIS = (
+    "mean diameter: mean of the long axis and the perpendicular short axis on the nodule's largest axial slice, "
+    "mm to one decimal (volume not used)"
+)
 
 #: Severity order used to pick the scan category (0 is handled separately: it means "incomplete").
 CATEGORY_ORDER = ("1", "2", "3", "4A", "4B", "4X")
@@ -169,29 +179,39 @@ def _rank(category: str) -> int:
     return CATEGORY_ORDER.index(category)
 
 
+def _size_mm(nodule: Mapping[str, Any]) -> float:
+    """The Lung-RADS mean diameter of a nodule dict: ``mean_diameter_mm``, else ``diameter_mm`` (older callers)."""
+    value = nodule.get("mean_diameter_mm")
+    return float(nodule["diameter_mm"] if value is None or value == "" else value)
+
+
 def categorize_scan(nodules: Sequence[Mapping[str, Any]], *, incomplete_reason: str | None = None) -> dict:
     """Lung-RADS v2022 category of a baseline screening scan: the most suspicious nodule decides.
 
     Args:
-        nodules: nodule dicts with at least ``type``, ``diameter_mm`` and optionally
-            ``solid_component_mm`` and ``nodule_id`` (as in ``nodules.json``).
+        nodules: nodule dicts with at least ``type``, ``mean_diameter_mm`` (or ``diameter_mm``: taken as the
+            mean diameter) and optionally ``solid_component_mm`` and ``nodule_id`` (as in ``nodules.json``).
         incomplete_reason: when given (e.g. "lungs not fully in the field of view"), the scan is
-            category 0 (incomplete) whatever the nodules are; the nodule categories are still listed.
+            category 0 (incomplete) whatever the nodules are, and so is every nodule (its own size-and-type
+            category stays in ``size_category``); a nodule that would be category 3 or higher is named in the
+            reason.
 
     Returns:
         dict with ``category``, ``descriptor``, ``management``, ``reason``, ``deciding_nodule_id``
         (``None`` when no nodule decided), ``deciding_nodule`` (the per-nodule result of the deciding
         nodule, or ``None``), ``nodule_categories`` (one per input nodule, in input order, each with
-        ``nodule_id``), ``version`` (``"v2022"``), ``reference`` and ``note``.
+        ``nodule_id``, ``category`` and ``size_category``), ``size_basis``, ``version`` (``"v2022"``),
+        ``reference`` and ``note``.
     """
     per_nodule = []
     for index, nodule in enumerate(nodules):
         result = categorize_nodule(
             type=str(nodule["type"]),
-            diameter_mm=float(nodule["diameter_mm"]),
+            diameter_mm=_size_mm(nodule),
             solid_component_mm=_optional_float(nodule.get("solid_component_mm")),
         )
         result["nodule_id"] = nodule.get("nodule_id", index + 1)
+        result["size_category"] = result["category"]
         per_nodule.append(result)
     deciding = max(per_nodule, key=lambda r: (_rank(r["category"]), r["diameter_rounded_mm"]), default=None)
     if deciding is None:
@@ -200,6 +220,13 @@ def categorize_scan(nodules: Sequence[Mapping[str, Any]], *, incomplete_reason: 
         category, reason = deciding["category"], f"nodule {deciding['nodule_id']}: {deciding['reason']}"
     if incomplete_reason:
         category, reason = "0", f"incomplete: {incomplete_reason}"
+        if deciding is not None and _rank(deciding["category"]) >= _rank("3"):
+            reason += (
+                f"; nodule {deciding['nodule_id']} would be Lung-RADS {deciding['category']} on its own "
+                f"({deciding['reason']})"
+            )
+        for result in per_nodule:
+            result.update(category="0", descriptor=DESCRIPTORS["0"], management=MANAGEMENT["0"])
     return {
         "category": category,
         "descriptor": DESCRIPTORS[category],
@@ -208,10 +235,23 @@ def categorize_scan(nodules: Sequence[Mapping[str, Any]], *, incomplete_reason: 
         "deciding_nodule_id": None if deciding is None or category == "0" else deciding["nodule_id"],
         "deciding_nodule": None if category == "0" else deciding,
         "nodule_categories": per_nodule,
+        "size_basis": SIZE_BASIS,
         "version": LUNG_RADS_VERSION,
         "reference": REFERENCE,
         "note": NOTE,
     }
+
+
+def assign_categories(nodules: Sequence[dict[str, Any]], *, incomplete_reason: str | None = None) -> dict:
+    """:func:`categorize_scan`, and each nodule dict gets its ``lung_rads`` and ``size_category`` (in place).
+
+    The one place a case's nodules are categorised: the tables and the report read ``lung_rads`` back.
+    """
+    category = categorize_scan(nodules, incomplete_reason=incomplete_reason)
+    for nodule, result in zip(nodules, category["nodule_categories"], strict=True):
+        nodule["lung_rads"] = result["category"]
+        nodule["size_category"] = result["size_category"]
+    return category
 
 
 def _optional_float(value: Any) -> float | None:

@@ -87,6 +87,26 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return np.asarray(labels == int(np.argmax(counts)))
 
 
+def solid_component_mask(
+    hu_crop_zyx: np.ndarray, mask_crop_zyx: np.ndarray, *, thresholds: DensityThresholds | None = None
+) -> np.ndarray:
+    """The largest 26-connected solid part (median-filtered ``HU > solid_hu``) of a nodule mask.
+
+    Args:
+        hu_crop_zyx: HU crop ``[z, y, x]`` around the nodule (canonical grid).
+        mask_crop_zyx: boolean nodule mask, same shape.
+        thresholds: density thresholds; :class:`DensityThresholds` defaults when ``None``.
+
+    Returns:
+        Boolean mask ``[z, y, x]`` of the solid component (all False when there is none).
+    """
+    th = thresholds or DensityThresholds()
+    hu = np.asarray(hu_crop_zyx, dtype=np.float32)
+    if th.median_size > 1:
+        hu = ndimage.median_filter(hu, size=th.median_size, mode="nearest")
+    return _largest_component((hu > th.solid_hu) & np.asarray(mask_crop_zyx, dtype=bool))
+
+
 def classify_density(
     hu_crop_zyx: np.ndarray,
     mask_crop_zyx: np.ndarray,
@@ -126,10 +146,7 @@ def classify_density(
     if calcified_fraction >= th.calcified_fraction and float(inside.max()) >= th.calcified_max_hu:
         return "calcified", diameter
 
-    hu = np.asarray(hu_crop_zyx, dtype=np.float32)
-    if th.median_size > 1:
-        hu = ndimage.median_filter(hu, size=th.median_size, mode="nearest")
-    solid = _largest_component((hu > th.solid_hu) & mask)
+    solid = solid_component_mask(hu_crop_zyx, mask, thresholds=th)
     solid_mm = equivalent_diameter_mm(float(solid.sum()) * voxel_mm3)
     if solid_mm < th.min_solid_component_mm:
         return "ground-glass", 0.0

@@ -7,7 +7,7 @@ afterwards by :mod:`pipelines.nodule_coordinates`, which needs the SimpleITK ima
 
 Example:
     >>> mask, nodules = extract_nodules(prob_zyx, hu_zyx, (1.25, 0.7, 0.7), lung_labels_zyx=lungs_zyx)
-    >>> nodules[0]["diameter_mm"], nodules[0]["type"], nodules[0]["lung_side"]
+    >>> nodules[0]["mean_diameter_mm"], nodules[0]["type"], nodules[0]["lung_side"]
     (8.1, 'part-solid', 'right')
 """
 
@@ -19,10 +19,15 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.measure import regionprops
 
+from pipelines.nodule_axes import axial_diameters_mm
 from pipelines.nodule_coordinates import add_original_indices, add_world_coordinates
-from pipelines.nodule_density import DensityThresholds, classify_density, equivalent_diameter_mm
+from pipelines.nodule_density import (
+    DensityThresholds,
+    classify_density,
+    equivalent_diameter_mm,
+    solid_component_mask,
+)
 from pipelines.nodule_split import split_touching as split_component
 
 __all__ = [
@@ -30,6 +35,7 @@ __all__ = [
     "add_original_indices",
     "add_world_coordinates",
     "extract_nodules",
+    "lung_zone",
     "peak_centre",
     "probability_score",
 ]
@@ -114,11 +120,26 @@ def _lung_side(lung_labels_zyx: np.ndarray | None, box: tuple[slice, ...], compo
     return "right" if votes[0] > votes[1] else "left"
 
 
-def _axes_mm(component: np.ndarray, spacing: np.ndarray) -> tuple[float, float]:
-    """Major and minor axis lengths (mm) of the ellipsoid with the component's second moments."""
-    props = regionprops(component.astype(np.uint8), spacing=tuple(spacing))[0]
-    major, minor = float(props.axis_major_length), float(props.axis_minor_length)
-    return (major if math.isfinite(major) else 0.0), (minor if math.isfinite(minor) else 0.0)
+def lung_zone(lung_labels_zyx: np.ndarray, centre_zyx: Sequence[float], side: str) -> str:
+    """``upper``, ``middle`` or ``lower``: the third of its lung's height that holds a nodule's centre.
+
+    A coarse stand-in for the lobe (no lobe segmentation here): the lung of ``side`` (label 1 right, 2 left;
+    both for ``unknown``) spans z0..z1 on the canonical grid (z toward Superior), split into equal thirds.
+    ``""`` when that lung is empty.
+
+    Args:
+        lung_labels_zyx: lung labels ``[z, y, x]`` (canonical grid).
+        centre_zyx: the nodule centre, continuous voxel index ``[z, y, x]`` on that grid.
+        side: ``right``, ``left`` or ``unknown``.
+    """
+    labels = {"right": (1,), "left": (2,)}.get(side, (1, 2))
+    per_slice = np.asarray(lung_labels_zyx).reshape(lung_labels_zyx.shape[0], -1)
+    rows = np.flatnonzero(np.isin(per_slice, labels).any(axis=1))
+    if rows.size == 0:
+        return ""
+    height = max(float(rows[-1] - rows[0]), 1.0)
+    fraction = (float(centre_zyx[0]) - float(rows[0])) / height
+    return "upper" if fraction >= 2.0 / 3.0 else ("middle" if fraction >= 1.0 / 3.0 else "lower")
 
 
 def peak_centre(
@@ -179,25 +200,49 @@ def _measure(
     hu = hu_zyx[box][component].astype(np.float64)
     centre = peak_centre(probability_zyx[box], component, box, min_voxels=min_voxels)
     volume = float(component.sum()) * float(np.prod(spacing))
-    long_axis, short_axis = _axes_mm(component, spacing)
+    axes = axial_diameters_mm(component, spacing)
     wide = _padded(box, hu_zyx.shape, _CROP_MARGIN)
     inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide, strict=True))
     wide_mask = np.zeros(tuple(s.stop - s.start for s in wide), dtype=bool)
     wide_mask[inner] = component
-    nodule_type, solid_mm = classify_density(hu_zyx[wide], wide_mask, tuple(spacing), thresholds=density)
+    nodule_type, _ = classify_density(hu_zyx[wide], wide_mask, tuple(spacing), thresholds=density)
+    equivalent = equivalent_diameter_mm(volume)
     return {
         "canonical_index_zyx": centre,
-        "diameter_mm": equivalent_diameter_mm(volume),
-        "long_axis_mm": long_axis,
-        "short_axis_mm": short_axis,
+        "diameter_mm": equivalent,
+        "equivalent_diameter_mm": equivalent,
+        "mean_diameter_mm": axes["mean_diameter_mm"],
+        "long_axis_mm": axes["long_axis_mm"],
+        "short_axis_mm": axes["short_axis_mm"],
         "volume_mm3": volume,
         "voxel_count": int(component.sum()),
         "mean_hu": float(hu.mean()),
         "max_hu": float(hu.max()),
         "std_hu": float(hu.std()),
         "type": nodule_type,
-        "solid_component_mm": solid_mm,
+        "solid_component_mm": _solid_component_mm(
+            nodule_type, float(axes["mean_diameter_mm"]), hu_zyx[wide], wide_mask, spacing, density
+        ),
     }
+
+
+def _solid_component_mm(
+    nodule_type: str,
+    mean_diameter_mm: float,
+    hu_wide: np.ndarray,
+    mask_wide: np.ndarray,
+    spacing: np.ndarray,
+    density: DensityThresholds,
+) -> float:
+    """Lung-RADS mean diameter (mm) of the solid component: the part-solid nodule's largest solid part measured
+    like the nodule (:func:`~pipelines.nodule_axes.axial_diameters_mm`); the whole nodule's for solid and
+    calcified nodules; 0 for ground-glass."""
+    if nodule_type == "ground-glass":
+        return 0.0
+    if nodule_type != "part-solid":
+        return mean_diameter_mm
+    solid = solid_component_mask(hu_wide, mask_wide, thresholds=density)
+    return float(axial_diameters_mm(solid, spacing)["mean_diameter_mm"])
 
 
 def _candidate_components(
@@ -296,11 +341,13 @@ def extract_nodules(
         ``i`` (1..N, by descending probability). ``nodules[i - 1]`` describes it: ``nodule_id``;
         ``canonical_index_zyx`` (probability-weighted centroid of the component's peak,
         :func:`peak_centre`; continuous voxel index ``[z, y, x]``);
-        ``diameter_mm`` (equivalent sphere from the volume); ``long_axis_mm`` and ``short_axis_mm``
-        (major and minor axes of the ellipsoid with the same second moments, scikit-image regionprops with
-        spacing, 3-D); ``volume_mm3``; ``voxel_count``; ``mean_hu``, ``max_hu``, ``std_hu``; ``type`` and
-        ``solid_component_mm`` (:func:`~pipelines.nodule_density.classify_density`); ``probability``
-        (:func:`probability_score`); ``lung_side`` (``right``/``left``/``unknown``).
+        ``equivalent_diameter_mm`` (diameter of the sphere of the same volume; also under ``diameter_mm``, the
+        size the candidate merging and matching use); ``long_axis_mm``, ``short_axis_mm`` and
+        ``mean_diameter_mm`` (Lung-RADS: on the largest axial slice, :func:`~pipelines.nodule_axes.axial_diameters_mm`);
+        ``volume_mm3``; ``voxel_count``; ``mean_hu``, ``max_hu``, ``std_hu``; ``type``
+        (:func:`~pipelines.nodule_density.classify_density`) and ``solid_component_mm`` (the solid part's
+        Lung-RADS mean diameter: the nodule's own for solid and calcified, 0 for ground-glass); ``probability``
+        (the network score, :func:`probability_score`; not calibrated); ``lung_side`` (``right``/``left``/``unknown``).
         An empty map gives an all-zero mask and ``[]``.
 
     Raises:
@@ -367,6 +414,8 @@ def measure_sphere(
     row.update(
         canonical_index_zyx=tuple(float(v) for v in c),
         diameter_mm=float(diameter_mm),
+        equivalent_diameter_mm=float(diameter_mm),
+        mean_diameter_mm=float(diameter_mm),
         long_axis_mm=float(diameter_mm),
         short_axis_mm=float(diameter_mm),
         volume_mm3=volume,

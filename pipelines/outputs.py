@@ -47,20 +47,23 @@ NODULE_COLUMNS = (
     "voxel_i",
     "voxel_j",
     "voxel_k",
-    "diameter_mm",
+    "mean_diameter_mm",
     "long_axis_mm",
     "short_axis_mm",
+    "equivalent_diameter_mm",
     "volume_mm3",
     "mean_hu",
     "max_hu",
     "type",
     "solid_component_mm",
     "lung_side",
+    "lung_zone",
     "lung_rads",
+    "size_category",
 )
 #: ``candidates.csv``: every candidate, with where it came from (``network`` or ``second_look``) and the network
 #: grid (mm) whose score it carries (:mod:`pipelines.multiscale`).
-CANDIDATE_COLUMNS = ("candidate_id", *NODULE_COLUMNS[1:-1], "source", "scale_mm")
+CANDIDATE_COLUMNS = ("candidate_id", *NODULE_COLUMNS[1:-3], "source", "scale_mm")
 SUMMARY_COLUMNS = (
     "case_id",
     "status",

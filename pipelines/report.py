@@ -1,5 +1,5 @@
-"""Per-case HTML report: nodule crops with mask and probability overlays, a lung MIP, the nodule table
-and the Lung-RADS category.
+"""Per-case HTML report: nodule crops with mask and network-output overlays, a lung MIP, a compact nodule
+table and the Lung-RADS category.
 
 ``write_case_report`` writes ``out_dir/report.html`` and its PNG figures in ``out_dir/report_files/``;
 the page links them relatively, so the folder can be moved or zipped as a whole. Every file is written to
@@ -35,31 +35,24 @@ __all__ = ["NODULE_COLUMNS", "format_value", "write_case_report", "write_index"]
 
 FILES_DIR = "report_files"
 
-#: Nodule table columns: (key, header, unit). Other scalar keys found in the nodule dicts follow them.
+#: Nodule table columns: (key, header, unit). Only what a reader needs; every measurement is in ``nodules.csv``.
 NODULE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("nodule_id", "Nodule", ""),
+    ("location", "Location", "centre, LPS mm"),
     ("type", "Type", ""),
-    ("lung_rads", "Lung-RADS", ""),
-    ("diameter_mm", "Mean diameter", "mm"),
-    ("long_axis_mm", "Long axis", "mm"),
-    ("short_axis_mm", "Short axis", "mm"),
-    ("solid_component_mm", "Solid component", "mm"),
+    ("axes", "Long × short axis", "mm"),
+    ("mean_diameter_mm", "Mean diameter", "mm"),
     ("volume_mm3", "Volume", "mm³"),
-    ("probability", "Probability", "0-1"),
-    ("mean_hu", "Mean density", "HU"),
-    ("max_hu", "Max density", "HU"),
-    ("lung_side", "Lung", ""),
-    ("center_lps_x_mm", "Centre LPS x", "mm"),
-    ("center_lps_y_mm", "Centre LPS y", "mm"),
-    ("center_lps_z_mm", "Centre LPS z", "mm"),
-    ("center_ras_x_mm", "Centre RAS x", "mm"),
-    ("center_ras_y_mm", "Centre RAS y", "mm"),
-    ("center_ras_z_mm", "Centre RAS z", "mm"),
-    ("voxel_i", "Voxel i", "index"),
-    ("voxel_j", "Voxel j", "index"),
-    ("voxel_k", "Voxel k", "index"),
+    ("lung_rads", "Lung-RADS", ""),
+    ("probability", "Score", "0-1"),
 )
-_HIDDEN_KEYS = {"canonical_index_zyx", "label"}
+TABLE_NOTE = (
+    "Mean diameter: Lung-RADS v2022, the mean of the long axis and the perpendicular short axis on the nodule's "
+    "largest axial slice; the category is based on it (not on the volume). Solid part: measured the same way. "
+    "Score: the network's output for the nodule (0-1), a ranking score, not a calibrated probability of "
+    "malignancy. Zone: the third of that lung's height (upper, middle, lower), not a lobe. Every measurement "
+    "(equivalent-sphere diameter, density, RAS and voxel coordinates, scores) is in nodules.csv."
+)
 _IDENTIFYING = (
     "patient",
     "birth",
@@ -129,14 +122,10 @@ def _nodule_center(nodule: Mapping[str, Any], shape: Sequence[int]) -> tuple[int
     return tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(index, shape))  # type: ignore[return-value]
 
 
-def _per_nodule_categories(
-    category: Mapping[str, Any], nodules: Sequence[Mapping[str, Any]]
-) -> dict[str, str]:
-    """Lung-RADS category per ``nodule_id``: from ``categorize_scan``, else each nodule's ``lung_rads`` key."""
-    found = {str(n.get("nodule_id")): str(n["lung_rads"]) for n in nodules if n.get("lung_rads")}
-    for item in category.get("nodule_categories", []) or []:
-        found[str(item.get("nodule_id"))] = str(item.get("category"))
-    return found
+def _per_nodule_categories(nodules: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Lung-RADS category per ``nodule_id``, as assigned by :func:`pipelines.lungrads.assign_categories`
+    (each nodule's ``lung_rads``): the report reads categories, it never assigns them."""
+    return {str(n.get("nodule_id")): str(n["lung_rads"]) for n in nodules if n.get("lung_rads")}
 
 
 def _safe_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
@@ -169,9 +158,11 @@ def _render_figures(
     markers, images = [], []
     for number, nodule in enumerate(nodules, start=1):
         center = _nodule_center(nodule, hu_zyx.shape)
-        radius = float(nodule.get("long_axis_mm") or nodule.get("diameter_mm") or 8.0) / 2.0 + 3.0
+        radius = float(nodule.get("long_axis_mm") or _mean_diameter(nodule) or 8.0) / 2.0 + 3.0
         cat = categories.get(str(nodule.get("nodule_id")), "")
-        markers.append({"number": number, "center_zyx": center, "radius_mm": radius, "category": cat})
+        markers.append(
+            {"number": _shown_id(nodule, number), "center_zyx": center, "radius_mm": radius, "category": cat}
+        )
         if number > max_nodule_figures:
             continue
         label = _nodule_label(nodule, nodule_mask_zyx, center)
@@ -200,54 +191,99 @@ def _render_figures(
     return images, caption, [*images, "mip_coronal.png"]
 
 
+def _shown_id(nodule: Mapping[str, Any], number: int) -> str:
+    """The id a reader sees in the table, the MIP and the figures: ``nodule_id``, else the row number."""
+    value = nodule.get("nodule_id")
+    return str(number if value is None or value == "" else value)
+
+
+def _mean_diameter(nodule: Mapping[str, Any]) -> float | None:
+    """The Lung-RADS mean diameter (``mean_diameter_mm``; ``diameter_mm`` for dicts that have no other size)."""
+    for key in ("mean_diameter_mm", "diameter_mm"):
+        value = nodule.get(key)
+        if value is not None and value != "":
+            return float(value)
+    return None
+
+
 def _nodule_heading(number: int, nodule: Mapping[str, Any], category: str) -> str:
-    parts = [
-        f"#{number}",
-        str(nodule.get("type", "")),
-        f"{format_value('diameter_mm', nodule.get('diameter_mm'))} mm",
-    ]
+    parts = [f"#{_shown_id(nodule, number)}", str(nodule.get("type", "")), _size_text(nodule)]
     if category:
         parts.append(f"Lung-RADS {category}")
     if nodule.get("probability") is not None:
-        parts.append(f"p = {format_value('probability', nodule.get('probability'))}")
+        parts.append(f"score {format_value('probability', nodule.get('probability'))}")
     if nodule.get("lung_side"):
-        parts.append(f"{nodule['lung_side']} lung")
+        parts.append(_place_text(nodule))
     return " · ".join(p for p in parts if p)
 
 
-def _table_columns(nodules: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
-    known = {key for key, _, _ in NODULE_COLUMNS}
-    extra_keys: list[str] = []
-    for nodule in nodules:
-        for key, value in nodule.items():
-            scalar = value is None or isinstance(value, (str, int, float, np.integer, np.floating))
-            if key not in known and key not in _HIDDEN_KEYS and key not in extra_keys and scalar:
-                extra_keys.append(key)
-    return [*NODULE_COLUMNS, *((k, k, "") for k in extra_keys)]
+def _size_text(nodule: Mapping[str, Any]) -> str:
+    """``12.3 × 8.1 mm (mean 10.2 mm)``, or the mean alone when the axes are missing."""
+    mean = format_value("mean_diameter_mm", _mean_diameter(nodule))
+    if nodule.get("long_axis_mm") is None or nodule.get("short_axis_mm") is None:
+        return f"mean {mean} mm"
+    axes = f"{format_value('long_axis_mm', nodule['long_axis_mm'])} × {format_value('short_axis_mm', nodule['short_axis_mm'])}"
+    return f"{axes} mm (mean {mean} mm)"
+
+
+def _place_text(nodule: Mapping[str, Any]) -> str:
+    """``right lung, upper zone`` (zone only when known)."""
+    side = str(nodule.get("lung_side") or "unknown")
+    text = "lung side unknown" if side == "unknown" else f"{side} lung"
+    return f"{text}, {nodule['lung_zone']} zone" if nodule.get("lung_zone") else text
+
+
+def _cell(key: str, nodule: Mapping[str, Any], categories: Mapping[str, str]) -> str:
+    """The (escaped) HTML of one cell of the compact nodule table."""
+    if key == "location":
+        coords = [nodule.get(f"center_lps_{a}_mm") for a in "xyz"]
+        lps = ", ".join(format_value("center_lps_x_mm", c) for c in coords)
+        return f'{_esc(_place_text(nodule))}<br><span class="unit">({_esc(lps)})</span>'
+    if key == "type":
+        text = _esc(format_value("type", nodule.get("type")))
+        if nodule.get("type") == "part-solid" and nodule.get("solid_component_mm") is not None:
+            solid = format_value("solid_component_mm", nodule["solid_component_mm"])
+            text += f'<br><span class="unit">solid part {_esc(solid)} mm</span>'
+        return text
+    if key == "axes":
+        if nodule.get("long_axis_mm") is None or nodule.get("short_axis_mm") is None:
+            return "–"
+        return _esc(
+            f"{format_value('long_axis_mm', nodule['long_axis_mm'])} × {format_value('short_axis_mm', nodule['short_axis_mm'])}"
+        )
+    if key == "mean_diameter_mm":
+        return _esc(format_value(key, _mean_diameter(nodule)))
+    if key == "lung_rads":
+        cat = categories.get(str(nodule.get("nodule_id")), "–")
+        own = nodule.get("size_category")
+        extra = f'<br><span class="unit">{_esc(own)} by size</span>' if own and own != cat else ""
+        return _esc(cat) + extra
+    return _esc(format_value(key, nodule.get(key)))
 
 
 def _nodule_table(nodules: Sequence[Mapping[str, Any]], categories: Mapping[str, str]) -> str:
     if not nodules:
         return '<p class="muted">No nodules were found.</p>'
-    columns = _table_columns(nodules)
     head = "".join(
         f'<th data-key="{_esc(k)}">{_esc(h)}'
         + (f'<br><span class="unit">({_esc(u)})</span>' if u else "")
         + "</th>"
-        for k, h, u in columns
+        for k, h, u in NODULE_COLUMNS
     )
     rows = []
     for number, nodule in enumerate(nodules, start=1):
-        cells = [f'<td class="num">{number}</td>']
-        for key, _, _ in columns:
-            value = (
-                categories.get(str(nodule.get("nodule_id")), "–") if key == "lung_rads" else nodule.get(key)
+        cells = []
+        for key, _, _ in NODULE_COLUMNS:
+            content = (
+                _esc(_shown_id(nodule, number)) if key == "nodule_id" else _cell(key, nodule, categories)
             )
-            cells.append(f'<td data-key="{_esc(key)}">{_esc(format_value(key, value))}</td>')
+            align = ' class="left"' if key in ("location", "type") else ""
+            cells.append(f'<td data-key="{_esc(key)}"{align}>{content}</td>')
         rows.append(f'<tr id="row-{number}">{"".join(cells)}</tr>')
     return (
-        '<div class="scroll"><table id="nodules" class="data"><thead><tr><th>#</th>'
-        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        '<div class="scroll"><table id="nodules" class="data">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f'<p class="muted small">{_esc(TABLE_NOTE)}</p>'
     )
 
 
@@ -263,6 +299,8 @@ def _category_box(category: Mapping[str, Any]) -> str:
     ]
     if deciding is not None:
         lines.append(f"<div><b>Deciding nodule:</b> {_esc(deciding)}</div>")
+    if category.get("size_basis"):
+        lines.append(f'<div class="muted small"><b>Size:</b> {_esc(category["size_basis"])}</div>')
     lines.append(f'<div class="note">{_esc(category.get("note", LUNG_RADS_NOTE))}</div>')
     lines.append(
         f'<div class="muted small">{_esc(category.get("reference", LUNG_RADS_REFERENCE))}</div></div></div>'
@@ -308,7 +346,8 @@ def _figures_html(
         parts.append(
             '<p class="muted small">Radiological convention: axial and coronal show patient right on the image left; '
             "sagittal shows anterior on the left. Magenta: this nodule's mask; white dashed: other nodules; colour: "
-            "network probability (shown from 0.1). Pixels keep their physical aspect ratio.</p>"
+            "the network's voxel output (0-1, shown from 0.1; not a calibrated probability). Pixels keep their "
+            "physical aspect ratio.</p>"
         )
     return "\n".join(parts)
 
@@ -331,12 +370,10 @@ def _body_html(
     images: Sequence[str],
     mip_caption: str,
 ) -> str:
-    largest = max(
-        (float(n["diameter_mm"]) for n in nodules if n.get("diameter_mm") is not None), default=None
-    )
+    largest = max((d for d in map(_mean_diameter, nodules) if d is not None), default=None)
     summary = f"{len(nodules)} nodule(s)"
     if largest is not None:
-        summary += f"; largest {format_value('diameter_mm', largest)} mm"
+        summary += f"; largest {format_value('mean_diameter_mm', largest)} mm mean diameter"
     return "\n".join(
         [
             f'<header><h1>Case {_esc(case_id)}</h1><div class="muted">{_esc(summary)}</div></header>',
@@ -373,13 +410,16 @@ def write_case_report(
         out_dir: the case's output folder (created if needed).
         hu_zyx: CT in HU, ``[z, y, x]`` on the canonical LPS grid.
         spacing_zyx: voxel spacing in mm, array-axis order ``(z, y, x)``.
-        nodules: nodule dicts as in ``nodules.json`` (``nodule_id``, ``type``, ``diameter_mm``, ...,
+        nodules: nodule dicts as in ``nodules.json`` (``nodule_id``, ``type``, ``mean_diameter_mm``,
+            ``long_axis_mm``, ``short_axis_mm``, ``volume_mm3``, ``probability`` (shown as the score),
+            ``lung_side``, ``lung_zone``, ``center_lps_*_mm``, ``lung_rads`` (assigned by
+            :func:`pipelines.lungrads.assign_categories`; the report does not categorise), ...,
             ``canonical_index_zyx`` = voxel ``[z, y, x]`` of the centre on the canonical grid).
         nodule_mask_zyx: nodule instance labels (0 background) ``[z, y, x]``; a nodule's label is its
             ``label`` key, else its integer ``nodule_id``, else the label at its centre.
         probability_zyx: network probability in [0, 1] ``[z, y, x]``, or ``None`` (no heat map).
         lung_mask_zyx: lung labels ``[z, y, x]`` (1 right, 2 left), or ``None``.
-        category: the result of :func:`pipelines.lungrads.categorize_scan`.
+        category: the scan's category (:func:`pipelines.lungrads.assign_categories`), shown in the Lung-RADS box.
         extra: scan and run details shown as a key/value table (e.g. spacing, lung volume, timings,
             bundle version); identifying keys are dropped.
         max_nodule_figures: figures are drawn for the first this many nodules; all are in the table.
@@ -400,7 +440,7 @@ def write_case_report(
     out_dir = Path(out_dir)
     files_dir = out_dir / FILES_DIR
     files_dir.mkdir(parents=True, exist_ok=True)
-    categories = _per_nodule_categories(category, nodules)
+    categories = _per_nodule_categories(nodules)
     images, mip_caption, written = _render_figures(
         files_dir=files_dir,
         hu_zyx=hu_zyx,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
@@ -43,6 +44,10 @@ OTHER_CONTOUR_COLOR = "#ffffff"
 MARKER_COLORS = {"0": "#b0bec5", "1": "#00e676", "2": "#00e676", "3": "#ffea00", "4A": "#ff9100"}
 MARKER_COLORS.update({"4B": "#ff1744", "4X": "#ff1744"})
 DPI = 100
+#: Height (pixels of the PNG) of the digits that number the circles of the MIP, drawn with a dark outline.
+MARKER_DIGIT_PX = 16.0
+_DIGIT_HEIGHT_EM = 0.73  # a DejaVu Sans digit is about 0.73 em tall
+MARKER_FONT_PT = MARKER_DIGIT_PX / _DIGIT_HEIGHT_EM * 72.0 / DPI
 
 
 @dataclass(frozen=True)
@@ -309,7 +314,7 @@ def nodule_figure_png(
     heat = None
     for ax, (view, hu), (_, lab), prob in zip(axes[2:5], views, labels, probs):
         p = None if prob is None else prob[1]
-        title = f"{view.name.capitalize()} + mask" + (" + probability" if p is not None else "")
+        title = f"{view.name.capitalize()} + mask" + (" + network output" if p is not None else "")
         heat = (
             draw_view(
                 ax,
@@ -335,7 +340,7 @@ def nodule_figure_png(
         cax = fig.add_axes((0.948, 0.08, 0.008, 0.66))
         bar = fig.colorbar(heat, cax=cax)
         bar.ax.tick_params(labelsize=7)
-        bar.set_label("probability", fontsize=7)
+        bar.set_label("network output (not calibrated)", fontsize=7)
     return figure_png(fig)
 
 
@@ -386,10 +391,18 @@ def _draw_markers(
         cx, cy = (x - left_x + 0.5) * sx, (top_z - 1 - z + 0.5) * sz
         color = MARKER_COLORS.get(str(marker.get("category")), "#00e5ff")
         radius = max(float(marker.get("radius_mm", 5.0)), 4.0)
-        ax.add_patch(Circle((cx, cy), radius, fill=False, edgecolor=color, linewidth=1.6))
-        number = str(marker["number"])
-        ax.text(cx + radius * 0.75, cy - radius * 0.75, number, color=color, fontsize=10, fontweight="bold")
-        reach = radius + 8.0
+        ax.add_patch(Circle((cx, cy), radius, fill=False, edgecolor=color, linewidth=2.0))
+        ax.text(
+            cx + radius * 0.75,
+            cy - radius * 0.75,
+            str(marker["number"]),
+            color=color,
+            fontsize=MARKER_FONT_PT,
+            fontweight="bold",
+            path_effects=[patheffects.withStroke(linewidth=3.5, foreground="black")],
+            gid="marker-label",
+        )
+        reach = radius + 14.0
         bounds = [
             min(bounds[0], cx - reach),
             max(bounds[1], cx + reach),

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.lungrads import (
     MANAGEMENT,
+    assign_categories,
     categorize_nodule,
     categorize_scan,
     round_mean_diameter_mm,
@@ -133,10 +134,56 @@ def test_only_benign_calcified_nodules_give_category_1() -> None:
     assert result["deciding_nodule_id"] == 1
 
 
-def test_incomplete_scan_is_category_0_but_keeps_nodule_categories() -> None:
-    nodules = [{"nodule_id": 7, "type": "solid", "diameter_mm": 16.0, "solid_component_mm": None}]
+def test_incomplete_scan_is_category_0_for_every_nodule_and_names_a_suspicious_one() -> None:
+    nodules = [
+        {"nodule_id": 7, "type": "solid", "mean_diameter_mm": 16.0, "solid_component_mm": None},
+        {"nodule_id": 8, "type": "solid", "mean_diameter_mm": 4.0, "solid_component_mm": None},
+    ]
     result = categorize_scan(nodules, incomplete_reason="lung apices outside the field of view")
-    assert result["category"] == "0"
-    assert result["deciding_nodule_id"] is None
-    assert result["nodule_categories"][0]["category"] == "4B"
-    assert "apices" in result["reason"]
+    assert result["category"] == "0" and result["descriptor"] == "Incomplete"
+    assert result["deciding_nodule_id"] is None and result["deciding_nodule"] is None
+    assert [c["category"] for c in result["nodule_categories"]] == ["0", "0"]  # nothing looks benign
+    assert [c["size_category"] for c in result["nodule_categories"]] == ["4B", "2"]  # kept for the reader
+    assert "apices" in result["reason"] and "nodule 7 would be Lung-RADS 4B" in result["reason"]
+
+
+def test_incomplete_scan_without_suspicious_nodule_gives_only_the_reason() -> None:
+    result = categorize_scan(
+        [{"nodule_id": 1, "type": "solid", "mean_diameter_mm": 4.0}], incomplete_reason="slices 4 mm thick"
+    )
+    assert result["reason"] == "incomplete: slices 4 mm thick"
+
+
+def test_category_uses_the_mean_diameter_not_the_equivalent_diameter() -> None:
+    # an elongated nodule: equivalent-sphere 5.2 mm (category 2), Lung-RADS mean diameter 6.4 mm (category 3)
+    nodule = {
+        "nodule_id": 1,
+        "type": "solid",
+        "mean_diameter_mm": 6.4,
+        "equivalent_diameter_mm": 5.2,
+        "diameter_mm": 5.2,
+    }
+    result = categorize_scan([nodule])
+    assert result["category"] == "3" and "6.4 mm" in result["reason"]
+    assert "mean diameter" in result["size_basis"] and "volume not used" in result["size_basis"]
+
+
+@pytest.mark.parametrize(
+    ("mean_mm", "expected"),
+    [(5.94, "2"), (5.95, "3"), (7.94, "3"), (7.95, "4A"), (14.94, "4A"), (14.95, "4B")],
+)
+def test_solid_boundaries_on_the_mean_diameter(mean_mm: float, expected: str) -> None:
+    nodule = {"nodule_id": 1, "type": "solid", "mean_diameter_mm": mean_mm, "diameter_mm": 1.0}
+    assert categorize_scan([nodule])["category"] == expected
+
+
+def test_assign_categories_writes_each_nodule_once() -> None:
+    nodules = [
+        {"nodule_id": 1, "type": "solid", "mean_diameter_mm": 9.0},
+        {"nodule_id": 2, "type": "ground-glass", "mean_diameter_mm": 12.0},
+    ]
+    result = assign_categories(nodules)
+    assert result["category"] == "4A"
+    assert [(n["lung_rads"], n["size_category"]) for n in nodules] == [("4A", "4A"), ("2", "2")]
+    assign_categories(nodules, incomplete_reason="lungs cut off")
+    assert [(n["lung_rads"], n["size_category"]) for n in nodules] == [("0", "4A"), ("0", "2")]
