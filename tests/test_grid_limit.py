@@ -85,3 +85,20 @@ def test_coarse_scan_grid_refused_in_a_run(tmp_path: Path, weights: str) -> None
         "coarse.nii.gz: resampling the" in reason and f"to {FAST['target_spacing_mm']:g} mm voxels" in reason
     )
     assert "setting max_input_voxels" in reason, reason
+
+
+def test_segmentation_plan_grid_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.plan import SegPlan
+    from pipelines.seg_transforms import ResampleToPland
+
+    monkeypatch.setattr(preprocess, "resample", lambda *a, **k: pytest.fail("resampled"))
+    plan = SegPlan(
+        modality="mri", num_channels=1, label_values=(0, 1), label_names={}, target_spacing_zyx=(0.1, 0.1, 0.1),
+        patch_size_zyx=(8, 16, 16), strides=((2, 2, 2),), features=(8, 16),
+    )  # fmt: skip
+    data = _case((40, 256, 256), (5.0, 1.0, 1.0))
+    data["case_id"] = "mri_case"
+    with pytest.raises(
+        io.ImageReadError, match=r"^mri_case: resampling the 200x256x256 mm region .* 0\.1 mm"
+    ):
+        ResampleToPland(["image"], plan=plan, max_voxels=400_000_000)(data)
