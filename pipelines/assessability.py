@@ -8,15 +8,16 @@ category 0 as well; its own size category is kept as ``size_category``.
 
 The rule. A case is **not assessable** when any of these holds (thresholds in :class:`Limits`):
 
-1. **thin slab / localizer**: the volume spans less than ``min_extent_mm = 30`` mm along any axis (e.g. a 2-slice
-   stack: 1 mm; a localizer series that reached screening). The network is **not run** on such a volume
-   (:func:`screenable`): a 3D detector has no context there, and the end-on vessels of a 2-slice stack look like
-   nodules. A series whose DICOM ImageType says LOCALIZER or SCOUT is not assessable either (those are
-   normally skipped when the input folder is read).
+1. **thin slab / localizer**: the volume spans less than ``min_extent_mm = 30`` mm along any axis (e.g. a
+   2-slice stack of 1 mm slices: 2 mm; a localizer series that reached screening). The network is **not run**
+   on such a volume (:func:`screenable`): a 3D detector has no context there, and the end-on vessels of a
+   2-slice stack look like nodules. A series whose DICOM ImageType says LOCALIZER or SCOUT is not assessable
+   either (those are normally skipped when the input folder is read).
 2. **slices too thick**: the coarsest voxel spacing (in practice the slice spacing), or the DICOM
    SliceThickness when it is larger, exceeds ``max_slice_mm = 3.0`` mm: the network is validated on scans of
-   0.6-2.5 mm slices (its small training phantoms reach 3.5 mm) and small nodules vanish in thick slices. Above ``warn_slice_mm = 2.5`` mm the case stays
-   assessable with a warning (lung screening protocols reconstruct at 2.5 mm or thinner, 1 mm preferred).
+   0.6-2.5 mm slices (its small training phantoms reach 3.5 mm) and small nodules vanish in thick slices.
+   Above ``warn_slice_mm = 2.5`` mm the case stays assessable with a warning (lung screening protocols
+   reconstruct at 2.5 mm or thinner, 1 mm preferred).
 3. **no lungs, or lungs mostly outside the field of view**: the lung mask holds less than
    ``min_lung_volume_ml = 500`` mL (adult lungs at inspiration hold 3-7 L, the smallest synthetic demo lungs
    about 1.1 L; an abdominal CT with the lung bases in its top slices holds a few hundred mL at most).

@@ -217,13 +217,19 @@ def _nodule_heading(number: int, nodule: Mapping[str, Any], category: str) -> st
     return " · ".join(p for p in parts if p)
 
 
+def _axes_text(nodule: Mapping[str, Any]) -> str | None:
+    """``12.3 × 8.1`` (long × short axis, mm), or None when either is missing."""
+    long_axis, short_axis = nodule.get("long_axis_mm"), nodule.get("short_axis_mm")
+    if long_axis is None or short_axis is None:
+        return None
+    return f"{format_value('long_axis_mm', long_axis)} × {format_value('short_axis_mm', short_axis)}"
+
+
 def _size_text(nodule: Mapping[str, Any]) -> str:
     """``12.3 × 8.1 mm (mean 10.2 mm)``, or the mean alone when the axes are missing."""
     mean = format_value("mean_diameter_mm", _mean_diameter(nodule))
-    if nodule.get("long_axis_mm") is None or nodule.get("short_axis_mm") is None:
-        return f"mean {mean} mm"
-    axes = f"{format_value('long_axis_mm', nodule['long_axis_mm'])} × {format_value('short_axis_mm', nodule['short_axis_mm'])}"
-    return f"{axes} mm (mean {mean} mm)"
+    axes = _axes_text(nodule)
+    return f"mean {mean} mm" if axes is None else f"{axes} mm (mean {mean} mm)"
 
 
 def _place_text(nodule: Mapping[str, Any]) -> str:
@@ -246,11 +252,7 @@ def _cell(key: str, nodule: Mapping[str, Any], categories: Mapping[str, str]) ->
             text += f'<br><span class="unit">solid part {_esc(solid)} mm</span>'
         return text
     if key == "axes":
-        if nodule.get("long_axis_mm") is None or nodule.get("short_axis_mm") is None:
-            return "–"
-        return _esc(
-            f"{format_value('long_axis_mm', nodule['long_axis_mm'])} × {format_value('short_axis_mm', nodule['short_axis_mm'])}"
-        )
+        return _esc(_axes_text(nodule) or "–")
     if key == "mean_diameter_mm":
         return _esc(format_value(key, _mean_diameter(nodule)))
     if key == "lung_rads":

@@ -66,13 +66,16 @@ def test_sphere_diameter_and_volume_within_10_percent() -> None:
 def test_ellipsoid_axes_are_measured_on_the_axial_plane_with_anisotropic_spacing() -> None:
     spacing = (1.25, 0.5, 0.7)
     shape = (24, 50, 60)
-    semi = (3.0, 5.0, 9.0)  # mm along z, y, x: axial long axis 18 mm (x), short 10 mm (y); 6 mm in z is not used
+    # mm along z, y, x: axial long axis 18 mm (x), short 10 mm (y); the 6 mm in z is not used
+    semi = (3.0, 5.0, 9.0)
     blob = _ellipsoid(shape, (12.0, 25.3, 30.2), semi, spacing)
     _, nodules = extract_nodules(blob.astype(np.float32), _lung(shape) + blob * 890, spacing)
     nod = nodules[0]
     assert abs(nod["long_axis_mm"] - 18.0) <= 0.5 * 0.7  # within half a voxel
     assert abs(nod["short_axis_mm"] - 10.0) <= 0.5 * 0.7
-    assert nod["mean_diameter_mm"] == pytest.approx((nod["long_axis_mm"] + nod["short_axis_mm"]) / 2, abs=0.051)
+    assert nod["mean_diameter_mm"] == pytest.approx(
+        (nod["long_axis_mm"] + nod["short_axis_mm"]) / 2, abs=0.051
+    )
     assert nod["volume_mm3"] == pytest.approx(4.0 / 3.0 * math.pi * 3 * 5 * 9, rel=0.10)
     assert nod["equivalent_diameter_mm"] == nod["diameter_mm"]
     assert nod["equivalent_diameter_mm"] == pytest.approx(2.0 * (3 * 5 * 9) ** (1 / 3), rel=0.10)
