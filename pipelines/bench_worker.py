@@ -161,7 +161,6 @@ def _time_writes(
 ) -> None:
     """Masks and tables as ``write_case`` writes them (report off), then the HTML report on its own."""
     from pipelines.case_writer import _write_report, write_case
-    from pipelines.lungrads import categorize_scan
 
     no_report = dataclasses.replace(settings, report=False)
     with clock("write"):
@@ -179,7 +178,7 @@ def _time_writes(
         folder = out / "stages" / "cases" / case.case_id
         meta = json.loads((folder / "nodules.json").read_text())
         with clock("report"):
-            _write_report(folder, case, data, result, categorize_scan(result.nodules), meta)
+            _write_report(folder, case, data, result, meta["lung_rads"], meta)  # as write_case assigned it
 
 
 def task_screen(spec: Spec) -> dict[str, Any]:
