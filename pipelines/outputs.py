@@ -13,6 +13,10 @@ Layout of an output folder::
 
 Per-case ``result.json`` and ``.state/failed/<case_id>.json`` records are the truth; the run tables are
 rebuilt from them, so sharded runs (one writer per rank) and resumed runs merge by construction.
+
+Every CSV cell of text that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return) is written with a leading ``'`` (OWASP's rule; :func:`csv_safe`); numbers stay
+numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import io as _io
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,12 +150,27 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def to_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` (header ``columns``; missing keys empty, extra keys ignored); floats rounded for
+    reading (:func:`_fmt`), text that a spreadsheet would evaluate neutralised (:func:`csv_safe`)."""
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+        writer.writerow({k: csv_safe(_fmt(row.get(k))) for k in columns})
     return buf.getvalue()
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|nan)$")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell that no spreadsheet evaluates: text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's rule against CSV injection). Numbers (``-512.3`` as a number or as
+    plain numeric text) and all other values are returned unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(value):
+        return "'" + value
+    return value
 
 
 def _fmt(value: Any) -> Any:
