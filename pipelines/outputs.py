@@ -125,7 +125,9 @@ def done_state(output_dir: Path, case_id: str, fingerprint: str) -> str:
     recorded = record.get("fingerprint")
     if recorded == fingerprint:
         return "done"
-    same_setup = isinstance(recorded, str) and recorded.split(":")[0] == fingerprint.split(":")[0]
+    same_setup = (  # an earlier version recorded the run's part alone: count that as another setup
+        isinstance(recorded, str) and ":" in recorded and recorded.split(":")[0] == fingerprint.split(":")[0]
+    )
     return "other_input" if same_setup else "other_setup"
 
 

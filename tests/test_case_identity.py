@@ -212,3 +212,25 @@ def test_renamed_input_rerun_never_keeps_another_scans_results(tmp_path: Path, w
     assert (res.succeeded, res.skipped) == (1, 0)
     assert _lungs_size(out, "patB_ct") == _size_xyz("C")
     assert read_result(out, "patB_ct")["info"]["input"] == str(inp / "patB" / "ct.nii.gz")
+
+
+def test_done_state_tells_why_a_case_is_done_again(tmp_path: Path) -> None:
+    import json
+
+    from pipelines import outputs
+
+    fp = outputs.case_fingerprint("run1", ["in1"])
+    assert outputs.done_state(tmp_path, "c", fp) == "absent"
+    record = tmp_path / "cases" / "c" / "result.json"
+    record.parent.mkdir(parents=True)
+    for recorded, state in [
+        (fp, "done"),
+        (outputs.case_fingerprint("run1", ["in2"]), "other_input"),
+        (outputs.case_fingerprint("run2", ["in1"]), "other_setup"),
+        ("run1", "other_setup"),  # written by a version that did not fingerprint inputs
+        (None, "other_setup"),
+    ]:
+        record.write_text(json.dumps({"fingerprint": recorded}))
+        assert outputs.done_state(tmp_path, "c", fp) == state, recorded
+    record.write_text("")
+    assert outputs.done_state(tmp_path, "c", fp) == "unreadable"
