@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +162,17 @@ def _write_report(
     return str(Path(path).relative_to(folder.parent.parent))
 
 
-def write_run_files(output_dir: Path, settings: ScreeningSettings, bundle_version: str) -> dict[str, int]:
-    """Rebuild summary/failures/submission tables, the index page and ``run.json``."""
+def write_run_files(
+    output_dir: Path,
+    settings: ScreeningSettings,
+    bundle_version: str,
+    *,
+    case_ids: Collection[str] | None = None,
+) -> dict[str, int]:
+    """Rebuild summary/failures/submission tables, the index page and ``run.json`` for the cases ``case_ids``
+    (those of the current run; None: every case folder of OUT). Raises OSError when a file cannot be written."""
     outputs.remove_stale_temporaries(Path(output_dir))
-    records = outputs.load_run_records(output_dir)
+    records = outputs.load_run_records(output_dir, case_ids)
     counts = outputs.rebuild_run_tables(output_dir, records)
     if settings.report:
         from pipelines.report import write_index

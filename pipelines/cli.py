@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         args.inputs = args.inputs[:-1] if len(args.inputs) > 2 else args.inputs[0]
     try:
         return int(args.func(args))
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (the engines write the run tables first), exit 130
+        print(f"lungscreen {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         if args.debug:
             raise

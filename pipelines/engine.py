@@ -4,8 +4,11 @@ It is built from the components that ``monai_bundle/configs/inference.json`` dec
 network, inferer, classifier, settings) and is what both ``python -m monai.bundle run`` and
 ``lungscreen screen`` execute. Per case: preprocess (prefetched in a thread while the previous case is on the
 network) -> sliding window -> postprocess -> write (in a background thread). A failing case is recorded with a
-one-line reason and the batch goes on. Cases already complete (``result.json`` present) are skipped unless
-``overwrite``. Under ``torchrun`` the cases are sharded over ranks and rank 0 merges the run tables.
+one-line reason (its traceback in ``failures.log``) and the batch goes on. Cases already complete (a
+``result.json`` of the same settings, weights, bundle version and input file) are skipped unless ``overwrite``.
+Under ``torchrun`` the cases are sharded over ranks and rank 0 merges the run tables. OUT is checked before any
+work; leftovers of a killed run are cleared at the start; Ctrl-C, an empty input and a run where no case
+succeeded end as :mod:`pipelines.runstate` describes.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from typing import Any
 
 import torch
 
-from pipelines import io, outputs
+from pipelines import io, outputs, runstate
 from pipelines.assessability import screenable
 from pipelines.ensemble import load_network_weights, weight_files
 from pipelines.inference import load_weights, select_device, sliding_window_probability
 from pipelines.postprocess import CaseResult, analyse_case
+from pipelines.runstate import failure_reason, root_cause  # noqa: F401 - re-exported (pipelines.screen uses it)
 from pipelines.settings import ScreeningSettings
 
 log = logging.getLogger("lungscreen")
@@ -90,7 +94,10 @@ class ScreeningEngine:
     ) -> None:
         self.input_roots = [Path(r) for r in input_roots]
         self.fine_preprocessing = fine_preprocessing if settings.fine_spacing_mm else None
-        self.cases = [c if isinstance(c, io.CaseInput) else _as_case(c, i) for i, c in enumerate(dataset)]
+        cases = [c if isinstance(c, io.CaseInput) else _as_case(c, i) for i, c in enumerate(dataset)]
+        for c in cases:  # ids given in a dataset list name folders in OUT too
+            c.case_id = io.safe_case_id(str(c.case_id))
+        self.cases = cases if _unique(cases) else io.unique_case_ids(cases)
         self.output_dir = Path(output_dir)
         self.preprocessing = preprocessing
         self.settings = settings
@@ -116,66 +123,80 @@ class ScreeningEngine:
             settings.sha256(), bundle_version, [*files, used_classifier]
         )
         self._shard: dict[str, int] = {}
+        self._case_fp: dict[str, str] = {}  # case id -> run + input fingerprint, recorded in result.json
 
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, int]:
-        """Process every case of this rank's shard; return counts (succeeded, failed, skipped)."""
-        _refuse_output_inside_inputs(self.output_dir, self.cases, self.input_roots)
+        """Process every case of this rank's shard; return counts (succeeded, failed, skipped, total).
+
+        Raises:
+            pipelines.runstate.OutputDirError: OUT unusable (before any work).
+            pipelines.runstate.NoScanFound, NoCaseSucceeded, TablesNotWritten, RunInterrupted: after the run
+                tables are written (see :func:`pipelines.runstate.finish`).
+        """
+        runstate.check_output_dir(
+            self.output_dir, inputs=runstate.input_folders(self.cases, self.input_roots)
+        )
         rank, world = shard_info()
         self._shard = {"rank": rank, "world_size": world}
-        todo = [c for i, c in enumerate(self.cases) if i % world == rank]
-        skipped: list[io.CaseInput] = []
-        stale: list[str] = []
-        for c in (
-            [] if self.overwrite else todo
-        ):  # one look at each result.json: done by this run setup or not
-            if outputs.is_done(self.output_dir, c.case_id, self.fingerprint):
-                skipped.append(c)
-            elif outputs.is_done(self.output_dir, c.case_id):
-                stale.append(c.case_id)
-        if stale:
-            log.info(
-                "%d case(s) were screened before with other settings, weights or bundle version; screening them "
-                "again: %s",
-                len(stale),
-                ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""),
-            )
-        done = {id(c) for c in skipped}
-        todo = [c for c in todo if id(c) not in done]
+        mine = [c for i, c in enumerate(self.cases) if i % world == rank]
+        runstate.clean_start(
+            self.output_dir, {c.case_id for c in mine}, {c.case_id for c in self.cases}, rank0=rank == 0
+        )
+        self._case_fp = runstate.case_fingerprints(mine, self.fingerprint)
+        todo, skipped = runstate.split_done(self.output_dir, mine, self._case_fp, overwrite=self.overwrite)
         counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(self.cases)}
-        with (
-            torch.no_grad(),  # scoped: a global set_grad_enabled(False) leaked into later training in-process
-            ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader,
-            ThreadPoolExecutor(1, thread_name_prefix="writer") as writer,
-        ):
-            pending_writes: list[tuple[io.CaseInput, Future[Any], float]] = []
-            nxt = reader.submit(self._preprocess, todo[0]) if todo else None
-            bar = _progress(len(todo), enabled=self.progress)
-            for i, case in enumerate(todo):
-                assert nxt is not None
-                fut, nxt = nxt, (reader.submit(self._preprocess, todo[i + 1]) if i + 1 < len(todo) else None)
-                t0 = time.perf_counter()
-                try:
-                    data, t_pre = fut.result()
-                    result, timings = self._compute(data)
-                    timings["preprocess"] = t_pre
-                    pending_writes.append((case, writer.submit(self._write, case, data, result, timings), t0))
-                except Exception as err:  # noqa: BLE001 - one bad case must never stop the batch
-                    self._fail(case, err, counts)
-                pending_writes = self._collect(pending_writes, counts, block=False)
-                bar.update(1)
-                bar.set_postfix_str(f"{case.case_id}: {time.perf_counter() - t0:.1f}s")
-            self._collect(pending_writes, counts, block=True)
-            bar.close()
-        self._finish(rank, world)
+        interrupted = False
+        try:
+            self._screen(todo, counts)
+        except KeyboardInterrupt:
+            interrupted = True
         self.stats = counts
+        self._finish(rank, world, counts, interrupted=interrupted)
         return counts
 
-    def _collect(self, pending: list, counts: dict[str, int], *, block: bool) -> list:
-        left = []
-        for case, fut, _t0 in pending:
+    def _screen(self, todo: list[io.CaseInput], counts: dict[str, int]) -> None:
+        """Screen ``todo``: preprocessing prefetched in one thread, writing in another. On Ctrl-C the cases
+        already computed are still written before the interrupt goes on."""
+        reader = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        writer = ThreadPoolExecutor(1, thread_name_prefix="writer")
+        bar = _progress(len(todo), enabled=self.progress)
+        pending: list[tuple[io.CaseInput, Future[Any]]] = []
+        try:
+            with torch.no_grad():  # scoped: a global set_grad_enabled(False) leaked into later training
+                nxt = reader.submit(self._preprocess, todo[0]) if todo else None
+                for i, case in enumerate(todo):
+                    assert nxt is not None
+                    fut = nxt
+                    nxt = reader.submit(self._preprocess, todo[i + 1]) if i + 1 < len(todo) else None
+                    t0 = time.perf_counter()
+                    try:
+                        data, t_pre = fut.result()
+                        result, timings = self._compute(data)
+                        timings["preprocess"] = t_pre
+                        pending.append((case, writer.submit(self._write, case, data, result, timings)))
+                    except Exception as err:  # noqa: BLE001 - one bad case must never stop the batch
+                        self._fail(case, err, counts)
+                    self._collect(pending, counts, block=False)
+                    bar.update(1)
+                    bar.set_postfix_str(f"{case.case_id}: {time.perf_counter() - t0:.1f}s")
+            self._collect(pending, counts, block=True)
+        except KeyboardInterrupt:
+            reader.shutdown(wait=False, cancel_futures=True)
+            self._collect(pending, counts, block=True)  # computed cases are written before stopping
+            raise
+        finally:
+            reader.shutdown(wait=False, cancel_futures=True)
+            writer.shutdown(wait=True)
+            bar.close()
+
+    def _collect(
+        self, pending: list[tuple[io.CaseInput, Future[Any]]], counts: dict[str, int], *, block: bool
+    ) -> None:
+        """Count the finished writes of ``pending`` (all of them with ``block``) and remove them from it."""
+        for item in list(pending):
+            case, fut = item
             if not block and not fut.done():
-                left.append((case, fut, _t0))
                 continue
             try:
                 fut.result()
@@ -183,12 +204,10 @@ class ScreeningEngine:
                 counts["succeeded"] += 1
             except Exception as err:  # noqa: BLE001
                 self._fail(case, err, counts)
-        return left
+            pending.remove(item)
 
     def _fail(self, case: io.CaseInput, err: BaseException, counts: dict[str, int]) -> None:
-        reason = failure_reason(case, err)
-        log.warning("case %s failed: %s", case.case_id, reason)
-        outputs.record_failure(self.output_dir, case.case_id, str(case.path), reason)
+        runstate.fail_case(self.output_dir, case.case_id, case.path, err)
         counts["failed"] += 1
 
     # ----------------------------------------------------------------------------------------- stages
@@ -250,6 +269,7 @@ class ScreeningEngine:
         from pipelines.case_writer import write_case
 
         t = time.perf_counter()
+        result.info["input"] = str(case.path)  # summary.csv names the input beside the case id
         write_case(
             output_dir=self.output_dir,
             case=case,
@@ -259,43 +279,29 @@ class ScreeningEngine:
             timings=timings,
             bundle_version=self.bundle_version,
             write_start=t,
-            fingerprint=self.fingerprint,
+            fingerprint=self._case_fp.get(case.case_id, self.fingerprint),
         )
 
-    def _finish(self, rank: int, world: int) -> None:
-        if world > 1 and torch.distributed.is_available():
+    def _finish(self, rank: int, world: int, counts: dict[str, int], *, interrupted: bool) -> None:
+        if world > 1 and not interrupted and torch.distributed.is_available():
             created = not torch.distributed.is_initialized()
             if created:
                 torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
             torch.distributed.barrier()
             if created:
                 torch.distributed.destroy_process_group()
-        if rank == 0:
-            from pipelines.case_writer import write_run_files
+        from pipelines.case_writer import write_run_files
 
-            write_run_files(self.output_dir, self.settings, self.bundle_version)
-
-
-def root_cause(err: BaseException) -> BaseException:
-    """The exception that started it all: MONAI's ``Compose`` wraps a transform's error in
-    ``RuntimeError("applying transform ...")``; the useful message is in the ``__cause__`` chain."""
-    seen = {id(err)}
-    while True:
-        if isinstance(err, io.ImageReadError):
-            return err
-        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-        if nxt is None or id(nxt) in seen:
-            return err
-        seen.add(id(nxt))
-        err = nxt
-
-
-def failure_reason(case: io.CaseInput, err: BaseException) -> str:
-    """One line naming the input file and what went wrong with it."""
-    cause = root_cause(err)
-    if isinstance(cause, io.ImageReadError):
-        return str(cause)
-    return f"{case.path}: {type(cause).__name__}: {cause}"
+        runstate.finish(
+            self.output_dir,
+            counts=counts,
+            write_tables=lambda: write_run_files(
+                self.output_dir, self.settings, self.bundle_version, case_ids={c.case_id for c in self.cases}
+            ),
+            rank0=rank == 0,
+            interrupted=interrupted,
+            inputs=", ".join(str(r) for r in self.input_roots) or "the inputs given",
+        )
 
 
 def _as_case(item: Any, index: int) -> io.CaseInput:
@@ -314,16 +320,8 @@ def _as_case(item: Any, index: int) -> io.CaseInput:
     return found[0] if found else io.CaseInput(io.strip_image_suffix(Path(item).name), Path(item))
 
 
-def _refuse_output_inside_inputs(
-    output_dir: Path, cases: Sequence[io.CaseInput], roots: Sequence[Path]
-) -> None:
-    """Refuse an output folder inside an input folder (given folders and DICOM series folders)."""
-    out = output_dir.resolve()
-    folders = {Path(r).resolve() for r in roots if Path(r).is_dir()}
-    folders |= {Path(c.path).resolve() for c in cases if c.is_dicom}
-    for folder in folders:
-        if out == folder or folder in out.parents:
-            raise ValueError(f"output folder {out} lies inside the input folder {folder}: choose another OUT")
+def _unique(cases: Sequence[io.CaseInput]) -> bool:
+    return len({c.case_id for c in cases}) == len(cases)
 
 
 class _NoBar:

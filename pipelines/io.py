@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,8 +50,9 @@ class CaseInput:
     """One scan to process.
 
     Attributes:
-        case_id: file/folder name without extension, or ``series_<hash>`` of a SeriesInstanceUID when a folder
-            holds several series; never a patient identifier.
+        case_id: the scan's path relative to the folder given, without extension, folders joined by ``_``
+            (:func:`discover_cases`), plus ``_<hash>`` of the SeriesInstanceUID when a folder holds several series;
+            safe as a folder name (:func:`safe_case_id`); never a patient identifier read from a header.
         path: the image file or the DICOM folder.
         dicom_files: the ordered slice files of a DICOM series (empty for single-file formats).
         notes: reasons why something was skipped next to this case (localizers, non-CT series).
@@ -81,6 +82,12 @@ def _default_file_mode() -> int:
 _FILE_MODE = _default_file_mode()
 
 
+#: Test hook: when set, called as ``before_replace(temporary, final)`` just before every rename of
+#: :func:`atomic_write`, so a test can stop the process exactly at a rename point (``os._exit``) and check
+#: that a rerun recovers. None in normal use.
+before_replace: Callable[[Path, Path], None] | None = None
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only when the block succeeds.
@@ -97,6 +104,8 @@ def atomic_write(path: str | os.PathLike[str], *, suffix: str | None = None) -> 
     os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs are shared like any file the user writes
     try:
         yield tmp
+        if before_replace is not None:
+            before_replace(tmp, final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -129,6 +138,8 @@ def _write_mhd(image: sitk.Image, final: Path, *, compress: bool) -> Path:
     try:
         sitk.WriteImage(image, str(tmp_dir / final.name), useCompression=compress)
         for produced in sorted(tmp_dir.iterdir(), key=lambda p: p.suffix != ".raw" and p.suffix != ".zraw"):
+            if before_replace is not None:
+                before_replace(produced, final.parent / produced.name)
             os.replace(produced, final.parent / produced.name)  # data first, header last
     finally:
         for leftover in tmp_dir.glob("*"):
@@ -457,29 +468,96 @@ def discover_cases(root: str | os.PathLike[str] | list, *, recursive: bool = Tru
         recursive: walk sub-folders.
 
     Returns:
-        Cases sorted by ``case_id``; localizer and non-CT DICOM series are left out with a note on the case list
-        (``notes`` of the first case of that folder, or of the first case overall when nothing else is in that
-        folder) and a logged warning. Case ids are unique (a numeric suffix is added on clashes).
+        Cases sorted by ``case_id``; localizer and non-CT DICOM series, and special files (FIFOs, devices,
+        sockets: never opened) are left out with a note on the case list (``notes`` of the first case of that
+        folder, or of the first case overall when nothing else is in that folder) and a logged warning.
+
+    Case ids are readable and stable: a scan's path relative to the folder given, without the image extension,
+    folders joined by ``_`` (``IN/patB/ct.nii.gz`` is ``patB_ct``; a file or DICOM folder given directly is its
+    own name), so an id never depends on which other scans are present. They are never ``.``/``..``, never
+    hold a path separator or start with a dot (:func:`safe_case_id`). Two scans never share an id: when two
+    names meet (``a.nii.gz`` beside ``a.mhd``), each gets the short hash of its resolved path
+    (``a_1f3e0c2d``); the same scan given twice is listed once.
     """
     roots = root if isinstance(root, list | tuple) else [root]
     cases: list[CaseInput] = []
     orphans: list[str] = []  # notes of folders whose every series was skipped
     for r in roots:
         p = Path(r)
-        if p.is_file() and not _looks_like_dicom_file(p):
-            cases.append(CaseInput(strip_image_suffix(p.name), p))
+        special = _special_file(p)
+        if special:
+            orphans.append(f"skipped {p}: {special}, not a scan file (never opened)")
+        elif p.is_file() and not _looks_like_dicom_file(p):
+            cases.append(CaseInput(safe_case_id(strip_image_suffix(p.name)), p))
         elif p.is_file():
-            cases.extend(_dicom_cases(p.parent, orphans, only_file=p))
+            cases.extend(_dicom_cases(p.parent, orphans, only_file=p, root=p.parent))
         elif p.is_dir():
             cases.extend(_walk(p, orphans, recursive=recursive))
         else:
-            cases.append(CaseInput(strip_image_suffix(p.name), p))  # fails later with a clear reason
-    cases = _unique_ids(sorted(cases, key=lambda c: (c.case_id, str(c.path))))
+            cases.append(CaseInput(safe_case_id(strip_image_suffix(p.name)), p))  # fails later, clearly
+    cases = unique_case_ids(_drop_repeats(cases))
     for note in orphans:
         logging.getLogger("lungscreen").warning("%s", note)
     if cases:
         cases[0].notes.extend(orphans)
     return cases
+
+
+_UNSAFE_ID_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+MAX_CASE_ID_BYTES = 100  # a case id names folders and temporary files (<= 255 bytes with prefixes)
+
+
+def safe_case_id(text: str) -> str:
+    """``text`` made usable as a folder name inside OUT: never empty, ``.``/``..`` or hidden, no path separator.
+
+    Control characters and ``/``, ``\\`` become ``_``; leading dots become ``_`` (``...nii.gz`` -> ``__``);
+    an id longer than :data:`MAX_CASE_ID_BYTES` (UTF-8) is cut and given the short hash of the whole text.
+    Other characters (``#``, ``%``, ``$``, ``=``, spaces, non-ASCII) are kept: tables and links escape them.
+    """
+    safe = _UNSAFE_ID_CHARS.sub("_", text)
+    stripped = safe.lstrip(".")
+    safe = "_" * (len(safe) - len(stripped)) + stripped
+    if not safe:
+        return "_"
+    if len(safe.encode()) > MAX_CASE_ID_BYTES:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        cut = safe
+        while len(cut.encode()) > MAX_CASE_ID_BYTES - 9:
+            cut = cut[:-1]
+        safe = f"{cut}_{digest}"
+    return safe
+
+
+def relative_case_id(path: Path, root: Path) -> str:
+    """The id of a scan at ``path`` found under the folder ``root``: its relative path without the image
+    extension, folders joined by ``_`` (``root/patB/ct.nii.gz`` -> ``patB_ct``); ``root`` itself gives its own
+    name (a DICOM folder given directly)."""
+    try:
+        parts = list(path.relative_to(root).parts)
+    except ValueError:
+        parts = []
+    if not parts:
+        return safe_case_id(strip_image_suffix(path.name or path.resolve().name))
+    parts[-1] = strip_image_suffix(parts[-1])
+    return safe_case_id("_".join(parts))
+
+
+def _special_file(path: Path) -> str:
+    """``"a FIFO"`` (device, socket) when ``path`` exists and is neither a regular file nor a folder; else ``""``.
+
+    Only ``stat`` is called: opening a FIFO blocks until someone writes to it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
 
 
 def _walk(root: Path, orphans: list[str], *, recursive: bool) -> list[CaseInput]:
@@ -497,12 +575,15 @@ def _walk(root: Path, orphans: list[str], *, recursive: bool) -> list[CaseInput]
             lower = name.lower()
             if lower.endswith(".raw") or lower.endswith(".zraw"):
                 continue
-            if any(lower.endswith(ext) for ext in IMAGE_SUFFIXES):
-                found.append(CaseInput(strip_image_suffix(name), f))
+            special = _special_file(f)
+            if special:
+                orphans.append(f"skipped {f}: {special}, not a scan file (never opened)")
+            elif any(lower.endswith(ext) for ext in IMAGE_SUFFIXES):
+                found.append(CaseInput(relative_case_id(f, root), f))
             elif _looks_like_dicom_file(f):
                 dicom_like.append(f)
         if dicom_like:
-            found.extend(_dicom_cases(folder, orphans))
+            found.extend(_dicom_cases(folder, orphans, root=root))
         if not recursive:
             break
     return found
@@ -519,13 +600,16 @@ def _looks_like_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _dicom_cases(folder: Path, orphans: list[str], only_file: Path | None = None) -> list[CaseInput]:
+def _dicom_cases(
+    folder: Path, orphans: list[str], *, root: Path, only_file: Path | None = None
+) -> list[CaseInput]:
+    base = relative_case_id(folder, root)
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
         series_ids = ()
     if not series_ids:
-        return [CaseInput(folder.name, folder, notes=["no readable DICOM series"])]
+        return [CaseInput(base, folder, notes=["no readable DICOM series"])]
     cases, notes = [], []
     for uid in series_ids:
         files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
@@ -535,7 +619,7 @@ def _dicom_cases(folder: Path, orphans: list[str], only_file: Path | None = None
         if skip:
             notes.append(f"skipped series {series_hash(uid)} in {folder.name}: {skip}")
             continue
-        case_id = folder.name if len(series_ids) == 1 else f"{folder.name}_{series_hash(uid)}"
+        case_id = base if len(series_ids) == 1 else f"{base}_{series_hash(uid)}"
         cases.append(CaseInput(case_id, folder, dicom_files=files, modality=modality))
     if cases:
         cases[0].notes.extend(notes)
@@ -566,14 +650,45 @@ def series_hash(series_uid: str) -> str:
     return hashlib.sha256(series_uid.encode()).hexdigest()[:12]
 
 
-def _unique_ids(cases: list[CaseInput]) -> list[CaseInput]:
-    seen: dict[str, int] = {}
+def _identity(case: CaseInput) -> tuple[str, tuple[str, ...]]:
+    return str(Path(case.path).resolve()), tuple(str(Path(f).resolve()) for f in case.dicom_files)
+
+
+def _drop_repeats(cases: list[CaseInput]) -> list[CaseInput]:
+    """The same scan listed twice (a file given twice, or given and also inside a folder given) once."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    kept = []
     for c in cases:
-        n = seen.get(c.case_id, 0)
-        seen[c.case_id] = n + 1
-        if n:
-            c.case_id = f"{c.case_id}_{n + 1}"
-    return cases
+        key = _identity(c)
+        if key not in seen:
+            seen.add(key)
+            kept.append(c)
+    return kept
+
+
+def unique_case_ids(cases: list[CaseInput]) -> list[CaseInput]:
+    """Give each case of a shared id the short hash of its resolved path; return the cases sorted by id.
+
+    The hash depends on the scan alone, so a case's id is the same whichever other scans meet it.
+    """
+    groups: dict[str, list[CaseInput]] = {}
+    for c in cases:
+        groups.setdefault(c.case_id, []).append(c)
+    for case_id, members in groups.items():
+        if len(members) > 1:
+            for c in members:
+                key = "|".join([_identity(c)[0], *_identity(c)[1][:1]])
+                c.case_id = (
+                    f"{case_id}_{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+                )
+    taken: set[str] = set()
+    for c in sorted(cases, key=lambda c: (c.case_id, str(c.path))):
+        base, n = c.case_id, 1
+        while c.case_id in taken:  # a hashed id equal to another scan's plain name: practically never
+            n += 1
+            c.case_id = f"{base}_{n}"
+        taken.add(c.case_id)
+    return sorted(cases, key=lambda c: (c.case_id, str(c.path)))
 
 
 def _case_header(case: CaseInput) -> Header:

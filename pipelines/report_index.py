@@ -1,7 +1,8 @@
 """The run's ``index.html``: one row per case, sortable by clicking a column header.
 
 Self-contained: inline CSS and a few lines of inline JavaScript, no external resources, no CDN. Links to
-each case's ``report.html`` are relative to the run folder.
+each case's ``report.html`` are relative to the run folder and URL-encoded (a case id may hold ``#``, ``%``,
+``?`` or spaces).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pipelines.io import atomic_write
 
@@ -107,6 +109,7 @@ def _category_of(row: Mapping[str, Any]) -> str:
 
 
 def _report_link(run_dir: Path, row: Mapping[str, Any]) -> str | None:
+    """The report's path relative to ``run_dir`` (POSIX, not yet URL-encoded), or None when there is none."""
     given = row.get("report") or row.get("report_path")
     path = Path(given) if given else run_dir / str(row.get("case_id", "")) / "report.html"
     if not path.is_absolute():
@@ -136,7 +139,7 @@ def _row_html(run_dir: Path, row: Mapping[str, Any]) -> str:
         f'<td data-v="{"" if count is None else f"{count:g}"}">{"–" if count is None else f"{count:.0f}"}</td>',
         f'<td data-v="{"" if largest is None else f"{largest:g}"}">{"–" if largest is None else f"{largest:.1f}"}</td>',
         f'<td class="left" data-v="{_esc(link or "")}">'
-        + (f'<a href="{_esc(link)}">report</a>' if link else "–")
+        + (f'<a href="{_esc(quote(link))}">report</a>' if link else "–")
         + "</td>",
         f'<td class="left" data-v="{_esc(note)}">{_esc(note)}</td>',
     ]

@@ -26,7 +26,9 @@ class ScreenResult:
 
     @property
     def exit_code(self) -> int:
-        """0: every case succeeded (or was already done); 1: some failed; 2: none succeeded."""
+        """0: every case succeeded (or was already done); 1: some failed; 2: none succeeded or no scan found."""
+        if self.total == 0:
+            return 2
         if self.failed == 0:
             return 0
         return 1 if self.succeeded + self.skipped > 0 else 2
@@ -72,6 +74,7 @@ def screen(
     from pipelines.bundle import load_workflow, settings_overrides
     from pipelines.engine import root_cause
     from pipelines.ensemble import weight_files
+    from pipelines.runstate import NoCaseSucceeded, NoScanFound, TablesNotWritten
 
     overrides: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -97,7 +100,10 @@ def screen(
         workflow.run()
     except RuntimeError as err:  # MONAI wraps errors of config expressions ("Failed to evaluate ...")
         cause = root_cause(err)
-        if isinstance(cause, ValueError | OSError):
+        if isinstance(cause, NoScanFound | NoCaseSucceeded):  # run tables written; the exit code says it
+            c = cause.counts
+            return ScreenResult(Path(output_dir), c["succeeded"], c["failed"], c["skipped"], c["total"])
+        if isinstance(cause, ValueError | OSError | TablesNotWritten):
             raise cause from None  # a refused output folder, a bad setting, a missing file: say it plainly
         raise
     engine = workflow.parser.get_parsed_content("evaluator")

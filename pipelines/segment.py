@@ -7,11 +7,14 @@ and channels. Output layout::
     OUT/cases/<case_id>/segmentation.nii.gz  label values of the training labels, the input's exact grid
     OUT/cases/<case_id>/volumes.csv|json     per label: voxels, volume_mm3, volume_ml
     OUT/cases/<case_id>/result.json          written last: its presence means the case is complete
-    OUT/summary.csv                          one row per case (status, seconds, volume_ml_<label> columns)
+    OUT/summary.csv                          one row per case (input, status, seconds, volume_ml_<label> columns)
     OUT/failures.csv                         failed cases with a one-line reason (.state/failed/*.json)
+    OUT/failures.log                         their tracebacks (only when some failed)
 
 A failing case (unreadable file, channel geometry mismatch, wrong channel count) is recorded and the batch
-goes on; completed cases are skipped unless ``overwrite`` (resume after an interruption).
+goes on; completed cases (same plan, weights and input files) are skipped unless ``overwrite`` (resume after an
+interruption). OUT checks, recovery after a kill, Ctrl-C and the end of a run follow :mod:`pipelines.runstate`,
+as for screening.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipelines import io, outputs
-from pipelines.engine import _progress, _refuse_output_inside_inputs
+from pipelines import io, outputs, runstate
+from pipelines.engine import _progress
 from pipelines.inference import load_weights
 from pipelines.plan import SegPlan
 from pipelines.preprocess import CaseGeometry, resample
@@ -40,6 +43,7 @@ log = logging.getLogger("lungscreen")
 
 SUMMARY_BASE = (
     "case_id",
+    "input",
     "status",
     "seconds_total",
     "seconds_preprocess",
@@ -142,39 +146,47 @@ class SegmentationEngine:
         self.fingerprint = outputs.run_fingerprint(f"{plan_sha}|compress={compress}", "segment", [weights])
 
     def run(self) -> dict[str, int]:
-        """Segment every case; return counts ``succeeded``, ``failed``, ``skipped``, ``total``."""
-        _refuse_output_inside_inputs(
-            self.output_dir, [c.channels[0] for c in self.cases if c.channels], self.input_roots
+        """Segment every case; return counts ``succeeded``, ``failed``, ``skipped``, ``total``.
+
+        Raises:
+            pipelines.runstate.OutputDirError: OUT unusable (before any work).
+            pipelines.runstate.NoScanFound, NoCaseSucceeded, TablesNotWritten, RunInterrupted: after the run
+                tables are written (see :func:`pipelines.runstate.finish`).
+        """
+        scans = [scan for case in self.cases for scan in case.channels]
+        runstate.check_output_dir(self.output_dir, inputs=runstate.input_folders(scans, self.input_roots))
+        ids = {c.case_id for c in self.cases}
+        runstate.clean_start(self.output_dir, ids, ids, rank0=True)
+        fingerprints = runstate.case_fingerprints(self.cases, self.fingerprint)
+        todo, skipped = runstate.split_done(
+            self.output_dir, self.cases, fingerprints, overwrite=self.overwrite
         )
-        counts = {"succeeded": 0, "failed": 0, "skipped": 0, "total": len(self.cases)}
-        bar = _progress(len(self.cases), enabled=self.progress)
-        for case in self.cases:
-            if not self.overwrite and outputs.is_done(self.output_dir, case.case_id, self.fingerprint):
-                counts["skipped"] += 1
-            else:
+        counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(self.cases)}
+        bar = _progress(len(todo), enabled=self.progress)
+        interrupted = False
+        try:
+            for case in todo:
                 try:
-                    self.process(case)
+                    self.process(case, fingerprints[case.case_id])
                     outputs.clear_failure(self.output_dir, case.case_id)
                     counts["succeeded"] += 1
                 except Exception as err:  # noqa: BLE001 - one bad case must never stop the batch
-                    self._fail(case, err)
+                    runstate.fail_case(self.output_dir, case.case_id, case.path, err)
                     counts["failed"] += 1
-            bar.update(1)
-        bar.close()
-        rebuild_tables(self.output_dir, self.plan)
-        return counts
-
-    def _fail(self, case: SegCase, err: BaseException) -> None:
-        cause: BaseException = err
-        while not isinstance(cause, io.ImageReadError) and cause.__cause__ is not None:
-            cause = cause.__cause__  # MONAI's Compose wraps transform errors
-        reason = (
-            str(cause)
-            if isinstance(cause, io.ImageReadError)
-            else f"{case.path}: {type(cause).__name__}: {cause}"
+                bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        runstate.finish(
+            self.output_dir,
+            counts=counts,
+            write_tables=lambda: rebuild_tables(self.output_dir, self.plan, case_ids=ids),
+            rank0=True,
+            interrupted=interrupted,
+            inputs=", ".join(str(r) for r in self.input_roots) or "the inputs given",
         )
-        log.warning("case %s failed: %s", case.case_id, reason)
-        outputs.record_failure(self.output_dir, case.case_id, str(case.path), reason)
+        return counts
 
     def predict(self, data: dict[str, Any]) -> np.ndarray:
         """Class indices ``[z, y, x]`` on the canonical grid from a preprocessed dict."""
@@ -185,8 +197,9 @@ class SegmentationEngine:
         prob = torch.softmax(logits[0].float(), dim=0)
         return probabilities_to_canonical(prob, data["geometry"])
 
-    def process(self, case: SegCase) -> dict[str, Any]:
-        """Segment one case and write its outputs (``result.json`` last)."""
+    def process(self, case: SegCase, fingerprint: str | None = None) -> dict[str, Any]:
+        """Segment one case and write its outputs (``result.json`` last, recording ``fingerprint``: the run's
+        and the case's input files', :func:`pipelines.runstate.case_fingerprints`)."""
         if case.problem:
             raise io.ImageReadError(case.path, case.problem)
         if len(case.channels) != self.plan.num_channels:
@@ -204,6 +217,7 @@ class SegmentationEngine:
         labels = classes_to_labels(classes, self.plan)
         geometry: CaseGeometry = data["geometry"]
         folder = outputs.case_dir(self.output_dir, case.case_id)
+        (folder / "result.json").unlink(missing_ok=True)  # incomplete until the new record lands
         ext = ".nii.gz" if self.compress else ".nii"
         outputs.write_mask(labels, geometry, folder / f"segmentation{ext}", compress=self.compress)
         volumes = label_volumes(labels, io.spacing_zyx(geometry.canonical), self.plan)
@@ -212,6 +226,7 @@ class SegmentationEngine:
         t3 = time.perf_counter()
         summary = {
             "case_id": case.case_id,
+            "input": str(case.path),
             "status": "ok",
             "seconds_total": round(t3 - t0, 2),
             "seconds_preprocess": round(t1 - t0, 2),
@@ -221,7 +236,8 @@ class SegmentationEngine:
         }
         result = {
             "case_id": case.case_id,
-            "fingerprint": self.fingerprint,
+            "fingerprint": fingerprint or self.fingerprint,
+            "input": str(case.path),
             "inputs": [str(c.path) for c in case.channels],
             "segmentation": f"segmentation{ext}",
             "geometry": {
@@ -239,21 +255,17 @@ class SegmentationEngine:
         return result
 
 
-def rebuild_tables(output_dir: str | Path, plan: SegPlan) -> dict[str, int]:
-    """Rebuild ``summary.csv`` and ``failures.csv`` from the per-case records (resumed runs merge)."""
+def rebuild_tables(
+    output_dir: str | Path, plan: SegPlan, *, case_ids: Collection[str] | None = None
+) -> dict[str, int]:
+    """Rebuild ``summary.csv``, ``failures.csv`` and ``failures.log`` from the per-case records of ``case_ids``
+    (the run's cases; None: every record in OUT), so resumed runs merge (:func:`pipelines.outputs.load_run_records`)."""
     out = Path(output_dir)
-    results = [json.loads(p.read_text()) for p in sorted((out / "cases").glob("*/result.json"))]
-    failures = [json.loads(p.read_text()) for p in sorted((out / ".state" / "failed").glob("*.json"))]
-    done = {r["case_id"] for r in results}
-    failures = [f for f in failures if f["case_id"] not in done]
-    rows = [r["summary"] for r in results] + [
-        {"case_id": f["case_id"], "status": "failed", "reason": f["reason"]} for f in failures
-    ]
-    rows.sort(key=lambda r: r["case_id"])
+    results, failures, rows = outputs.load_run_records(out, case_ids)
     columns = [*SUMMARY_BASE, *(f"volume_ml_{plan.label_name(v)}" for v in plan.label_values[1:]), "reason"]
     out.mkdir(parents=True, exist_ok=True)
     io.atomic_write_text(out / "summary.csv", outputs.to_csv(rows, columns))
-    io.atomic_write_text(out / "failures.csv", outputs.to_csv(failures, ("case_id", "input", "reason")))
+    outputs.write_failure_tables(out, failures)
     return {"succeeded": len(results), "failed": len(failures)}
 
 

@@ -126,7 +126,7 @@ def test_dicom_slice_checks(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- discovery
 def test_discover_cases(tmp_path: Path) -> None:
     write_case(chest_image(), tmp_path / "a.nii.gz")
-    write_case(chest_image(), tmp_path / "sub" / "a.mhd")  # same stem: ids made unique
+    write_case(chest_image(), tmp_path / "sub" / "a.mhd")  # same stem: the folder makes the id unique
     write_case(chest_image(), tmp_path / "sub" / "b.nrrd")
     (tmp_path / ".hidden.nii.gz").write_bytes(b"x")
     (tmp_path / "readme.txt").write_text("not a scan")
@@ -134,8 +134,8 @@ def test_discover_cases(tmp_path: Path) -> None:
     write_dicom_series(chest_image(), tmp_path / "dicom" / "report", modality="SR")
     cases = io.discover_cases(tmp_path)
     ids = [c.case_id for c in cases]
-    assert ids == ["a", "a_2", "b", "exam"]
-    exam = cases[-1]
+    assert ids == ["a", "dicom_exam", "sub_a", "sub_b"]
+    exam = cases[1]
     assert exam.is_dicom and len(exam.dicom_files) == 24
     assert all(not c.path.name.endswith(".raw") for c in cases)
     # the SR folder holds nothing to screen: its note rides on the first case of the run instead of vanishing
