@@ -484,9 +484,8 @@ def discover_cases(root: str | os.PathLike[str] | list, *, recursive: bool = Tru
     orphans: list[str] = []  # notes of folders whose every series was skipped
     for r in roots:
         p = Path(r)
-        special = _special_file(p)
-        if special:
-            orphans.append(f"skipped {p}: {special}, not a scan file (never opened)")
+        if is_special_file(p):  # named by the user: a failed case with its reason (never opened), not a skip
+            cases.append(CaseInput(safe_case_id(strip_image_suffix(p.name)), p))
         elif p.is_file() and not _looks_like_dicom_file(p):
             cases.append(CaseInput(safe_case_id(strip_image_suffix(p.name)), p))
         elif p.is_file():
@@ -542,24 +541,6 @@ def relative_case_id(path: Path, root: Path) -> str:
     return safe_case_id("_".join(parts))
 
 
-def _special_file(path: Path) -> str:
-    """``"a FIFO"`` (device, socket) when ``path`` exists and is neither a regular file nor a folder; else ``""``.
-
-    Only ``stat`` is called: opening a FIFO blocks until someone writes to it.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return ""
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return ""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
-
-
 def _walk(root: Path, orphans: list[str], *, recursive: bool) -> list[CaseInput]:
     found: list[CaseInput] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -575,10 +556,7 @@ def _walk(root: Path, orphans: list[str], *, recursive: bool) -> list[CaseInput]
             lower = name.lower()
             if lower.endswith(".raw") or lower.endswith(".zraw"):
                 continue
-            special = _special_file(f)
-            if special:
-                orphans.append(f"skipped {f}: {special}, not a scan file (never opened)")
-            elif any(lower.endswith(ext) for ext in IMAGE_SUFFIXES):
+            if any(lower.endswith(ext) for ext in IMAGE_SUFFIXES):
                 found.append(CaseInput(relative_case_id(f, root), f))
             elif _looks_like_dicom_file(f):
                 dicom_like.append(f)

@@ -125,7 +125,8 @@ def test_fifo_is_skipped_with_a_note_and_never_opened(tmp_path: Path) -> None:
     cases = io.discover_cases(tmp_path)  # opening a FIFO would block this test forever
     assert [c.case_id for c in cases] == ["good"]
     assert any("pipe.nii.gz" in n and "FIFO" in n for n in cases[0].notes), cases[0].notes
-    assert io.discover_cases(tmp_path / "pipe.nii.gz") == []
+    # named directly, it is a case of its own that fails with its reason (tests/test_special_files.py)
+    assert [c.case_id for c in io.discover_cases(tmp_path / "pipe.nii.gz")] == ["pipe"]
 
 
 # --------------------------------------------------------------------------------------------- fingerprint
