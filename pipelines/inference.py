@@ -379,7 +379,7 @@ def load_weights(
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # a pickle, or garbage: refused by the weights-only unpickler
         detail = _torch_reason(err)
-        if "GLOBAL" in detail:
+        if "GLOBAL" in str(err):
             raise CheckpointError(
                 f"{p}: refused: a pickle of Python objects, not plain weights; nothing was executed ({detail})"
             ) from None
@@ -408,11 +408,16 @@ def load_weights(
 
 
 def _torch_reason(err: BaseException) -> str:
-    """The informative line of a ``torch.load`` error (its boilerplate about ``weights_only`` left out)."""
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    """The informative line of a ``torch.load`` error (its advice about ``weights_only`` left out)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith(skip)] or [type(err).__name__]
-    return lines[0].removeprefix("WeightsUnpickler error:").strip().split(". ")[0][:200]
+    marked = [line.partition("WeightsUnpickler error:")[2] or line for line in lines if "GLOBAL" in line]
+    marked += [
+        line.partition("WeightsUnpickler error:")[2] for line in lines if "WeightsUnpickler error:" in line
+    ]
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    plain = [line for line in lines if not line.startswith(skip)]
+    detail = next((m.strip() for m in marked + plain if m.strip()), type(err).__name__)
+    return detail.split(". ")[0][:200]
 
 
 def _mismatch(network: torch.nn.Module, state: dict[str, Any]) -> str:
