@@ -239,3 +239,26 @@ def test_shell_cd_in_and_screen_star(tmp_path: Path, weights: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{len(HOSTILE_NAMES)} succeeded, 0 failed" in proc.stdout
     assert _markers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_train_seg_and_segment_with_hostile_folder_names(tmp_path: Path, monkeypatch) -> None:
+    """train-seg and segment read and write folders whose relative names are parser syntax."""
+    from mri_phantoms import TINY, make_mri_phantoms
+
+    from pipelines.segment import segment
+    from pipelines.segtrain import train_segmentation
+
+    monkeypatch.chdir(tmp_path)
+    data = make_mri_phantoms(tmp_path / "data", n=2, seed=10)
+    (data / "images").rename("@images")
+    (data / "labels").rename("%labels#x")
+    model = train_segmentation(
+        images="@images", labels="%labels#x", modality="mri", out=payload("PWNED_MODEL"),
+        iterations=2, seed=0, device="cpu", planning=TINY,
+    )  # fmt: skip
+    assert Path(payload("PWNED_MODEL"), "model.pt").is_file() and model == Path(payload("PWNED_MODEL"))
+    counts = segment(str(model), "@images", payload("PWNED_SEG") + "::out", device="cpu", progress=False)
+    assert counts["succeeded"] == 2 and counts["failed"] == 0
+    assert Path(payload("PWNED_SEG") + "::out", "summary.csv").is_file()
+    assert _markers(tmp_path) == []
