@@ -69,8 +69,8 @@ def _components(spec: Spec) -> dict[str, Any]:
     from pipelines.inference import load_weights, select_device
 
     overrides = {
-        "output_dir": str(Path(spec["work"]) / "out"),
-        "dataset_dir": str(spec["case"]),
+        "output_dir": Path(spec["work"]) / "out",
+        "dataset_dir": Path(spec["case"]),  # a Path: the config parser never reads it as an expression
         **settings_overrides({**spec.get("settings", {}), "device": spec["device"]}),
     }
     wf = load_workflow("inference.json", overrides=overrides)

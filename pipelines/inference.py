@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,36 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file."""
 
 
+class DeviceError(ValueError):
+    """A requested device is not a device name, or not present on this machine."""
+
+
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU raises a clear error."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N`` when that GPU exists.
+
+    Raises:
+        DeviceError: for another name, or a CUDA device this machine does not have (the message says which
+            GPUs there are and how to choose the CPU).
+    """
+    from pipelines.settings import SettingsError, validate_setting
+
+    try:
+        name = validate_setting("device", name)
+    except SettingsError as err:
+        raise DeviceError(str(err)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device 'cuda' was requested but no CUDA GPU is available; use --device cpu or auto"
-        )
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if count == 0:
+            raise DeviceError(
+                f"device {name} was requested but no CUDA GPU is available; use --device cpu or auto"
+            )
+        if index >= count:
+            raise DeviceError(
+                f"device {name} was requested but this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}"
+            )
     return torch.device(name)
 
 
@@ -348,13 +371,24 @@ def load_weights(
             architecture (listing the first mismatched keys).
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a folder, not a checkpoint file")
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint file not found (train with `make train` or pass --weights)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, truncated file, or a pickle with foreign objects
+    except pickle.UnpicklingError as err:  # a pickle, or garbage: refused by the weights-only unpickler
+        detail = _torch_reason(err)
+        if "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"{p}: refused: a pickle of Python objects, not plain weights; nothing was executed ({detail})"
+            ) from None
         raise CheckpointError(
-            f"{p}: not a readable weights-only checkpoint ({type(err).__name__}: {err})"
+            f"{p}: not a weights file, torch cannot read it as a state dict ({detail})"
+        ) from None
+    except Exception as err:  # corrupt zip, truncated file
+        raise CheckpointError(
+            f"{p}: not a readable checkpoint, truncated or corrupt ({_torch_reason(err)})"
         ) from None
     state = obj
     if isinstance(obj, dict):
@@ -366,9 +400,37 @@ def load_weights(
         raise CheckpointError(f"{p}: holds a {type(state).__name__}, not a state dict")
     try:
         network.load_state_dict(state, strict=strict)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0][:300]
+    except RuntimeError:
         raise CheckpointError(
-            f"{p}: weights do not fit the {type(network).__name__} architecture: {first}"
+            f"{p}: weights do not fit the {type(network).__name__} architecture ({_mismatch(network, state)})"
         ) from None
     return network
+
+
+def _torch_reason(err: BaseException) -> str:
+    """The informative line of a ``torch.load`` error (its advice about ``weights_only`` left out)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    marked = [line.partition("WeightsUnpickler error:")[2] or line for line in lines if "GLOBAL" in line]
+    marked += [
+        line.partition("WeightsUnpickler error:")[2] for line in lines if "WeightsUnpickler error:" in line
+    ]
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    plain = [line for line in lines if not line.startswith(skip)]
+    detail = next((m.strip() for m in marked + plain if m.strip()), type(err).__name__)
+    return detail.split(". ")[0][:200]
+
+
+def _mismatch(network: torch.nn.Module, state: dict[str, Any]) -> str:
+    """The first keys by which ``state`` differs from ``network``'s state dict, in one line."""
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        k for k in set(own) & set(state) if tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
+    )
+    parts = [
+        f"{len(keys)} {what}, e.g. {', '.join(keys[:2])}"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape"))
+        if keys
+    ]
+    return "; ".join(parts) or "the state dict does not load"

@@ -287,10 +287,11 @@ def segment(
         inputs: folder of ``case.nii.gz`` / ``case_0000.nii.gz``... (channels grouped as in training), a file,
             or a DICOM folder.
         out: output folder (see the module docstring); may not lie inside ``inputs``.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         overwrite: recompute completed cases.
         progress: show a progress bar.
-        overrides: config ID-path overrides (``{"inferer#overlap": 0.25}``).
+        overrides: config ID-path overrides (``{"inferer#overlap": 0.25}``): numbers, booleans, None, plain
+            strings or lists of those (:func:`pipelines.bundle.check_user_overrides`).
         bundle_root: bundle folder (see :func:`pipelines.bundle.bundle_root`).
 
     Returns:
@@ -299,25 +300,32 @@ def segment(
     Raises:
         pipelines.plan.PlanError / pipelines.inference.CheckpointError: for an unusable model folder.
         FileNotFoundError: when ``inputs`` does not exist.
+        pipelines.bundle.OverrideError: for an override that is not a plain value or names a reserved key.
+        pipelines.inference.DeviceError: for a device this machine does not have.
     """
-    from pipelines.inference import CheckpointError
+    from pipelines.bundle import check_user_overrides
+    from pipelines.inference import CheckpointError, select_device
     from pipelines.plan import load_plan
     from pipelines.segtrain import load_config, run_unwrapped
 
+    select_device(device)  # an unknown name or a missing GPU is refused before any work
+    user = check_user_overrides(overrides or {}, option="override")
+    model, inputs, out = Path(model), Path(inputs), Path(out)
     load_plan(model)  # clear errors before the config machinery wraps them
-    if not (Path(model) / "model.pt").is_file():
-        raise CheckpointError(f"{Path(model) / 'model.pt'}: checkpoint file not found (train with train-seg)")
-    if not Path(inputs).exists():
+    if not (model / "model.pt").is_file():
+        raise CheckpointError(f"{model / 'model.pt'}: checkpoint file not found (train with train-seg)")
+    if not inputs.exists():
         raise FileNotFoundError(f"input {inputs} does not exist")
+    # paths as Path objects: MONAI's config parser never reads them as expressions, references or macros
     pairs = {
-        "model_dir": str(model),
-        "dataset_dir": str(inputs),
-        "output_dir": str(out),
+        "model_dir": model,
+        "dataset_dir": inputs,
+        "output_dir": out,
         "device_name": device,
         "overwrite": bool(overwrite),
         "progress": bool(progress),
-        **(overrides or {}),
+        **user,
     }
     parser = load_config(["seg_inference.json"], overrides=pairs, bundle_root=bundle_root)
-    parser.get_parsed_content("initialize")
+    run_unwrapped(lambda: parser.get_parsed_content("initialize"))
     return run_unwrapped(lambda: parser.get_parsed_content("evaluator").run())

@@ -251,32 +251,40 @@ def train_segmentation(
         seed: seeds numpy, torch and MONAI.
         device: ``auto``, ``cpu`` or ``cuda``.
         planning: :func:`pipelines.plan.make_plan` options (``max_patch_voxels``, ``base_features``, ``n4``...).
-        overrides: further config ID-path overrides (``{"optimizer#lr": 0.001}``).
+        overrides: further config ID-path overrides (``{"optimizer#lr": 0.001}``): numbers, booleans, None,
+            plain strings or lists of those (:func:`pipelines.bundle.check_user_overrides`).
         bundle_root: bundle folder (see :func:`pipelines.bundle.bundle_root`).
 
     Raises:
+        pipelines.bundle.OverrideError: for an override that is not a plain value or names a reserved key.
+        pipelines.inference.DeviceError: for a device this machine does not have.
         pipelines.modality.UnknownModalityError: listing the valid modalities.
         FileNotFoundError / io.ImageReadError: for missing labels, unreadable files or mismatched geometry.
     """
+    from pipelines.bundle import check_user_overrides
+    from pipelines.inference import select_device
     from pipelines.modality import get_modality
 
     get_modality(modality)
+    select_device(device)  # an unknown name or a missing GPU is refused before any work
+    user = check_user_overrides({f"planning#{k}": v for k, v in (planning or {}).items()}, option="planning")
+    user.update(check_user_overrides(overrides or {}, option="override"))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # paths as Path objects: MONAI's config parser never reads them as expressions, references or macros
     pairs: dict[str, Any] = {
-        "images_dir": str(images),
-        "labels_dir": str(labels),
-        "modality": modality,
-        "model_dir": str(out),
+        "images_dir": Path(images),
+        "labels_dir": Path(labels),
+        "modality": str(modality),
+        "model_dir": out,
         "iterations": int(iterations),
         "seed": int(seed),
         "device_name": device,
+        **user,
     }
-    pairs.update({f"planning#{k}": v for k, v in (planning or {}).items()})
-    pairs.update(overrides or {})
+    out.mkdir(parents=True, exist_ok=True)
     parser = load_config(CONFIG_FILES, overrides=pairs, bundle_root=bundle_root)
     _record_config(out, parser, pairs)
-    parser.get_parsed_content("initialize")
+    run_unwrapped(lambda: parser.get_parsed_content("initialize"))
     record = run_unwrapped(lambda: parser.get_parsed_content("trainer").run())
     log.info(
         "trained %d iterations in %.0f s; final loss %.4f",
@@ -290,15 +298,10 @@ def train_segmentation(
 def run_unwrapped(job: Callable[[], Any]) -> Any:
     """Run ``job``; when MONAI's config machinery wraps an error ("Failed to instantiate component ..."),
     raise the original error instead (a missing label, an unreadable file, an invalid plan)."""
-    try:
+    from pipelines.bundle import unwrapped_errors
+
+    with unwrapped_errors():
         return job()
-    except RuntimeError as err:
-        cause: BaseException = err
-        while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        if cause is err:
-            raise
-        raise cause from None
 
 
 def load_config(
@@ -307,13 +310,13 @@ def load_config(
     """A MONAI ``ConfigParser`` of the bundle's ``configs/<files>`` (stacked) with ID-path ``overrides``."""
     from monai.bundle import ConfigParser
 
+    from pipelines.bundle import apply_overrides
     from pipelines.bundle import bundle_root as find_root
 
     root = find_root(bundle_root)
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / f) for f in files])
-    parser.update({"bundle_root": str(root), **overrides})
-    return parser
+    return apply_overrides(parser, {"bundle_root": root, **overrides})
 
 
 def _record_config(out: Path, parser: Any, overrides: dict[str, Any]) -> None:

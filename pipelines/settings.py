@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -45,7 +48,7 @@ class ScreeningSettings:
         blobness_weight: shape term of the score: ``logit(p) + w * (blobness - 0.5)``, where ``blobness``
             (0 vessel or wall, 1 ball; :func:`pipelines.second_look.blobness`) is measured at each candidate
             in the HU image (0 = the score alone).
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (GPU number N).
         amp: ``auto`` (bfloat16 on CUDA, float32 on CPU) or an explicit dtype.
         stitch: where sliding-window outputs are stitched: ``device``, ``cpu`` or ``auto`` (device when the
             output fits in ``stitch_device_max_voxels``).
@@ -85,6 +88,44 @@ class ScreeningSettings:
         fine_max_diameter_mm: fine-pass candidates above this diameter are ignored (the first grid, with
             more context per window, finds the large ones).
         fine_logit_offset: added to the logit of fine-pass scores before the merge.
+
+    Allowed values (checked in Python before any work, :func:`validate_setting`; a wrong type or value gives a
+    :class:`SettingsError` naming the setting, the value and this line)::
+
+        target_spacing_mm: a number in [0.3, 3] mm
+        hu_min: a number in [-1100, 3100] HU
+        hu_max: a number in [-1100, 3100] HU
+        lung_margin_mm: a number in [0, 100] mm
+        roi_size: three integers (z, y, x), multiples of 8 in [16, 256] voxels
+        sw_batch_size: an integer in [1, 256]
+        overlap: a number in [0, 0.95)
+        skip_empty_windows: true or false
+        candidate_threshold: a number in [0, 1]
+        prob_threshold: a number in [0, 1]
+        min_diameter_mm: a number in [0, 100] mm
+        max_candidates: an integer in [1, 100000]
+        classifier_weight: a number in [0, 1]
+        blobness_weight: a number in [0, 20]
+        device: one of auto, cpu, cuda or cuda:N (N = GPU index)
+        amp: one of auto, float32, bfloat16, float16
+        stitch: one of auto, device, cpu
+        stitch_device_max_voxels: an integer in [1, 1e10] voxels
+        max_input_voxels: an integer in [1, 4e9] voxels
+        write_probability: true or false
+        report: true or false
+        compress: true or false
+        channels_last: true or false
+        compile: true or false
+        logit_temperature: a number in (0, 100]
+        mirror_axes: distinct letters of "zyx" ("" for none)
+        mirror_scope: one of all, candidates
+        mirror_threshold: a number in (0, 1)
+        second_look: true or false
+        second_look_min_probability: a number in [0, 1]
+        second_look_min_response_hu: a number in (0, 3100] HU
+        fine_spacing_mm: null or a number in [0.3, 3] mm
+        fine_max_diameter_mm: a number in (0, 100] mm
+        fine_logit_offset: a number in [-20, 20]
     """
 
     target_spacing_mm: float = 1.0
@@ -123,60 +164,15 @@ class ScreeningSettings:
     fine_logit_offset: float = -1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
         for f in fields(self):
-            if f.type in ("bool", bool):
-                object.__setattr__(self, f.name, _as_bool(f.name, getattr(self, f.name)))
-        _check(
-            self.target_spacing_mm > 0, "target_spacing_mm", self.target_spacing_mm, "a positive number of mm"
-        )
+            object.__setattr__(self, f.name, validate_setting(f.name, getattr(self, f.name)))
         _check(self.hu_max > self.hu_min, "hu_max", self.hu_max, f"greater than hu_min ({self.hu_min})")
-        _check(self.lung_margin_mm >= 0, "lung_margin_mm", self.lung_margin_mm, ">= 0")
         _check(
-            len(self.roi_size) == 3 and all(v >= 16 and v % 8 == 0 for v in self.roi_size),
-            "roi_size",
-            self.roi_size,
-            "three multiples of 8, each >= 16",
-        )
-        _check(self.sw_batch_size >= 1, "sw_batch_size", self.sw_batch_size, ">= 1")
-        _check(0 <= self.overlap < 1, "overlap", self.overlap, "in [0, 1)")
-        _check(
-            self.mirror_scope in MIRROR_SCOPES, "mirror_scope", self.mirror_scope, f"one of {MIRROR_SCOPES}"
-        )
-        _check(0 < self.mirror_threshold < 1, "mirror_threshold", self.mirror_threshold, "in (0, 1)")
-        _check(
-            self.second_look_min_response_hu > 0,
-            "second_look_min_response_hu",
-            self.second_look_min_response_hu,
-            "> 0 HU",
-        )
-        for name in (
-            "candidate_threshold",
-            "prob_threshold",
-            "classifier_weight",
-            "second_look_min_probability",
-        ):
-            _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "in [0, 1]")
-        _check(self.min_diameter_mm >= 0, "min_diameter_mm", self.min_diameter_mm, ">= 0")
-        _check(
-            self.fine_spacing_mm is None or 0 < self.fine_spacing_mm < self.target_spacing_mm,
+            self.fine_spacing_mm is None or self.fine_spacing_mm < self.target_spacing_mm,
             "fine_spacing_mm",
             self.fine_spacing_mm,
             f"null or a spacing in mm below target_spacing_mm ({self.target_spacing_mm})",
         )
-        _check(self.fine_max_diameter_mm > 0, "fine_max_diameter_mm", self.fine_max_diameter_mm, "> 0 mm")
-        _check(0 <= self.blobness_weight <= 20, "blobness_weight", self.blobness_weight, "in [0, 20]")
-        _check(self.logit_temperature > 0, "logit_temperature", self.logit_temperature, "> 0")
-        _check(
-            set(self.mirror_axes) <= set("zyx") and len(set(self.mirror_axes)) == len(self.mirror_axes),
-            "mirror_axes",
-            self.mirror_axes,
-            'distinct letters of "zyx" ("" for none)',
-        )
-        _check(self.max_candidates >= 1, "max_candidates", self.max_candidates, ">= 1")
-        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
-        _check(self.amp in AMP_DTYPES, "amp", self.amp, f"one of {AMP_DTYPES}")
-        _check(self.stitch in STITCH_POLICIES, "stitch", self.stitch, f"one of {STITCH_POLICIES}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ScreeningSettings:
@@ -198,16 +194,186 @@ class ScreeningSettings:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# ---------------------------------------------------------------------------------------- field rules
+@dataclass(frozen=True)
+class Interval:
+    """Allowed numbers: ``[lo, hi]``, with either end open (``(lo, hi)``) when ``lo_open``/``hi_open``."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    unit: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        text = f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        return f"{text} {self.unit}" if self.unit else text
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting accepts: ``kind`` is ``float``, ``int``, ``bool``, ``choice``, ``roi``, ``axes`` or
+    ``device``; ``interval`` bounds numbers (each component for ``roi``); ``choices`` for ``choice``;
+    ``optional``: ``None`` (JSON ``null``) is accepted too."""
+
+    kind: str
+    interval: Interval | None = None
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    def allowed(self) -> str:
+        """The allowed values in words (used in every error message and in the class docstring)."""
+        text = {
+            "float": f"a number in {self.interval}",
+            "int": f"an integer in {self.interval}",
+            "bool": "true or false",
+            "choice": f"one of {', '.join(self.choices)}",
+            "roi": f"three integers (z, y, x), multiples of 8 in {self.interval}",
+            "axes": 'distinct letters of "zyx" ("" for none)',
+            "device": "one of auto, cpu, cuda or cuda:N (N = GPU index)",
+        }[self.kind]
+        return f"null or {text}" if self.optional else text
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if abs(v) < 1e6 else f"{v:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
+_PROB = Interval(0.0, 1.0)
+_SPACING = Interval(0.3, 3.0, unit="mm")
+_HU = Interval(-1100.0, 3100.0, unit="HU")
+#: The rule of every :class:`ScreeningSettings` field (a test checks that each field has one).
+RULES: dict[str, Rule] = {
+    "target_spacing_mm": Rule("float", _SPACING),
+    "hu_min": Rule("float", _HU),
+    "hu_max": Rule("float", _HU),
+    "lung_margin_mm": Rule("float", Interval(0.0, 100.0, unit="mm")),
+    "roi_size": Rule("roi", Interval(16, 256, unit="voxels")),
+    "sw_batch_size": Rule("int", Interval(1, 256)),
+    "overlap": Rule("float", Interval(0.0, 0.95, hi_open=True)),
+    "skip_empty_windows": Rule("bool"),
+    "candidate_threshold": Rule("float", _PROB),
+    "prob_threshold": Rule("float", _PROB),
+    "min_diameter_mm": Rule("float", Interval(0.0, 100.0, unit="mm")),
+    "max_candidates": Rule("int", Interval(1, 100_000)),
+    "classifier_weight": Rule("float", _PROB),
+    "blobness_weight": Rule("float", Interval(0.0, 20.0)),
+    "device": Rule("device"),
+    "amp": Rule("choice", choices=AMP_DTYPES),
+    "stitch": Rule("choice", choices=STITCH_POLICIES),
+    "stitch_device_max_voxels": Rule("int", Interval(1, 10_000_000_000, unit="voxels")),
+    "max_input_voxels": Rule("int", Interval(1, 4_000_000_000, unit="voxels")),
+    "write_probability": Rule("bool"),
+    "report": Rule("bool"),
+    "compress": Rule("bool"),
+    "channels_last": Rule("bool"),
+    "compile": Rule("bool"),
+    "logit_temperature": Rule("float", Interval(0.0, 100.0, lo_open=True)),
+    "mirror_axes": Rule("axes"),
+    "mirror_scope": Rule("choice", choices=MIRROR_SCOPES),
+    "mirror_threshold": Rule("float", Interval(0.0, 1.0, lo_open=True, hi_open=True)),
+    "second_look": Rule("bool"),
+    "second_look_min_probability": Rule("float", _PROB),
+    "second_look_min_response_hu": Rule("float", Interval(0.0, 3100.0, lo_open=True, unit="HU")),
+    "fine_spacing_mm": Rule("float", _SPACING, optional=True),
+    "fine_max_diameter_mm": Rule("float", Interval(0.0, 100.0, lo_open=True, unit="mm")),
+    "fine_logit_offset": Rule("float", Interval(-20.0, 20.0)),
+}
+_DEVICE = re.compile(r"(auto|cpu|cuda(:[0-9]{1,3})?)")
+
+
+def allowed_values(name: str) -> str:
+    """The values setting ``name`` accepts, in words (``"a number in [0, 1]"``)."""
+    return _rule(name).allowed()
+
+
+def validate_setting(name: str, value: Any) -> Any:
+    """``value`` as the canonical Python value of setting ``name``, or a :class:`SettingsError`.
+
+    Checked in Python, before any config machinery sees the value: the type (no strings for numbers, no
+    booleans for integers), finiteness and the range of :data:`RULES`. A string survives only where it is one
+    of the setting's allowed words, so no string reaches MONAI's config parser as an expression or reference.
+
+    Raises:
+        SettingsError: naming the setting, the value (and its type when that is the problem) and what is allowed.
+    """
+    rule = _rule(name)
+    if value is None and rule.optional:
+        return None
+    if rule.kind == "bool":
+        return _as_bool(name, value)
+    if rule.kind in ("choice", "device", "axes"):
+        return _word(name, value, rule)
+    if rule.kind == "roi":
+        if isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) != 3:
+            raise _error(name, value, rule)
+        return tuple(_number(name, v, rule, integer=True, whole=value) for v in value)
+    return _number(name, value, rule, integer=rule.kind == "int")
+
+
+def _rule(name: str) -> Rule:
+    if name not in RULES:
+        raise SettingsError(f"unknown setting {name!r}; valid settings are {sorted(RULES)}")
+    return RULES[name]
+
+
+def _word(name: str, value: Any, rule: Rule) -> str:
+    ok = isinstance(value, str) and (
+        value in rule.choices
+        if rule.kind == "choice"
+        else _DEVICE.fullmatch(value) is not None
+        if rule.kind == "device"
+        else set(value) <= set("zyx") and len(set(value)) == len(value)
+    )
+    if not ok:
+        raise _error(name, value, rule)
+    return str(value)
+
+
+def _number(name: str, value: Any, rule: Rule, *, integer: bool, whole: Any = None) -> Any:
+    shown = value if whole is None else whole
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _error(name, shown, rule)
+    number = float(value)
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        raise _error(name, shown, rule)
+    assert rule.interval is not None
+    if number not in rule.interval or (rule.kind == "roi" and number % 8):
+        raise _error(name, shown, rule)
+    return int(number) if integer else number
+
+
+def _error(name: str, value: Any, rule: Rule) -> SettingsError:
+    expected: tuple[type, ...] = {
+        "float": (numbers.Real,),
+        "int": (numbers.Real,),
+        "roi": (list, tuple),
+        "bool": (bool, str, numbers.Integral),
+    }.get(rule.kind, (str,))
+    wrong_type = isinstance(value, bool) and rule.kind != "bool" or not isinstance(value, expected)
+    kind = type(value).__name__
+    shown = f"{value!r} ({'an' if kind[0] in 'aeiou' else 'a'} {kind})" if wrong_type else repr(value)
+    return SettingsError(f"setting {name} must be {rule.allowed()}, not {shown}")
+
+
 def _as_bool(name: str, value: Any) -> bool:
-    """Booleans, and the strings a command line passes (``true``/``false``, ``1``/``0``, ``yes``/``no``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
+    """Booleans (also numpy's and 0/1), and the words a command line passes (``true``/``false``, ``yes``/``no``,
+    ``on``/``off``, ``1``/``0``)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    text = value.strip().lower() if isinstance(value, str) else None
     if text in ("true", "1", "yes", "on"):
         return True
     if text in ("false", "0", "no", "off"):
         return False
-    raise SettingsError(f"setting {name} must be true or false, not {value!r}")
+    raise _error(name, value, RULES[name])
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

@@ -95,7 +95,8 @@ def train(
         seed: seed for :func:`monai.utils.set_determinism`, patch sampling and mining.
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: ID-path overrides of the stacked configs, e.g. ``{"train#trainer#max_epochs": 50}``;
-            keys starting with ``classifier#`` go to ``train_classifier.json``.
+            keys starting with ``classifier#`` go to ``train_classifier.json``. Values are numbers, booleans,
+            None, plain strings or lists of those (:func:`pipelines.bundle.check_user_overrides`).
         resume: continue the segmentation stage from the newest checkpoint in ``out/segmentation/checkpoints``.
         stages: any of ``segmentation`` and ``classifier``, run in that order.
         evaluate: finish with ``screen()`` + ``evaluate()`` on the validation split (rank 0); the environment
@@ -105,18 +106,24 @@ def train(
         JSON-ready dict: per-stage metrics and paths, and ``evaluation`` (detection metrics) when run.
 
     Raises:
-        ValueError: on an unknown profile or stage.
+        ValueError: on an unknown profile or stage; ``OverrideError`` for an override that is not a plain
+            value (a ``$`` expression, a reserved key such as ``_target_``); ``DeviceError`` for a missing GPU.
         CheckpointError: naming the file, when a checkpoint to resume from or to mine with is unusable.
     """
+    from pipelines.bundle import check_user_overrides
+    from pipelines.inference import select_device
+
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, not {profile!r}")
     bad = sorted(set(stages) - set(STAGES))
     if bad:
         raise ValueError(f"unknown stage(s) {bad}; stages are {list(STAGES)}")
+    select_device(device)  # an unknown name or a missing GPU is refused before any work
+    overrides = check_user_overrides(overrides or {})
+    # absolute Path objects: no user path reaches MONAI's config parser as an expression, reference or macro
+    dataset, out_dir = Path(dataset).resolve(), Path(out).resolve()
     _setup_logging()
-    out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = dict(overrides or {})
     cls_over = {k: v for k, v in overrides.items() if k.startswith("classifier#")}
     seg_over = {k: v for k, v in overrides.items() if k not in cls_over}
     rank, _world = world_info()
@@ -170,8 +177,8 @@ def segmentation_overrides(
 ) -> dict[str, Any]:
     """ID-path overrides that ``train()`` passes to the stacked segmentation configs."""
     pairs: dict[str, Any] = {
-        "dataset_dir": str(Path(dataset).resolve()),
-        "run_dir": str(run_dir),
+        "dataset_dir": Path(dataset).resolve(),
+        "run_dir": Path(run_dir).resolve(),
         "seed": int(seed),
         "resume": bool(resume),
         "settings#device": device,

@@ -74,14 +74,12 @@ def read_annotations(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]
 def _mining_parser(*, files: list[str], overrides: dict[str, Any]) -> Any:
     from monai.bundle import ConfigParser
 
-    from pipelines.bundle import bundle_root
+    from pipelines.bundle import apply_overrides, bundle_root
 
     root = bundle_root()
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / f) for f in files])
-    parser["bundle_root"] = str(root)
-    parser.update(overrides)
-    return parser
+    return apply_overrides(parser, {"bundle_root": root, **overrides})
 
 
 def _case_patches(
@@ -272,7 +270,8 @@ def train_classifier_stage(
     from pipelines.train import PROFILES, SMOKE_OVERRIDES
 
     run_dir = out / "classifier"
-    pairs: dict[str, Any] = {"run_dir": str(run_dir), "seed": int(seed), "settings#device": device}
+    # paths as Path objects: MONAI's config parser never reads them as expressions, references or macros
+    pairs: dict[str, Any] = {"run_dir": Path(run_dir), "seed": int(seed), "settings#device": device}
     pairs.update(CLASSIFIER_PROFILES[profile])
     pairs.update(overrides)
     parser = _mining_parser(files=["inference.json", "train_classifier.json"], overrides=pairs)
@@ -288,7 +287,7 @@ def train_classifier_stage(
         weights=out / "models" / "model.pt",
         out_file=patches_file,
         files=list(PROFILES[profile]),
-        overrides={"dataset_dir": str(dataset), "settings#device": device, **seg_settings},
+        overrides={"dataset_dir": Path(dataset), "settings#device": device, **seg_settings},
         mining=dict(mining),
         seed=seed,
     )

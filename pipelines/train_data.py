@@ -404,3 +404,30 @@ class TimeCosineLR(torch.optim.lr_scheduler.LRScheduler):
         state = super().state_dict()
         state.pop("clock", None)
         return state
+
+
+#: Learning-rate schedules of ``train.json`` by name (``--set train#lr_schedule=time_cosine``).
+LR_SCHEDULES = ("cosine_epochs", "time_cosine")
+
+
+def make_lr_scheduler(
+    *,
+    kind: str,
+    optimizer: torch.optim.Optimizer,
+    T_max: int,  # noqa: N803 (CosineAnnealingLR's name)
+    seconds: float | None = None,
+    eta_min: float = 0.0,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The training's learning-rate schedule chosen by a plain name, so that a user override picks it without
+    config syntax: ``cosine_epochs`` (``CosineAnnealingLR`` over ``T_max`` epochs, stepped per epoch) or
+    ``time_cosine`` (:class:`TimeCosineLR` over ``seconds`` of wall clock, stepped per iteration;
+    ``train.json`` sets its ``LrScheduleHandler`` to iteration level for it).
+
+    Raises:
+        ValueError: for another name, listing the valid ones.
+    """
+    if kind == "cosine_epochs":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
+    if kind == "time_cosine":
+        return TimeCosineLR(optimizer, seconds=seconds or 0.0, eta_min=eta_min)
+    raise ValueError(f"train#lr_schedule must be one of {list(LR_SCHEDULES)}, not {kind!r}")

@@ -93,10 +93,9 @@ fi
 # ---- 2. three fine-tunings at once ----------------------------------------------------------------------
 SEG_S=$((BUDGET_S - (SECONDS - T0) - BENCH_S - CACHE_S - 25))
 [ "$SEG_S" -lt 60 ] && SEG_S=60
-SCHED='{"_target_": "pipelines.train_data.TimeCosineLR", "optimizer": "@train#optimizer", "seconds": "@train#time_limit_s", "eta_min": 1e-05}'
 COMMON=(train#loss#batch=false "train#lr=$LR" train#max_fg_per_nodule=16 train#paste_prob=0.5 val_interval=100000
-  train#trainer#max_epochs=100000 train#epoch_length=50 "train#time_limit_s=$SEG_S" "train#lr_scheduler=$SCHED"
-  train#handlers#0#epoch_level=false validate#max_cases=1)
+  train#trainer#max_epochs=100000 train#epoch_length=50 "train#time_limit_s=$SEG_S" train#lr_schedule=time_cosine
+  validate#max_cases=1)
 declare -A PROFILE SEED EXTRA
 PROFILE[A]=gpu-device; SEED[A]=21; EXTRA[A]="train#cache_workers=5"
 PROFILE[B]=cpu; SEED[B]=22

@@ -18,8 +18,8 @@ from pipelines.bench_baseline import mask_detections
 from pipelines.bench_report import compare_detections, match_centres
 from pipelines.settings import ScreeningSettings
 
-# A 6 mm network grid and 32^3 windows: one window per path.
-TINY = {"roi_size": [32, 32, 32], "target_spacing_mm": 6.0, "lung_margin_mm": 6.0, "fine_spacing_mm": 4.0}
+# The coarsest network grid the settings allow (3 mm) and 32^3 windows: a few windows per path.
+TINY = {"roi_size": [32, 32, 32], "target_spacing_mm": 3.0, "lung_margin_mm": 6.0, "fine_spacing_mm": 2.9}
 
 
 def tiny_chest_ct(path: Path) -> Path:
@@ -202,7 +202,7 @@ def test_stack_slices_mirrors_along_z_to_the_requested_count(tmp_path: Path) -> 
 
 
 def test_bench_scan_option_names_bad_pairs_and_missing_files(tmp_path: Path) -> None:
-    from pipelines.cli import _bench_scans, build_parser
+    from pipelines.cli import UsageError, _bench_scans, build_parser
 
     scan = tmp_path / "images" / "case.nii.gz"
     scan.parent.mkdir()
@@ -210,9 +210,9 @@ def test_bench_scan_option_names_bad_pairs_and_missing_files(tmp_path: Path) -> 
     a = build_parser().parse_args(["bench", "--scan", f"full={scan}", "--scan", f"other={scan}"])
     assert _bench_scans(a.scan) == {"full": str(scan), "other": str(scan)}
     assert _bench_scans(None) is None
-    with pytest.raises(SystemExit, match="NAME=PATH"):
+    with pytest.raises(UsageError, match="NAME=PATH"):
         _bench_scans([str(scan)])
-    with pytest.raises(SystemExit, match="missing.nii.gz does not exist"):
+    with pytest.raises(UsageError, match="missing.nii.gz does not exist"):
         _bench_scans([f"full={tmp_path / 'missing.nii.gz'}"])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from pipelines.train_data import (
     SampleIndicesd,
     TimeCosineLR,
     crop_context_size,
+    make_lr_scheduler,
     write_hard_negatives,
 )
 
@@ -171,26 +174,22 @@ def test_time_cosine_lr_state_saves_with_weights_only(tmp_path) -> None:
 
 
 def test_time_cosine_lr_wires_into_train_json_by_override() -> None:
-    """The override that scripts/gpu_session.sh passes parses into the scheduler, stepped per iteration."""
-    wf = load_workflow(
-        ["inference.json", "train.json"],
-        workflow_type="train",
-        overrides={
-            "dataset_dir": "x",
-            "train#time_limit_s": 120,
-            "train#lr_scheduler": {
-                "_target_": "pipelines.train_data.TimeCosineLR",
-                "optimizer": "@train#optimizer",
-                "seconds": "@train#time_limit_s",
-                "eta_min": 1e-5,
-            },
-            "train#handlers#0#epoch_level": False,
-        },
-    )
+    """``--set train#lr_schedule=time_cosine`` (scripts/gpu_session.sh) gives the wall-clock cosine, stepped per
+    iteration; the default stays the epoch cosine, stepped per epoch."""
+    overrides = {"dataset_dir": Path("x"), "train#time_limit_s": 120, "train#lr_schedule": "time_cosine"}
+    wf = load_workflow(["inference.json", "train.json"], workflow_type="train", overrides=overrides)
     sched = wf.parser.get_parsed_content("train#lr_scheduler")
     assert isinstance(sched, TimeCosineLR) and sched.seconds == 120.0 and sched.eta_min == 1e-5
     handler = wf.parser.get_parsed_content("train#handlers#0")
     assert handler.lr_scheduler is sched and handler.epoch_level is False
+    wf = load_workflow(
+        ["inference.json", "train.json"], workflow_type="train", overrides={"dataset_dir": Path("x")}
+    )
+    sched = wf.parser.get_parsed_content("train#lr_scheduler")
+    assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max == 10
+    assert wf.parser.get_parsed_content("train#handlers#0").epoch_level is True
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        make_lr_scheduler(kind="linear", optimizer=sched.optimizer, T_max=1)
 
 
 def test_classifier_mining_records_each_patch_at_its_world_centre():
