@@ -324,3 +324,16 @@ def test_spots_do_not_depend_on_skipping_slabs_or_threads(seed: int, monkeypatch
     assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
     monkeypatch.setattr(second_look, "SLAB_VOXELS", 3000)  # a few z planes at a time
     assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
+
+
+def test_network_hu_boxes_equal_the_whole_grid_mapped_back() -> None:
+    from pipelines.postprocess import NetworkHU, network_hu
+
+    hu, prob = _busy_case(0)
+    data, _ = _case(hu, prob)
+    settings = ScreeningSettings(report=False)
+    lazy, whole = NetworkHU(data, settings), network_hu(data, settings)
+    assert lazy.shape == whole.shape == hu.shape
+    box = (slice(3, 20), slice(0, 9), slice(40, 56))
+    assert np.array_equal(lazy[box], whole[box]) and lazy[box].dtype == np.float32
+    assert np.allclose(whole, np.clip(hu, -1000, 500), atol=0.05)
