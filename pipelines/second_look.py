@@ -54,9 +54,10 @@ from pipelines.sparse_labels import SeedCluster, seed_clusters
 SIGMAS_MM = (1.0, 1.5, 2.0)
 #: Neighbourhood (voxels) of the local-maximum test and of the probability look-up around a spot.
 _PEAK_SIZE = 5
-#: The response bounds that decide what to skip are compared against this share of the floor (float32
-#: eigenvalues err by ~1e-4 of a response that reaches it: the skipped values are far below).
-_BOUND_MARGIN = 0.9
+#: The response bounds that decide what to skip are compared against this share of the floor: a skipped
+#: voxel's exact response is below it, and float32 eigenvalues (absolute error a few float32 epsilons of |l1|)
+#: add at most ~1e-6 of it to the response computed.
+_BOUND_MARGIN = 0.99
 #: A cluster whose box holds more voxels is filtered in slabs along z (memory: ~80 bytes per voxel of a slab).
 SLAB_VOXELS = 1 << 21
 
@@ -261,18 +262,20 @@ def _covered(cluster: SeedCluster, avoid: Sequence[tuple[np.ndarray, float]], *,
     """Whether every spot a cluster can give (within ``slack`` voxels of a seed) falls in one avoided ball.
 
     Such a cluster (typically the faint halo around a network candidate) is skipped unfiltered: its spots would
-    all be dropped. A cluster wider than a ball's diameter is rejected from its box alone.
+    all be dropped. A ball is ruled out from the cluster's box alone when a face of the box lies farther from
+    its centre than the radius allows (a seed lies on every face).
     """
-    extent = cluster.hi - cluster.lo - 1
-    seeds: np.ndarray | None = None
-    for c, r in avoid:
-        if (extent > 2.0 * (r - slack) + 1.0).any():
-            continue
-        if seeds is None:
-            seeds = np.argwhere(cluster.seeds) + cluster.lo
-        if float(np.linalg.norm(seeds - c, axis=1).max()) + slack <= r:
-            return True
-    return False
+    if not avoid:
+        return False
+    centres = np.asarray([c for c, _ in avoid], float)
+    radii = np.asarray([r for _, r in avoid], float)
+    lo, hi = cluster.lo.astype(float), cluster.hi.astype(float) - 1.0
+    farthest_face = np.maximum(np.abs(centres - lo), np.abs(centres - hi)).max(1)
+    maybe = np.flatnonzero(farthest_face + slack <= radii + 1.0)  # + 1: never rule out on a rounding
+    if not maybe.size:
+        return False
+    seeds = np.argwhere(cluster.seeds) + cluster.lo
+    return any(float(np.linalg.norm(seeds - centres[i], axis=1).max()) + slack <= radii[i] for i in maybe)
 
 
 def _cluster_spots(

@@ -42,13 +42,15 @@ class SeedCluster:
 def block_any(mask: np.ndarray, size: int) -> np.ndarray:
     """Whether each ``size``-cube block of a 3-D ``mask`` holds a True voxel (the far edges' blocks may be smaller).
 
-    One pass over ``mask``, a slab of ``size`` planes at a time.
+    One pass over ``mask``, a slab of ``size`` planes at a time; the rest on the ``size`` times smaller result.
     """
-    starts = range(0, mask.shape[0], size)
-    planes = np.stack([np.logical_or.reduce(mask[z : z + size], axis=0) for z in starts])
-    for axis in (1, 2):
-        planes = np.logical_or.reduceat(planes, np.arange(0, mask.shape[axis], size), axis=axis)
-    return planes
+    planes = np.stack(
+        [np.logical_or.reduce(mask[z : z + size], axis=0) for z in range(0, mask.shape[0], size)]
+    )
+    ny, nx = (-(-n // size) for n in mask.shape[1:])
+    padded = np.zeros((planes.shape[0], ny * size, nx * size), bool)
+    padded[:, : mask.shape[1], : mask.shape[2]] = planes
+    return np.asarray(padded.reshape(planes.shape[0], ny, size, nx, size).any(axis=(2, 4)))
 
 
 def _one_cluster(mask: np.ndarray, start: list[int]) -> tuple[tuple[int, ...], SeedCluster]:
@@ -89,8 +91,9 @@ def seed_clusters(seed_mask: np.ndarray, *, reach: int) -> list[SeedCluster]:
             block = tuple(slice(b.start * size, min(b.stop * size, n)) for b, n in zip(bbox, seed.shape))
             found.append(_one_cluster(seed[block], [b.start for b in block]))
             continue
+        grow = reach // 2  # how far the dilation reaches beyond the group's seeds
         box = tuple(
-            slice(max(b.start * size - reach, 0), min(b.stop * size + reach, n))
+            slice(max(b.start * size - grow, 0), min(b.stop * size + grow, n))
             for b, n in zip(bbox, seed.shape)
         )
         sub = seed[box]
