@@ -101,7 +101,7 @@ def merge_scales(
     radii = np.asarray([float(c["diameter_mm"]) / 2 for c in cands], float)
     next_id = max([int(c["nodule_id"]) for c in cands] + [int(mask.max(initial=0))]) + 1
     fine_mask = fine[1]
-    fine_boxes = ndimage.find_objects(fine_mask)  # one pass; each added candidate's voxels within its box
+    fine_boxes: list[tuple[slice, ...] | None] | None = None  # found once, when a candidate is first added
     for f in fine[0]:
         radius = float(f["diameter_mm"]) / 2
         if 2 * radius > max_diameter_mm:
@@ -117,10 +117,15 @@ def merge_scales(
                 continue
         row = dict(f, probability=score, segmentation_probability=score)
         fid = int(f["nodule_id"])
-        if f.get("source") == "network" and fid <= len(fine_boxes) and fine_boxes[fid - 1] is not None:
-            box = fine_boxes[fid - 1]
-            region = mask[box]  # a view: writes go to ``mask``
-            region[(fine_mask[box] == fid) & (region == 0)] = next_id
+        if f.get("source") == "network":
+            if fine_boxes is None:
+                fine_boxes = ndimage.find_objects(
+                    fine_mask
+                )  # one pass; each added candidate's voxels in its box
+            box = fine_boxes[fid - 1] if fid <= len(fine_boxes) else None
+            if box is not None:
+                region = mask[box]  # a view: writes go to ``mask``
+                region[(fine_mask[box] == fid) & (region == 0)] = next_id
         row["nodule_id"] = next_id
         next_id += 1
         cands.append(row)

@@ -29,6 +29,7 @@ from pipelines.nodule_density import (
     solid_component_mask,
 )
 from pipelines.nodule_split import split_touching as split_component
+from pipelines.sparse_labels import components
 
 __all__ = [
     "DensityThresholds",
@@ -247,29 +248,26 @@ def _solid_component_mm(
 
 def _candidate_components(
     probability_zyx: np.ndarray, threshold: float, seed_threshold: float | None, min_voxels: float
-) -> tuple[np.ndarray, list[tuple[int, tuple[slice, ...]]]]:
-    """Label ``p > threshold`` (26-connected) and keep the big-enough, seeded components.
+) -> list[tuple[tuple[slice, ...], np.ndarray]]:
+    """The big-enough, seeded 26-connected components of ``p > threshold``, in ``ndimage.label`` order.
+
+    Labelled only around the supra-threshold voxels (:func:`pipelines.sparse_labels.components`).
 
     Returns:
-        The int32 label image and ``(label, bounding box)`` for every kept component.
+        ``(bounding box, boolean component mask in it)`` for every kept component.
     """
-    labels, n = ndimage.label(probability_zyx > threshold, structure=_CONNECTIVITY_26)
-    if n == 0:
-        return labels, []
-    fg = labels > 0
-    keep = np.bincount(labels[fg], minlength=n + 1) >= min_voxels  # foreground only: ~100x fewer voxels
-    keep[0] = False
-    if seed_threshold is not None:
-        seeded = np.zeros(n + 1, dtype=bool)
-        seeded[np.unique(labels[probability_zyx > seed_threshold])] = True
-        keep &= seeded
-    boxes = ndimage.find_objects(labels)
-    return labels, [(lab, boxes[lab - 1]) for lab in np.flatnonzero(keep).tolist()]
+    kept: list[tuple[tuple[slice, ...], np.ndarray]] = []
+    for box, component in components(probability_zyx > threshold):
+        if component.sum() < min_voxels:
+            continue
+        if seed_threshold is not None and not (probability_zyx[box][component] > seed_threshold).any():
+            continue
+        kept.append((box, component))
+    return kept
 
 
 def _pieces(
-    labels: np.ndarray,
-    components: list[tuple[int, tuple[slice, ...]]],
+    components: list[tuple[tuple[slice, ...], np.ndarray]],
     spacing: np.ndarray,
     min_diameter_mm: float,
     min_voxels: float,
@@ -278,8 +276,7 @@ def _pieces(
 ) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """``(bounding box, boolean mask in it)`` of every component, or of its blobs when ``split``."""
     pieces = []
-    for lab, box in components:
-        component = labels[box] == lab
+    for box, component in components:
         if not split:
             pieces.append((box, component))
             continue
@@ -360,11 +357,11 @@ def extract_nodules(
         raise ValueError(f"max_candidates must fit a uint16 mask (<= 65535), not {max_candidates}")
     density = density or DensityThresholds()
     min_voxels = max(1.0, math.pi / 6.0 * min_diameter_mm**3 / float(np.prod(spacing)) - 1e-9)
-    labels, components = _candidate_components(probability_zyx, threshold, seed_threshold, min_voxels)
+    components = _candidate_components(probability_zyx, threshold, seed_threshold, min_voxels)
 
     scored = []
     for order, (box, component) in enumerate(
-        _pieces(labels, components, spacing, min_diameter_mm, min_voxels, split=split_touching)
+        _pieces(components, spacing, min_diameter_mm, min_voxels, split=split_touching)
     ):
         scored.append((probability_score(probability_zyx[box][component]), order, box, component))
     scored.sort(key=lambda item: (-item[0], item[1]))

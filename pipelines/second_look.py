@@ -13,8 +13,16 @@ candidate scored by the network's highest probability within 2 voxels. The score
 :func:`pipelines.postprocess.shape_adjusted` moves every candidate by its :func:`blobness`), and second-look
 candidates are never reported as nodules; they go to ``candidates.csv`` and the LUNA16 submission, where they
 raise the sensitivity at 2-8 false positives per scan. The filter runs only in boxes around the
-low-probability components (up to a few hundred small boxes per scan, about 1 s), on the isotropic network
-grid, on the CPU (SciPy).
+low-probability components (up to a few hundred small boxes per scan), on the isotropic network grid, on the
+CPU (SciPy).
+
+Cost and memory: the seed voxels are clustered by labelling around them (:func:`~pipelines.sparse_labels.
+seed_clusters`: a few bytes per voxel of the grid however many voxels are seeds), and most clusters are settled
+by the diagonal of their Hessians alone, entry by entry (:func:`_may_peak`: a bound on the response that
+3-8 of the 15 separable passes give); the rest, and only the scales that may reach the floor, pay for the whole
+Hessian and eigenvalues only where a bound from it allows (:func:`dot_response` with ``floor_hu``). The spots
+are those the full filter gives everywhere (tests/test_second_look.py): on the v0.8.0 bench scan 0.8 s of CPU
+instead of 4.4 s (coarse and fine grids, one thread).
 
 Dot response at scale ``s`` (mm), eigenvalues ``l1 <= l2 <= l3`` of the Hessian of the Gaussian-smoothed HU
 image: ``s**2 * l3**2 / |l1|`` where all three are negative, else 0 (HU; ``s**2`` normalises across scales);
@@ -27,12 +35,18 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
+
+from pipelines.gaussian_derivatives import (
+    HessianPasses,
+    hessian,
+    kernel_radius,
+    weakest_curvature_bound,
+)
+from pipelines.sparse_labels import SeedCluster, seed_clusters
 
 #: Gaussian scales (mm) of the dot filter: a sphere of diameter d answers most at s = d / (2 sqrt 3), so
 #: these cover nodules of about 3.5-7 mm (larger ones are the network's own strength; a 3 mm scale cost
@@ -40,8 +54,21 @@ from scipy.spatial import cKDTree
 SIGMAS_MM = (1.0, 1.5, 2.0)
 #: Neighbourhood (voxels) of the local-maximum test and of the probability look-up around a spot.
 _PEAK_SIZE = 5
-#: Gaussian kernels reach this many sigmas (SciPy's default; 3 lowered borderline spots' responses by ~3 %).
-TRUNCATE = 4.0
+#: The response bounds that decide what to skip are compared against this share of the floor: a skipped
+#: voxel's exact response is below it, and float32 eigenvalues (absolute error a few float32 epsilons of |l1|)
+#: add at most ~1e-6 of it to the response computed.
+_BOUND_MARGIN = 0.99
+#: A cluster whose box holds more voxels is filtered in slabs along z (memory: ~80 bytes per voxel of a slab).
+SLAB_VOXELS = 1 << 21
+
+
+class Volume(Protocol):
+    """A ``[z, y, x]`` volume read box by box: a numpy array, or one that makes each box when indexed."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, box: Any) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -65,49 +92,8 @@ class Spot:
         return 2.0 * math.sqrt(3.0) * self.sigma_mm
 
 
-def _kernels(sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sampled Gaussian and its first and second derivatives (voxel units), radius ``ceil(TRUNCATE sigma)``."""
-    r = max(1, math.ceil(TRUNCATE * sigma))
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    g /= g.sum()
-    # reversed: ndimage correlates, the derivatives need a convolution
-    return g, (x / sigma**2 * g), ((x**2 / sigma**4 - 1.0 / sigma**2) * g)
-
-
-def hessian(
-    x: np.ndarray, sigma: float, inner: tuple[slice, slice, slice] | None = None
-) -> dict[tuple[int, int], np.ndarray]:
-    """Gaussian-derivative Hessian ``{(a, b): d2/da db}`` (a <= b; axes 0 z, 1 y, 2 x) of ``[z, y, x]`` ``x``.
-
-    Separable and shared (3 passes along x, 6 along y, 6 along z instead of 18), edges replicated. With
-    ``inner`` (a box of ``x``) only that box is returned, and each pass is cropped to it along the axes already
-    filtered: the later passes then run on a fraction of the volume (a 25^3 box around a 9^3 box: ~5x less).
-    """
-    g, g1, g2 = (k.astype(np.float32) for k in _kernels(sigma))
-    k = (g, g1, g2)
-    zs, ys, xs = inner if inner is not None else (slice(None),) * 3
-
-    def along(v: np.ndarray, order: int, axis: int) -> np.ndarray:
-        return ndi.correlate1d(v, k[order], axis=axis, mode="nearest")
-
-    ax = {o: along(x, o, 2)[:, :, xs] for o in range(3)}  # x-derivative order o
-    axy = {
-        (oy, ox): along(ax[ox], oy, 1)[:, ys, :]
-        for oy, ox in ((0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (0, 2))
-    }
-    return {
-        (0, 0): along(axy[0, 0], 2, 0)[zs],
-        (1, 1): along(axy[2, 0], 0, 0)[zs],
-        (2, 2): along(axy[0, 2], 0, 0)[zs],
-        (0, 1): along(axy[1, 0], 1, 0)[zs],
-        (0, 2): along(axy[0, 1], 1, 0)[zs],
-        (1, 2): along(axy[1, 1], 0, 0)[zs],
-    }
-
-
 def blobness(
-    hu: np.ndarray, centre_zyx: Sequence[float] | np.ndarray, radius_mm: float, spacing_mm: float
+    hu: Volume, centre_zyx: Sequence[float] | np.ndarray, radius_mm: float, spacing_mm: float
 ) -> float:
     """How ball-like the bright structure at ``centre_zyx`` is, at the scale of a ball of ``radius_mm``.
 
@@ -124,7 +110,7 @@ def blobness(
         spacing_mm: voxel size of ``hu``.
     """
     sigma = max(float(radius_mm), 1.5) / math.sqrt(3.0) / float(spacing_mm)
-    reach = max(1, math.ceil(TRUNCATE * sigma))
+    reach = kernel_radius(sigma)
     shape = np.asarray(hu.shape)
     c = np.clip(np.rint(np.asarray(centre_zyx, float)).astype(int), 0, shape - 1)
     lo, hi = np.maximum(c - reach, 0), np.minimum(c + reach + 1, shape)
@@ -141,6 +127,73 @@ def blobness(
     return float(mags.min() / mags.max())
 
 
+def _may_reach(h: dict[tuple[int, int], np.ndarray], level: float) -> np.ndarray:
+    """Where the Hessians ``h`` (1-D entries, negative diagonal) may give ``l3**2 / |l1| >= level``.
+
+    ``l3**2 / |l1| <= |det| / l1**2 <= 9 |det| / trace**2`` for a negative definite matrix (``|det| >= |l1|
+    l3**2``, ``|l1| >= |trace| / 3``): tight for a ball, about 0 along a vessel in any direction. float64.
+    """
+    a, b, c = (h[i, i].astype(np.float64) for i in range(3))
+    d, e, f = (h[k].astype(np.float64) for k in ((0, 1), (0, 2), (1, 2)))
+    det = a * (b * c - f * f) - d * (d * c - f * e) + e * (d * f - b * e)
+    return np.asarray(9.0 * np.abs(det) >= level * (a + b + c) ** 2)
+
+
+def _diagonal_candidates(passes: HessianPasses, where: np.ndarray, level: float) -> np.ndarray:
+    """Flat indices of the voxels of ``where`` whose Hessian diagonal allows ``l3**2 / |l1| >= level``.
+
+    ``-d2/dz2`` bounds the response on its own (3 of the 15 passes), ``-d2/dy2`` too (5), and
+    :func:`~pipelines.gaussian_derivatives.weakest_curvature_bound` of the whole diagonal best (8): each entry is
+    computed only while some voxel is left.
+    """
+    at = np.flatnonzero(where & (passes.entry(0, 0) <= -level))
+    for ab in ((1, 1), (2, 2)):
+        if at.size:
+            at = at[passes.entry(*ab).reshape(-1)[at] <= -level]
+    if at.size:
+        diagonal = [v.reshape(-1)[at] for v in passes.diagonal()]
+        at = at[weakest_curvature_bound(diagonal) >= level]
+    return at
+
+
+def _scale_passes(
+    x: Volume, spacing_mm: float, sigmas_mm: Sequence[float], box: tuple[slice, ...]
+) -> list[tuple[float, HessianPasses]]:
+    """A :class:`HessianPasses` of ``box`` per scale, each on ``x`` cropped to ``box`` and its kernels' reach.
+
+    ``x`` is read once, over the widest scale's reach.
+    """
+    shape = x.shape
+    reach = max(kernel_radius(float(s) / float(spacing_mm)) for s in sigmas_mm)
+    outer = tuple(slice(max(b.start - reach, 0), min(b.stop + reach, n)) for b, n in zip(box, shape))
+    read = np.asarray(x[outer], np.float32)
+    out = []
+    for s_mm in sigmas_mm:
+        sigma = float(s_mm) / float(spacing_mm)
+        r = kernel_radius(sigma)
+        crop = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, n in zip(box, shape))
+        local = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))
+        view = read[tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(crop, outer))]
+        out.append((float(s_mm), HessianPasses(view, sigma, local)))  # type: ignore[arg-type]
+    return out
+
+
+def _may_peak(
+    hu: Volume, spacing_mm: float, box: tuple[slice, ...], where: np.ndarray, floor_hu: float
+) -> bool:
+    """Whether a voxel of ``where`` (a mask of ``box``) may reach a dot response of ``floor_hu`` at some scale.
+
+    From the Hessians' diagonals only (:func:`_diagonal_candidates`): most seed clusters are settled here with
+    3-8 of the 15 passes per scale, on the smallest box their peaks may lie in.
+    """
+    if not where.any():
+        return False
+    for s_mm, passes in _scale_passes(hu, spacing_mm, SIGMAS_MM, box):
+        if _diagonal_candidates(passes, where, _BOUND_MARGIN * float(floor_hu) / s_mm**2).size:
+            return True
+    return False
+
+
 def dot_response(
     hu: np.ndarray,
     spacing_mm: float,
@@ -148,68 +201,157 @@ def dot_response(
     sigmas_mm: Sequence[float] = SIGMAS_MM,
     mask: np.ndarray | None = None,
     inner: tuple[slice, slice, slice] | None = None,
+    floor_hu: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multi-scale Hessian dot response (HU) of an isotropic ``[z, y, x]`` HU volume and the best scale (mm).
 
-    Eigenvalues are computed only where the Hessian's trace is negative (a bright blob's is).
+    Eigenvalues are computed only where the Hessian's trace is negative (a bright blob's is). Each scale
+    filters only as much of ``hu`` around ``inner`` as its kernels reach. With ``floor_hu``, a scale is
+    filtered further only where its Hessian's diagonal allows a response from the floor up, and eigenvalues
+    are computed only where the whole Hessian does (:func:`_diagonal_candidates`, :func:`_may_reach`).
 
     Args:
         hu: CT in HU on an isotropic grid of ``spacing_mm``.
         mask: optional boolean, the shape of ``inner``; the response is 0 outside it.
         inner: the box of ``hu`` where the response is wanted (all of it by default); exact where ``hu``
             extends it by the kernel reach (``TRUNCATE`` sigmas), edges replicated elsewhere.
+        floor_hu: responses below this may come back lower, down to 0 (the scales that cannot reach it are
+            skipped); from this level up they are exact, and so is every value when it is 0.
 
     Returns:
         ``(response, sigma_mm)``, both float32 of ``inner``'s shape (``sigma_mm`` 0 where the response is 0).
     """
     x = np.asarray(hu, dtype=np.float32)
-    box = inner if inner is not None else (slice(None),) * 3
-    shape = x[box].shape
+    box = tuple(slice(*b.indices(n)[:2]) for b, n in zip(inner or (slice(None),) * 3, x.shape))
+    shape = tuple(b.stop - b.start for b in box)
+    keep = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+    level = {float(s): _BOUND_MARGIN * float(floor_hu) / float(s) ** 2 for s in sigmas_mm}
     best = np.zeros(shape, np.float32)
     best_sigma = np.zeros(shape, np.float32)
-    keep = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
-    for s_mm in sigmas_mm:
-        d = hessian(x, float(s_mm) / float(spacing_mm), inner)
-        sel = keep & (d[0, 0] + d[1, 1] + d[2, 2] < 0)
-        if not sel.any():
+    for s_mm, passes in _scale_passes(x, spacing_mm, sigmas_mm, box):
+        if floor_hu > 0:
+            at = _diagonal_candidates(passes, keep, level[s_mm])
+        else:
+            zz, yy, xx = passes.diagonal()
+            at = np.flatnonzero(keep & (zz + yy + xx < 0))
+        if not at.size:
             continue
-        h = np.empty((int(sel.sum()), 3, 3), np.float32)
-        for (a, b), v in d.items():
-            h[:, a, b] = h[:, b, a] = v[sel]
+        entries = {
+            ab: passes.entry(*ab).reshape(-1)[at] for ab in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+        }
+        if floor_hu > 0:
+            ok = _may_reach(entries, level[s_mm])
+            at = at[ok]
+            entries = {k: v[ok] for k, v in entries.items()}
+            if not at.size:
+                continue
+        h = np.empty((at.size, 3, 3), np.float32)
+        for (a, b), v in entries.items():
+            h[:, a, b] = h[:, b, a] = v
         ev = np.linalg.eigvalsh(h)  # ascending: ev[:, 0] the most negative
         l1, l3 = ev[:, 0], ev[:, 2]
-        r = np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * float(s_mm) ** 2
-        resp = np.zeros(shape, np.float32)
-        resp[sel] = r
-        better = resp > best
-        best[better] = resp[better]
-        best_sigma[better] = float(s_mm)
+        resp = np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * s_mm**2
+        flat_best, flat_sigma = best.reshape(-1), best_sigma.reshape(-1)
+        better = resp > flat_best[at]
+        flat_best[at[better]] = resp[better]
+        flat_sigma[at[better]] = s_mm
     return best, best_sigma
 
 
-def _seed_clusters(seeds: np.ndarray, *, reach: int) -> list[np.ndarray]:
-    """Group ``(n, 3)`` voxel indices into clusters linked by Chebyshev distance <= ``reach``."""
-    if len(seeds) == 0:
-        return []
-    pairs = cKDTree(seeds).query_pairs(reach, p=np.inf, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs), bool), (pairs[:, 0], pairs[:, 1])), shape=(len(seeds),) * 2)
-    _, cluster = connected_components(graph, directed=False)
-    order = np.argsort(cluster, kind="stable")
-    bounds = np.flatnonzero(np.diff(cluster[order])) + 1
-    return np.split(seeds[order], bounds)
-
-
-def _covered(seeds: np.ndarray, avoid: Sequence[tuple[np.ndarray, float]], *, slack: float) -> bool:
+def _covered(cluster: SeedCluster, avoid: Sequence[tuple[np.ndarray, float]], *, slack: float) -> bool:
     """Whether every spot a cluster can give (within ``slack`` voxels of a seed) falls in one avoided ball.
 
     Such a cluster (typically the faint halo around a network candidate) is skipped unfiltered: its spots would
-    all be dropped.
+    all be dropped. A ball is ruled out from the cluster's box alone when a face of the box lies farther from
+    its centre than the radius allows (a seed lies on every face).
     """
-    return any(float(np.linalg.norm(seeds - c, axis=1).max()) + slack <= r for c, r in avoid)
+    if not avoid:
+        return False
+    centres = np.asarray([c for c, _ in avoid], float)
+    radii = np.asarray([r for _, r in avoid], float)
+    lo, hi = cluster.lo.astype(float), cluster.hi.astype(float) - 1.0
+    farthest_face = np.maximum(np.abs(centres - lo), np.abs(centres - hi)).max(1)
+    maybe = np.flatnonzero(farthest_face + slack <= radii + 1.0)  # + 1: never rule out on a rounding
+    if not maybe.size:
+        return False
+    seeds = np.argwhere(cluster.seeds) + cluster.lo
+    return any(float(np.linalg.norm(seeds - centres[i], axis=1).max()) + slack <= radii[i] for i in maybe)
+
+
+def _cluster_spots(
+    cluster: SeedCluster,
+    hu: Volume,
+    prob: np.ndarray,
+    lung: np.ndarray | None,
+    spacing_mm: float,
+    *,
+    min_response_hu: float,
+) -> list[Spot]:
+    """The peaks of one cluster: dot response >= ``min_response_hu``, the highest within 5^3 voxels, in the
+    lungs, a seed within 2 voxels; in C order.
+
+    The response is needed where a peak may be (a seed within 2 voxels) and 2 voxels around: that box,
+    computed from the box wider by the kernel reach; a box above :data:`SLAB_VOXELS` is filtered in slabs
+    along z, each with the 2 voxels the peak test needs around it (the same values, less memory at once).
+    """
+    half = _PEAK_SIZE // 2
+    reach = kernel_radius(max(SIGMAS_MM) / spacing_mm)
+    lo = np.maximum(cluster.lo - 2 * half, 0)
+    hi = np.minimum(cluster.hi + 2 * half, prob.shape)
+    need = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    local = np.zeros(tuple(int(v) for v in hi - lo), bool)
+    local[tuple(slice(int(a), int(b)) for a, b in zip(cluster.lo - lo, cluster.hi - lo))] = cluster.seeds
+    mine = ndi.maximum_filter(local, size=_PEAK_SIZE)  # a seed within 2 voxels
+    if lung is not None:
+        mine &= lung[need]
+    mine_lo = np.maximum(cluster.lo - half, 0) - lo  # the box mine lies in
+    mine_hi = np.minimum(cluster.hi + half, prob.shape) - lo
+    needed = None
+    nz = local.shape[0]
+    step = max(1, SLAB_VOXELS // max(1, local[0].size))
+    out = []
+    for z0 in range(0, nz, step):
+        z1 = min(z0 + step, nz)
+        peak_box = tuple(
+            slice(int(a) + int(o), int(b) + int(o))
+            for a, b, o in zip(
+                (max(z0, mine_lo[0]), mine_lo[1], mine_lo[2]),
+                (min(z1, mine_hi[0]), mine_hi[1], mine_hi[2]),
+                lo,
+            )
+        )
+        where = mine[tuple(slice(b.start - o, b.stop - o) for b, o in zip(peak_box, lo))]
+        if not _may_peak(hu, spacing_mm, peak_box, where, min_response_hu):
+            continue  # most clusters end here
+        if needed is None:  # where the peak test reads the response
+            needed = ndi.maximum_filter(mine, size=_PEAK_SIZE)
+            if lung is not None:
+                needed &= lung[need]
+        rz = slice(
+            max(z0 - half, 0), min(z1 + half, nz)
+        )  # the response's slab: the peak test's 2 voxels around
+        box = (slice(int(lo[0]) + rz.start, int(lo[0]) + rz.stop), need[1], need[2])
+        wide = tuple(slice(max(b.start - reach, 0), min(b.stop + reach, n)) for b, n in zip(box, prob.shape))
+        inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))
+        resp, sig = dot_response(
+            hu[wide],
+            spacing_mm,
+            mask=needed[rz],
+            inner=inner,  # type: ignore[arg-type]
+            floor_hu=min_response_hu,
+        )
+        peaks = (resp == ndi.maximum_filter(resp, size=_PEAK_SIZE)) & (resp >= min_response_hu)
+        core = slice(z0 - rz.start, z1 - rz.start)
+        for p in np.argwhere(peaks[core] & mine[z0:z1]):
+            q = (int(p[0]) + core.start, int(p[1]), int(p[2]))
+            idx = tuple(int(a + b) for a, b in zip(q, (box[0].start, lo[1], lo[2])))
+            around = tuple(slice(max(i - half, 0), i + half + 1) for i in idx)
+            out.append(Spot(idx, float(prob[around].max()), float(resp[q]), float(sig[q])))  # type: ignore[arg-type]
+    return out
 
 
 def find_spots(
-    hu: np.ndarray,
+    hu: Volume,
     probability: np.ndarray,
     lungs: np.ndarray | None,
     spacing_mm: float,
@@ -223,9 +365,13 @@ def find_spots(
 ) -> list[Spot]:
     """Second-look candidates of one scan on the isotropic network grid (see the module docstring).
 
+    Memory: a few bytes per voxel of the grid, and the dot filter's ~80 bytes per voxel of one box or slab
+    (:data:`SLAB_VOXELS`) per worker, however many voxels reach ``min_probability``.
+
     Args:
-        hu: ``[z, y, x]`` CT in HU; ``probability`` the network's ``[z, y, x]`` probability on the same grid;
-            ``lungs`` lung labels there (None: no lung restriction).
+        hu: ``[z, y, x]`` CT in HU (an array, or a :class:`Volume` that makes each box when indexed);
+            ``probability`` the network's ``[z, y, x]`` probability on the same grid; ``lungs`` lung labels
+            there (None: no lung restriction).
         spacing_mm: the grid's isotropic voxel size.
         min_probability: a spot needs this network probability within 2 voxels.
         min_response_hu: and at least this dot response.
@@ -239,41 +385,21 @@ def find_spots(
         Spots by decreasing probability (then response).
     """
     prob = np.asarray(probability, dtype=np.float32)
-    lung = np.ones(prob.shape, bool) if lungs is None else np.asarray(lungs).reshape(prob.shape) > 0
+    lung = None if lungs is None else np.asarray(lungs).reshape(prob.shape) > 0
     half = _PEAK_SIZE // 2
-    reach = math.ceil(TRUNCATE * max(SIGMAS_MM) / spacing_mm)
     avoid = [  # balls (centre, radius in voxels) where no spot may lie
         (np.asarray(c, float), max(min_separation_mm, float(r) + 2.0) / spacing_mm) for c, r in avoid_zyx
     ]
     # clusters of seed voxels whose 5^3 neighbourhoods touch: the 26-connected components of "a seed within 2
-    # voxels", found on the sparse seeds (a full-volume label and maximum filter cost ~1 s per scan)
+    # voxels"
     clusters = [
         c
-        for c in _seed_clusters(np.argwhere(prob >= min_probability), reach=2 * half + 1)
+        for c in seed_clusters(prob >= min_probability, reach=2 * half + 1)
         if not _covered(c, avoid, slack=half * math.sqrt(3.0))
     ]
 
-    def spots_of(seeds: np.ndarray) -> list[Spot]:
-        # the response is needed where a peak may be (a seed within 2 voxels) and 2 voxels around: that box,
-        # computed from the box wider by the kernel reach
-        lo = np.maximum(seeds.min(0) - 2 * half, 0)
-        hi = np.minimum(seeds.max(0) + 2 * half + 1, prob.shape)
-        need = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        wlo = np.maximum(lo - reach, 0)
-        wide = tuple(slice(int(a), int(b)) for a, b in zip(wlo, np.minimum(hi + reach, prob.shape)))
-        local = np.zeros(tuple(int(b - a) for a, b in zip(lo, hi)), bool)
-        local[tuple((seeds - lo).T)] = True
-        mine = ndi.maximum_filter(local, size=_PEAK_SIZE) & lung[need]  # in the lungs, a seed within 2 voxels
-        needed = ndi.maximum_filter(mine, size=_PEAK_SIZE) & lung[need]  # exact for the 5^3 peak test
-        inner = tuple(slice(int(a - w), int(b - w)) for a, b, w in zip(lo, hi, wlo))
-        resp, sig = dot_response(hu[wide], spacing_mm, mask=needed, inner=inner)  # type: ignore[arg-type]
-        peaks = (resp == ndi.maximum_filter(resp, size=_PEAK_SIZE)) & (resp >= min_response_hu) & mine
-        out = []
-        for p in np.argwhere(peaks):
-            idx = tuple(int(a + b) for a, b in zip(p, lo))
-            around = tuple(slice(max(i - half, 0), i + half + 1) for i in idx)
-            out.append(Spot(idx, float(prob[around].max()), float(resp[tuple(p)]), float(sig[tuple(p)])))  # type: ignore[arg-type]
-        return out
+    def spots_of(cluster: SeedCluster) -> list[Spot]:
+        return _cluster_spots(cluster, hu, prob, lung, spacing_mm, min_response_hu=min_response_hu)
 
     # SciPy's filters release the GIL: threads share the clusters (1.9x on 2 cores); map keeps their order
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(clusters)))) as pool:

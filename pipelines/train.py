@@ -67,6 +67,15 @@ STAGES = ("segmentation", "classifier")
 EVAL_MAX_CASES: dict[str, int | None] = {"gpu": 16, "gpu-device": 16, "cpu": 3, "smoke": 1}
 
 
+class EvaluationFailed(RuntimeError):
+    """The closing evaluation could not screen every validation scan it was given.
+
+    Raised by :func:`train` after ``train_result.json`` is written (the trained weights are kept), so that
+    ``lungscreen train`` and ``make train`` exit non-zero instead of reporting figures of the scans that did not
+    fail.
+    """
+
+
 def world_info() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -109,6 +118,8 @@ def train(
         ValueError: on an unknown profile or stage; ``OverrideError`` for an override that is not a plain
             value (a ``$`` expression, a reserved key such as ``_target_``); ``DeviceError`` for a missing GPU.
         CheckpointError: naming the file, when a checkpoint to resume from or to mine with is unusable.
+        EvaluationFailed: when a validation scan of the closing evaluation failed (after everything else,
+            ``train_result.json`` included, is written).
     """
     from pipelines.bundle import check_user_overrides
     from pipelines.inference import select_device
@@ -155,6 +166,13 @@ def train(
         )
     result["elapsed_s"] = round(time.perf_counter() - t0, 1)
     (out_dir / "train_result.json").write_text(json.dumps(result, indent=1, default=str))
+    failed = int((result.get("evaluation") or {}).get("failed") or 0)
+    if failed:
+        ev = result["evaluation"]
+        raise EvaluationFailed(
+            f"closing evaluation: {failed} of {failed + int(ev.get('scans') or 0)} validation scans failed "
+            f"(reasons in {ev['failures_csv']}); the trained weights are in {out_dir / 'models'}"
+        )
     return result
 
 
@@ -293,7 +311,8 @@ def evaluate_validation(
 ) -> dict[str, Any]:
     """Screen the ``split`` scans with the trained weights; LUNA16 detection and segmentation metrics.
 
-    Returns a summary (CPM, sensitivity at 4 FP/scan, nodule and lung Dice) and the ``metrics.json`` path.
+    Returns a summary (CPM, sensitivity at 4 FP/scan, nodule and lung Dice), the ``metrics.json`` path, and
+    ``failed`` / ``failures_csv``: the scans that could not be screened (no metrics when none could).
     """
     from pipelines.evaluation import evaluate
     from pipelines.screen import screen
@@ -314,6 +333,12 @@ def evaluate_validation(
         device=device,
         report=False,
     )
+    failures = {"failed": res.failed, "failures_csv": str(screen_dir / "failures.csv")}
+    if res.succeeded == 0:  # nothing to score: :func:`train` fails the run
+        print(
+            f"[train] validation: all {res.failed} scans failed (see {failures['failures_csv']})", flush=True
+        )
+        return {"scans": 0, **failures}
     root = Path(dataset)
     cases = root / "cases.csv"
     metrics = evaluate(
@@ -332,7 +357,7 @@ def evaluate_validation(
     seg = seg.get("summary", seg)
     summary = {
         "scans": res.succeeded,
-        "failed": res.failed,
+        **failures,
         "cpm": det.get("cpm"),
         "sensitivities": det.get("sensitivities"),
         "nodules_ge6mm": {

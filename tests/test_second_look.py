@@ -263,3 +263,77 @@ def test_candidates_carry_their_blobness_and_the_weight_reorders_them() -> None:
     assert [c["lung_side"] for c in rows[6.0]] == ["right", "left"]  # the ball first with the shape term
     ball_row = rows[6.0][0]
     assert ball_row["blobness"] > 0.8 and rows[6.0][1]["blobness"] < 0.2
+
+
+def _busy_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy lung with blobs of 3-8 mm, a vessel and faint network probability around most of them."""
+    rng = np.random.default_rng(seed)
+    hu = _volume((44, 52, 56)) + rng.normal(0, 25, (44, 52, 56)).astype(np.float32)
+    prob = (rng.random(hu.shape) * 0.1).astype(np.float32)
+    z, y, x = np.indices(hu.shape)
+    hu[(y - 40) ** 2 + (z - 30) ** 2 <= 6] = TISSUE  # a vessel along x
+    prob[28:33, 38:43, 5:50] = 0.25
+    for _ in range(9):
+        c = tuple(int(v) for v in rng.integers(4, np.asarray(hu.shape) - 4))
+        inside = _ball(hu, c, float(rng.uniform(3, 8)), float(rng.uniform(-300, 80)))
+        prob[inside] = np.maximum(prob[inside], float(rng.uniform(0.15, 0.4)))
+    return hu, prob
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dot_response_with_a_floor_is_exact_from_the_floor_up(seed: int) -> None:
+    hu, _ = _busy_case(seed)
+    full, full_sigma = dot_response(hu, 1.0)
+    floored, floored_sigma = dot_response(hu, 1.0, floor_hu=80.0)
+    top = full >= 80.0
+    assert top.sum() > 20  # the case has responses above the floor
+    np.testing.assert_array_equal(floored[top], full[top])
+    np.testing.assert_array_equal(floored_sigma[top], full_sigma[top])
+    # below the floor: the scales that could not reach it are skipped, the rest exact
+    assert (floored[~top] <= full[~top]).all() and (floored[~top] >= 0).all()
+    assert (floored[~top] < full[~top]).any() and (floored[~top] == full[~top]).any()
+
+
+def test_may_reach_bounds_the_response() -> None:
+    from pipelines.second_look import _may_reach
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(scale=10.0, size=(50000, 3, 3))
+    h = -(a @ np.swapaxes(a, 1, 2)).astype(np.float32)
+    ev = np.linalg.eigvalsh(h)
+    response = ev[:, 2] ** 2 / -ev[:, 0]
+    entries = {(i, j): h[:, i, j] for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))}
+    for level in (1.0, 10.0, 50.0):
+        assert _may_reach(entries, level)[response >= level].all()
+        assert not _may_reach(entries, level).all()  # and it does rule voxels out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spots_do_not_depend_on_skipping_slabs_or_threads(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diagonal screen, slabs of the cluster box and the thread count change nothing."""
+    from pipelines import second_look
+
+    hu, prob = _busy_case(seed)
+    kwargs = dict(min_probability=0.2, min_response_hu=80.0, max_probability=0.366, min_separation_mm=3.0)
+    lungs = np.ones(hu.shape, np.uint8)
+    lungs[:, :, 50:] = 0
+    spots = find_spots(hu, prob, lungs, 1.0, workers=2, **kwargs)
+    assert len(spots) >= 2
+    assert find_spots(hu, prob, lungs, 1.0, workers=1, **kwargs) == spots
+    monkeypatch.setattr(second_look, "_may_peak", lambda *a, **k: True)  # every cluster filtered in full
+    assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
+    monkeypatch.setattr(second_look, "SLAB_VOXELS", 3000)  # a few z planes at a time
+    assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
+
+
+def test_network_hu_boxes_equal_the_whole_grid_mapped_back() -> None:
+    from pipelines.postprocess import NetworkHU, network_hu
+
+    hu, prob = _busy_case(0)
+    data, _ = _case(hu, prob)
+    settings = ScreeningSettings(report=False)
+    lazy, whole = NetworkHU(data, settings), network_hu(data, settings)
+    assert lazy.shape == whole.shape == hu.shape
+    box = (slice(3, 20), slice(0, 9), slice(40, 56))
+    assert np.array_equal(lazy[box], whole[box]) and lazy[box].dtype == np.float32
+    assert np.allclose(whole, np.clip(hu, -1000, 500), atol=0.05)
