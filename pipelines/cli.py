@@ -65,10 +65,50 @@ def cmd_held_out_set(a: argparse.Namespace) -> int:
 
 
 def cmd_insert_nodules(a: argparse.Namespace) -> int:
+    if a.bank is not None:
+        from pipelines.real_insert import insert_real_nodules
+
+        out = insert_real_nodules(
+            a.ct,
+            a.out,
+            a.bank,
+            n=a.n,
+            seed=a.seed,
+            split=a.split,
+            lung_mask_path=a.lungs,
+            labels_path=a.labels,
+        )
+        print(f"wrote {out}")
+        return 0
     from pipelines.phantom import insert_nodules
 
+    if a.labels is not None:
+        raise SystemExit("--labels is for --bank insertions")
     out = insert_nodules(a.ct, a.out, n=a.n, seed=a.seed, lung_mask_path=a.lungs)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_nodule_bank(a: argparse.Namespace) -> int:
+    from pipelines.nodule_bank import build_bank, save_bank, write_split_file
+
+    bank = build_bank(a.src)
+    for name, reason in bank.refused:
+        print(f"refused {name}: {reason}")
+    if not len(bank):
+        raise ValueError(f"{a.src}: no usable nodule crop")
+    save_bank(bank, a.out)
+    if a.split_file is not None:
+        write_split_file(bank, a.split_file)
+    print(json.dumps(bank.summary(), indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_calibrate_density(a: argparse.Namespace) -> int:
+    from pipelines.nodule_calibration import calibrate
+
+    print(calibrate(a.src, split=a.split, fit=a.fit, out=a.out))
     return 0
 
 
@@ -166,7 +206,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         profile=a.profile,
         seed=a.seed,
         device=a.device,
-        overrides=_key_values(a.set or []),
+        overrides={**_key_values(a.set or []), **_bank_overrides(a.bank, a.real_share)},
         resume=a.resume,
         stages=a.stages,
         init_weights=a.init_weights,
@@ -174,6 +214,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _bank_overrides(bank: Path | None, share: float | None) -> dict[str, Any]:
+    """``train#paste_bank`` (an absolute path, so never read as a config expression) and its share."""
+    if bank is None:
+        if share is not None:
+            raise SystemExit("--real-share needs --bank")
+        return {}
+    if not bank.is_file():
+        raise SystemExit(f"--bank {bank}: no such file (make it with `lungscreen nodule-bank`)")
+    return {
+        "train#paste_bank": str(bank.resolve()),
+        "train#paste_real_share": 0.5 if share is None else share,
+    }
 
 
 def _bench_scans(pairs: list[str] | None) -> dict[str, str] | None:
@@ -278,7 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=3)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--lungs", type=Path, default=None, help="lung mask of the CT (else segmented)")
+    s.add_argument("--bank", type=Path, default=None, help="insert real nodules from this nodule bank (.npz)")
+    s.add_argument("--split", choices=("train", "validation", "all"), default="validation", help="bank split")
+    s.add_argument("--labels", type=Path, default=None, help="nodule labels already in the scan (phantoms)")
     s.set_defaults(func=cmd_insert_nodules)
+
+    s = sub.add_parser("nodule-bank", help="read annotated nodule crops (LIDC layout) into a nodule bank")
+    s.add_argument("src", type=Path, help="folder with image/, nodule_mask/ and nodules.csv")
+    s.add_argument("out", type=Path, help="the bank file to write (.npz)")
+    s.add_argument("--split-file", type=Path, default=None, help="also record the patient split here (CSV)")
+    s.set_defaults(func=cmd_nodule_bank)
+
+    s = sub.add_parser(
+        "calibrate-density",
+        help="density type and diameter against the readers' ratings of annotated nodules",
+    )
+    s.add_argument("src", type=Path, help="folder with image/, nodule_mask/ and nodules.csv")
+    s.add_argument("--split", choices=("train", "validation", "all"), default="validation")
+    s.add_argument("--fit", action="store_true", help="also choose the thresholds on the train split")
+    s.add_argument("--out", type=Path, default=None, help="write the tables as JSON here")
+    s.set_defaults(func=cmd_calibrate_density)
 
     s = sub.add_parser("screen", help="screen a folder/file/DICOM series for lung nodules")
     s.add_argument(
@@ -353,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-eval", action="store_true", help="skip the final screening + FROC on the validation split"
     )
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="train.json overrides by ID path")
+    s.add_argument("--bank", type=Path, default=None, help="paste real nodules of this bank's train split")
+    s.add_argument(
+        "--real-share", type=float, default=None, help="share of pasted nodules that are real (0.5)"
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("bench", help="benchmark every stage against the plain MONAI chain")
