@@ -46,10 +46,11 @@ class DensityThresholds:
     * ``median_size = 3``: the HU crop is median filtered (3x3x3 voxels) before the solid component is
       found, which removes isolated noise voxels (low-dose CT noise is 30-100 HU) without eroding a
       solid part of a few voxels.
-    * ``median_max_spacing_mm = 1.5``: axes whose voxels are coarser than this are not median filtered
+    * ``median_max_spacing_mm = 1.0``: axes whose voxels are coarser than this are not median filtered
       (window 1 along them). A 3-slice median over 2.5 mm slices spans 7.5 mm: a 5 mm solid nodule seen on
       two slices lost its whole solid core to it and was called ground-glass (LIDC-IDRI, v0.8.0: one solid
-      nodule in eight on the readers' own masks). ``inf`` restores the isotropic 3x3x3 window.
+      nodule in eight on the readers' own masks). 1.0 mm agreed with the readers slightly better than 1.5 mm
+      on the train split (370 vs 368 of 380 solid). ``inf`` restores the isotropic 3x3x3 window.
 
     Raises:
         ValueError: if a threshold is out of range.
@@ -62,7 +63,7 @@ class DensityThresholds:
     min_solid_component_mm: float = 1.5
     solid_ratio: float = 0.8
     median_size: int = 3
-    median_max_spacing_mm: float = 1.5
+    median_max_spacing_mm: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.solid_hu < self.calcified_hu <= self.calcified_max_hu:
