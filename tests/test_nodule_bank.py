@@ -236,3 +236,49 @@ def test_insert_real_into_array_keeps_existing_nodules(crops: Path) -> None:
 
     outside = ~ndimage.binary_dilation(lungs > 0, iterations=2)
     assert np.all(new_hu[outside] == 40)  # free in the lung: nothing pasted into the wall
+
+
+def test_cli_builds_a_bank_and_names_refusals(
+    crops: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pipelines.cli import main
+
+    out = tmp_path / "b" / "bank.npz"
+    assert main(["nodule-bank", str(crops), str(out), "--split-file", str(tmp_path / "split.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "refused P-0003_R_1.nii.gz: empty nodule mask" in text
+    assert len(load_bank(out)) == 2
+    assert (tmp_path / "split.csv").read_text().startswith("patient_id,split,subsolid,nodules\n")
+
+
+def test_insert_real_nodules_writes_a_labelled_case(crops: Path, tmp_path: Path) -> None:
+    from pipelines.real_insert import insert_real_nodules
+
+    hu = np.full((40, 80, 80), 40, np.int16)
+    lungs = np.zeros(hu.shape, np.uint8)
+    lungs[4:36, 8:72, 8:38], lungs[4:36, 8:72, 42:72] = 1, 2
+    hu[lungs > 0] = -850
+    for name, arr in (("ct.nii.gz", hu), ("lungs.nii.gz", lungs)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((0.8, 0.8, 1.5))
+        sitk.WriteImage(img, str(tmp_path / name))
+    out = insert_real_nodules(
+        tmp_path / "ct.nii.gz",
+        tmp_path / "set",
+        crops,
+        n=2,
+        seed=3,
+        split="all",
+        lung_mask_path=tmp_path / "lungs.nii.gz",
+    )
+    with (out / "cases.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["type"] for r in rows] and {r["type"] for r in rows} <= {"Solid", "Non-Solid/GGO"}
+    assert all(r["location"].startswith("real-") for r in rows)
+    with (out / "real_nodules.csv").open() as f:
+        real = list(csv.DictReader(f))
+    assert len(real) == len(rows) and {r["patient_id"] for r in real} <= {"P-0001", "P-0002"}
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels" / "ct_real_s3.nii.gz")))
+    assert labels.max() == len(rows)
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "images" / "ct_real_s3.nii.gz")))
+    assert np.median(image[labels == 1]) > -300
