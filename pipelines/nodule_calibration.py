@@ -151,7 +151,7 @@ def format_table(title: str, rep: dict[str, Any]) -> str:
         lines.append(f"{r:<{width}s}" + "".join(f"{rep['confusion'][r][t]:>14d}" for t in NODULE_TYPES))
     for k, v in rep["agreement"].items():
         lines.append(f"  {k}: {v['agree']}/{v['n']} = {v['rate']}")
-    lines.append(f"  diameter MAE (readers' mask vs diameter_mm): {rep['diameter_mae_mm']} mm")
+    lines.append(f"  diameter MAE (mask equivalent diameter vs diameter_mm): {rep['diameter_mae_mm']} mm")
     return "\n".join(lines)
 
 
