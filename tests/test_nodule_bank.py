@@ -282,3 +282,24 @@ def test_insert_real_nodules_writes_a_labelled_case(crops: Path, tmp_path: Path)
     assert labels.max() == len(rows)
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "images" / "ct_real_s3.nii.gz")))
     assert np.median(image[labels == 1]) > -300
+
+
+def test_bundle_train_config_hands_the_bank_to_the_paste(crops: Path, tmp_path: Path) -> None:
+    from pipelines.bundle import load_workflow
+
+    path = save_bank(build_bank(crops), tmp_path / "bank.npz")
+    overrides = {
+        "dataset_dir": str(tmp_path),
+        "train#paste_bank": str(path.resolve()),
+        "train#paste_real_share": 0.7,
+        "train#paste_bank_split": "all",
+    }
+    wf = load_workflow(["inference.json", "train.json"], workflow_type="train", overrides=overrides)
+    paste = [t for t in wf.parser.get_parsed_content("train#random") if isinstance(t, RandPasteNodulesd)]
+    assert len(paste) == 1 and paste[0].real_share == 0.7
+    assert paste[0].bank is not None and len(paste[0].bank) == 2
+    default = load_workflow(
+        ["inference.json", "train.json"], workflow_type="train", overrides={"dataset_dir": "x"}
+    )
+    plain = [t for t in default.parser.get_parsed_content("train#random") if isinstance(t, RandPasteNodulesd)]
+    assert plain[0].bank is None and plain[0].real_share == 0.0
