@@ -102,10 +102,50 @@ def cmd_held_out_set(a: argparse.Namespace) -> int:
 
 
 def cmd_insert_nodules(a: argparse.Namespace) -> int:
+    if a.bank is not None:
+        from pipelines.real_insert import insert_real_nodules
+
+        out = insert_real_nodules(
+            a.ct,
+            a.out,
+            a.bank,
+            n=a.n,
+            seed=a.seed,
+            split=a.split,
+            lung_mask_path=a.lungs,
+            labels_path=a.labels,
+        )
+        print(f"wrote {out}")
+        return 0
     from pipelines.phantom import insert_nodules
 
+    if a.labels is not None:
+        raise UsageError("--labels is for --bank insertions")
     out = insert_nodules(a.ct, a.out, n=a.n, seed=a.seed, lung_mask_path=a.lungs)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_nodule_bank(a: argparse.Namespace) -> int:
+    from pipelines.nodule_bank import build_bank, save_bank, write_split_file
+
+    bank = build_bank(a.src)
+    for name, reason in bank.refused:
+        print(f"refused {name}: {reason}")
+    if not len(bank):
+        raise ValueError(f"{a.src}: no usable nodule crop")
+    save_bank(bank, a.out)
+    if a.split_file is not None:
+        write_split_file(bank, a.split_file)
+    print(json.dumps(bank.summary(), indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_calibrate_density(a: argparse.Namespace) -> int:
+    from pipelines.nodule_calibration import calibrate
+
+    print(calibrate(a.src, split=a.split, fit=a.fit, out=a.out))
     return 0
 
 
@@ -203,7 +243,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         profile=a.profile,
         seed=a.seed,
         device=a.device,
-        overrides=_key_values(a.set or []),
+        overrides={**_key_values(a.set or []), **_bank_overrides(a.bank, a.real_share)},
         resume=a.resume,
         stages=a.stages,
         init_weights=a.init_weights,
@@ -211,6 +251,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _bank_overrides(bank: Path | None, share: float | None) -> dict[str, Any]:
+    """``train#paste_bank`` (an absolute path, so never read as a config expression) and its share."""
+    if bank is None:
+        if share is not None:
+            raise UsageError("--real-share needs --bank")
+        return {}
+    if not bank.is_file():
+        raise UsageError(f"--bank {bank}: no such file (make it with `lungscreen nodule-bank`)")
+    return {
+        "train#paste_bank": str(bank.resolve()),
+        "train#paste_real_share": 0.5 if share is None else share,
+    }
 
 
 def _bench_scans(pairs: list[str] | None) -> dict[str, str] | None:
@@ -304,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_data(sub)
     _add_held_out_set(sub)
     _add_insert_nodules(sub)
+    _add_real_nodules(sub)
     _add_screen(sub)
     _add_evaluate(sub)
     _add_prepare_luna16(sub)
@@ -347,7 +402,33 @@ def _add_insert_nodules(sub: Any) -> None:
     s.add_argument("--n", type=int, default=3, help="number of nodules (default 3)")
     s.add_argument("--seed", type=int, default=0, help="random seed of sizes, types and places (default 0)")
     s.add_argument("--lungs", type=Path, default=None, help="lung mask of the CT (else segmented)")
+    s.add_argument("--bank", type=Path, default=None, help="insert real nodules from this nodule bank (.npz)")
+    s.add_argument("--split", choices=("train", "validation", "all"), default="validation", help="bank split")
+    s.add_argument("--labels", type=Path, default=None, help="nodule labels already in the scan (phantoms)")
     s.set_defaults(func=cmd_insert_nodules)
+
+
+def _add_real_nodules(sub: Any) -> None:
+    s = sub.add_parser("nodule-bank", help="read annotated nodule crops (LIDC layout) into a nodule bank")
+    s.add_argument("src", type=Path, help="folder with image/, nodule_mask/ and nodules.csv")
+    s.add_argument("out", type=Path, help="the bank file to write (.npz)")
+    s.add_argument("--split-file", type=Path, default=None, help="also record the patient split here (CSV)")
+    s.set_defaults(func=cmd_nodule_bank)
+
+    s = sub.add_parser(
+        "calibrate-density",
+        help="density type and diameter against the readers' ratings of annotated nodules",
+    )
+    s.add_argument("src", type=Path, help="folder with image/, nodule_mask/ and nodules.csv")
+    s.add_argument(
+        "--split",
+        choices=("train", "validation", "all"),
+        default="validation",
+        help="the bank split to report on (default validation)",
+    )
+    s.add_argument("--fit", action="store_true", help="also choose the thresholds on the train split")
+    s.add_argument("--out", type=Path, default=None, help="write the tables as JSON here")
+    s.set_defaults(func=cmd_calibrate_density)
 
 
 def _add_screen(sub: Any) -> None:
@@ -474,6 +555,10 @@ def _add_train(sub: Any) -> None:
         action="extend",
         metavar="KEY=VALUE",
         help="train.json overrides by ID path, e.g. train#lr=0.001 (numbers, true/false, null, plain strings)",
+    )
+    s.add_argument("--bank", type=Path, default=None, help="paste real nodules of this bank's train split")
+    s.add_argument(
+        "--real-share", type=float, default=None, help="share of pasted nodules that are real (0.5)"
     )
     s.set_defaults(func=cmd_train)
 

@@ -20,13 +20,15 @@ Patches are ``[1, z, y, x]`` on the isotropic network grid, intensities scaled f
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage as ndi
 
+from pipelines.nodule_bank import NoduleBank, load_bank
+from pipelines.nodule_real import RealNodule, draw_real, paste_real
 from pipelines.phantom_insert import blend_nodules
 from pipelines.phantom_nodules import (
     LOCATIONS,
@@ -57,9 +59,21 @@ def _pick(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray | None:
     return np.asarray(np.unravel_index(idx[rng.integers(idx.size)], mask.shape), dtype=float)
 
 
+class Placeable(Protocol):
+    """What placement needs of a nodule: its location class and size (mm)."""
+
+    location: str
+
+    @property
+    def radius(self) -> float: ...
+
+    @property
+    def r_max(self) -> float: ...
+
+
 def place_center(
     rng: np.random.Generator,
-    nodule: Nodule,
+    nodule: Placeable,
     *,
     lung_depth: np.ndarray,
     free: np.ndarray,
@@ -104,12 +118,18 @@ def paste_nodules(
     vessel_hu: float = -300.0,
     type_p: Sequence[float] = TYPE_P,
     location_p: Sequence[float] = LOCATION_P,
-) -> tuple[np.ndarray, np.ndarray, list[Nodule]]:
+    bank: NoduleBank | None = None,
+    bank_indices: Sequence[int] | np.ndarray | None = None,
+    real_share: float = 0.0,
+    scale_jitter: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """Paste up to ``count`` new nodules into a ``[z, y, x]`` HU patch with binary ``label`` and ``lungs``.
 
     ``type_p`` and ``location_p`` are the probabilities of the nodule types
     (:data:`pipelines.phantom_nodules.TYPES`) and location classes (:data:`~pipelines.phantom_nodules.LOCATIONS`);
-    both default to the generator's mix.
+    both default to the generator's mix. With a ``bank``, each nodule is with probability ``real_share`` a real
+    one (drawn from ``bank_indices``, default all; flipped, turned about z, scaled by ``1 +- scale_jitter``,
+    pasted with its own HU by :func:`pipelines.nodule_real.paste_real`) instead of a generator design.
 
     Returns:
         ``(hu float32, label uint8, pasted nodules)``; the inputs are not modified. Nodules that find no
@@ -127,7 +147,28 @@ def paste_nodules(
     to_label = ndi.distance_transform_edt(out_label == 0, sampling=sp) if out_label.any() else None
     grid = Grid(hu.shape, sp, (0.0, 0.0, 0.0))  # type: ignore[arg-type]
     placed: list[Nodule] = []
+    reals: list[RealNodule] = []
+    hu = hu.copy()
+    pool = np.arange(len(bank)) if bank is not None and bank_indices is None else np.asarray(bank_indices)
     for _ in range(count):
+        if bank is not None and len(pool) and rng.random() < real_share:
+            real = _paste_one_real(
+                hu,
+                out_label,
+                rng,
+                bank,
+                int(rng.choice(pool)),
+                location_p=location_p,
+                to_label=to_label,
+                lung_depth=lung_depth,
+                vessels=vessels,
+                spacing_mm=spacing_mm,
+                others=[*placed, *reals],
+                scale_jitter=scale_jitter,
+            )
+            if real is not None:
+                reals.append(real)
+            continue
         nodule = design_nodule(rng, d_min=d_min, type_p=tuple(type_p))
         nodule.location = str(rng.choice(LOCATIONS, p=list(location_p)))
         reach = _reach(nodule)
@@ -144,14 +185,49 @@ def paste_nodules(
             centre = None
         if centre is None:
             continue
-        if any(np.linalg.norm(nodule.center - o.center) <= reach + _reach(o) + 3.0 for o in placed):
+        others: list[Any] = [*placed, *reals]
+        if any(np.linalg.norm(nodule.center - o.center) <= reach + _reach(o) + 3.0 for o in others):
             continue
         placed.append(nodule)
     if not placed:
-        return hu.copy(), out_label, []
+        return hu, out_label, list(reals)
     new_hu, new = blend_nodules(hu, grid, placed, rng)
     out_label[new > 0] = 1
-    return new_hu, out_label, placed
+    return new_hu, out_label, [*reals, *placed]
+
+
+def _paste_one_real(
+    hu: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    bank: NoduleBank,
+    index: int,
+    *,
+    location_p: Sequence[float],
+    to_label: np.ndarray | None,
+    lung_depth: np.ndarray,
+    vessels: np.ndarray,
+    spacing_mm: float,
+    others: Sequence[Any],
+    scale_jitter: float,
+) -> RealNodule | None:
+    """Place and paste one bank nodule into ``hu``/``label`` in place; the nodule, or None if it found no place."""
+    nodule = draw_real(bank, index, rng, scale_jitter=scale_jitter)
+    nodule.location = str(rng.choice(LOCATIONS, p=list(location_p)))
+    free = to_label > nodule.r_max + 3.0 if to_label is not None else np.ones(hu.shape, bool)
+    for _ in range(PLACE_TRIES):
+        centre = place_center(
+            rng, nodule, lung_depth=lung_depth, free=free, vessels=vessels, spacing_mm=spacing_mm
+        )
+        if centre is None:
+            return None
+        world = centre[::-1] * spacing_mm
+        if any(np.linalg.norm(world - o.center) <= nodule.r_max + _reach(o) + 3.0 for o in others):
+            continue
+        if paste_real(hu, label, nodule, centre, spacing_zyx=(spacing_mm,) * 3, min_visible=MIN_VISIBLE):
+            nodule.center = world  # world (x, y, z) mm of the patch grid, as the generator's nodules
+            return nodule
+    return None
 
 
 def _probabilities(name: str, values: Sequence[float], names: Sequence[str]) -> tuple[float, ...]:
@@ -167,9 +243,22 @@ def _probabilities(name: str, values: Sequence[float], names: Sequence[str]) -> 
     return p
 
 
-def _reach(nodule: Nodule) -> float:
+def _reach(nodule: Any) -> float:
     """How far (mm) a nodule's body and spicules can reach from its centre."""
-    return nodule.r_max * (2.2 if len(nodule.spicules) else 1.0)
+    return float(nodule.r_max) * (2.2 if len(getattr(nodule, "spicules", ())) else 1.0)
+
+
+#: Banks read by the transform, by path (each DataLoader worker reads a bank once).
+_BANKS: dict[str, NoduleBank] = {}
+
+
+def _bank_for(bank: str | NoduleBank | None) -> NoduleBank | None:
+    if bank is None or isinstance(bank, NoduleBank):
+        return bank
+    key = str(bank)
+    if key not in _BANKS:
+        _BANKS[key] = load_bank(key)
+    return _BANKS[key]
 
 
 class RandPasteNodulesd(Randomizable, MapTransform):
@@ -185,6 +274,11 @@ class RandPasteNodulesd(Randomizable, MapTransform):
             None for the generator's mix. Raising the kinds a model misses shows it more of them.
         location_p: probabilities of the location classes (``parenchymal``, ``juxta-pleural``,
             ``juxta-vascular``); None for the generator's mix.
+        bank: real nodules (:class:`pipelines.nodule_bank.NoduleBank` or the path of its ``.npz``); None for
+            generator nodules only.
+        bank_split: which of the bank's splits to draw from (``train``; never the validation split).
+        real_share: chance that a pasted nodule is a real one from the bank.
+        scale_jitter: real nodules are scaled by a factor in ``1 +- scale_jitter``.
     """
 
     def __init__(
@@ -198,8 +292,21 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         spacing_mm: float = 1.0,
         type_p: Sequence[float] | None = None,
         location_p: Sequence[float] | None = None,
+        bank: str | NoduleBank | None = None,
+        bank_split: str = "train",
+        real_share: float = 0.0,
+        scale_jitter: float = 0.1,
     ) -> None:
         MapTransform.__init__(self, keys)
+        if not 0.0 <= float(real_share) <= 1.0 or not 0.0 <= float(scale_jitter) < 0.5:
+            raise ValueError(
+                f"real_share must lie in [0, 1] and scale_jitter in [0, 0.5), not {real_share}, {scale_jitter}"
+            )
+        self.bank = _bank_for(bank)
+        self.bank_indices = self.bank.indices(bank_split) if self.bank is not None else None
+        if self.bank is not None and not len(self.bank_indices):  # type: ignore[arg-type]
+            raise ValueError(f"the nodule bank has no nodules in split {bank_split!r}")
+        self.real_share, self.scale_jitter = float(real_share), float(scale_jitter)
         if len(self.keys) != 3:
             raise ValueError(f"keys must be (image, label, lungs), not {keys!r}")
         self.type_p = _probabilities("type_p", TYPE_P if type_p is None else type_p, TYPES)
@@ -235,6 +342,10 @@ class RandPasteNodulesd(Randomizable, MapTransform):
             spacing_mm=self.spacing_mm,
             type_p=self.type_p,
             location_p=self.location_p,
+            bank=self.bank,
+            bank_indices=self.bank_indices,
+            real_share=self.real_share,
+            scale_jitter=self.scale_jitter,
         )
         if not placed:
             return d

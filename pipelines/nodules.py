@@ -242,7 +242,7 @@ def _solid_component_mm(
         return 0.0
     if nodule_type != "part-solid":
         return mean_diameter_mm
-    solid = solid_component_mask(hu_wide, mask_wide, thresholds=density)
+    solid = solid_component_mask(hu_wide, mask_wide, spacing, thresholds=density)
     return float(axial_diameters_mm(solid, spacing)["mean_diameter_mm"])
 
 

@@ -1,0 +1,53 @@
+"""Figures at the reporting threshold on a real-nodule validation set (generator nodules not counted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.real_validation import threshold_summary
+
+
+def _write(path: Path, header: str, rows: list[str]) -> None:
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_threshold_summary_counts_real_nodules_and_false_marks(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    (data / "seriesuids.csv").write_text("a\nb\n")
+    _write(
+        data / "annotations.csv",
+        "seriesuid,coordX,coordY,coordZ,diameter_mm",
+        ["a,0,0,0,8.0", "a,50,0,0,3.5", "b,0,0,0,6.0", "b,40,40,0,5.0"],
+    )
+    _write(
+        data / "cases.csv",
+        "seriesuid,nodule_id,type,location,diameter_mm,solid_component_mm,coordX,coordY,coordZ,mean_hu",
+        [
+            "a,1,Solid,real-parenchymal,8.0,0,0,0,0,-100",
+            "a,2,Non-Solid/GGO,real-parenchymal,3.5,0,50,0,0,-600",
+            "b,1,calcified,real-juxta-pleural,6.0,0,0,0,0,300",
+            "b,2,generator,generator,5.0,0,40,40,0,0",
+        ],
+    )
+    _write(
+        out / "submission.csv",
+        "seriesuid,coordX,coordY,coordZ,probability",
+        ["a,0.5,0,0,0.95", "a,50,0,0,0.5", "b,0,0,1,0.9", "b,40,40,0,0.99", "b,-80,0,0,0.93", "a,90,9,9,0.2"],
+    )
+    s = threshold_summary(data, out, threshold=0.88)
+    assert s["real_nodules"] == 3
+    assert s["sensitivity"] == pytest.approx(2 / 3, abs=1e-3)
+    assert s["sensitivity_ge4mm"] == 1.0
+    assert (
+        s["false_nodules_per_scan"] == 0.5
+    )  # one mark at 0.93 on nothing, two scans; the generator hit is no FP
+    assert s["by_type"] == {
+        "Non-Solid/GGO": {"n": 1, "found": 0},
+        "Solid": {"n": 1, "found": 1},
+        "calcified": {"n": 1, "found": 1},
+    }
+    assert s["by_size"]["0-4 mm"] == {"n": 1, "found": 0}
