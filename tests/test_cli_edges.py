@@ -48,6 +48,8 @@ API: dict[str, tuple[str, str, list[str], Any]] = {
     "insert-nodules": ("pipelines.phantom", "insert_nodules", ["ct.nii.gz", "o"], Path("o")),
     "prepare-luna16": ("pipelines.luna16", "prepare_luna16", ["--root", "r", "--annotations", "a", "--out", "o"], Path("o")),
 }  # fmt: skip
+#: options that send the command to another API function (tested on their own below)
+ROUTED = {"insert-nodules": ("bank", "split", "labels")}
 #: values for options whose type alone does not say what to give
 SPECIAL = {
     "--set": {
@@ -70,6 +72,10 @@ def _value(action: argparse.Action, command: str, tmp_path: Path) -> list[str]:
         scan = tmp_path / "scan.nii.gz"
         scan.write_bytes(b"")
         return [flag, f"tiny={scan}"]
+    if flag in ("--bank", "--real-share"):  # a bank file must exist; a share needs its bank
+        bank = tmp_path / "bank.npz"
+        bank.write_bytes(b"")
+        return [flag, str(bank)] if flag == "--bank" else [flag, "0.3", "--bank", str(bank)]
     if flag in SPECIAL:
         special = SPECIAL[flag]
         words = special[command] if isinstance(special, dict) else special
@@ -104,11 +110,30 @@ def test_every_parsed_option_reaches_the_api_call(
     options = [a for a in _subparsers()[command]._actions if a.option_strings and a.dest != "help"]
     required_flags = set(required)
     for action in options:
-        if required_flags & set(action.option_strings):
+        if required_flags & set(action.option_strings) or action.dest in ROUTED.get(command, ()):
             continue
         words = _value(action, command, tmp_path)
         assert main([command, *required, *words]) == 0, words
         assert calls.pop() != baseline, f"{command} {' '.join(words)} never reaches {module}.{function}()"
+
+
+def test_insert_nodules_bank_options_reach_the_real_nodule_insertion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def fake(*args: Any, **kwargs: Any) -> Path:
+        calls.append({"args": args, **kwargs})
+        return Path("o")
+
+    monkeypatch.setattr("pipelines.real_insert.insert_real_nodules", fake)
+    monkeypatch.chdir(tmp_path)
+    required = ["ct.nii.gz", "o", "--bank", "b.npz"]
+    assert main(["insert-nodules", *required]) == 0
+    assert calls[-1]["args"][2] == Path("b.npz") and calls[-1]["split"] == "validation"
+    assert main(["insert-nodules", *required, "--split", "train", "--labels", "l.nii.gz"]) == 0
+    assert (calls[-1]["split"], calls[-1]["labels_path"]) == ("train", Path("l.nii.gz"))
+    assert main(["insert-nodules", "ct.nii.gz", "o", "--labels", "l.nii.gz"]) == 2  # labels need a bank
 
 
 def test_every_option_of_every_command_has_help() -> None:
