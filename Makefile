@@ -26,7 +26,7 @@ REAL_SEEDS ?= $(EVAL_REAL_SEEDS)
 REAL_DATA ?= sample_data/eval_real
 REAL_OUT ?= outputs/eval_real
 # real LIDC-IDRI nodules (../shared/data/lidc_vois): the bank, and the validation split inserted into whole scans
-LIDC_VOIS ?= ../shared/data/lidc_vois
+LIDC_VOIS ?= $(SHARED_DATA)/lidc_vois
 REAL_BANK ?= sample_data/lidc_bank.npz
 REAL_NODULE_SEEDS ?= 301 302 303 304 305 306 307 308
 REAL_NODULE_PHANTOMS ?= 0000 0001 0002 0003
@@ -117,7 +117,7 @@ validate-real: install ## validation on real CT: nodules inserted into the chest
 
 validate-real-nodules: install ## real nodules of the bank's validation split (LIDC-IDRI patients never trained on) inserted into the real chest CT (REAL_NODULE_SEEDS) and 4 validation phantoms; FROC/CPM, and sensitivity and false nodules per scan at the reporting threshold by size and texture
 	test -f $(REAL_BANK) || $(LS) nodule-bank $(LIDC_VOIS) $(REAL_BANK)
-	@test -f $(REAL_CT) || { echo "validate-real-nodules: $(REAL_CT) not found (it lives in ../shared/data)"; exit 1; }
+	@test -f $(REAL_CT) || { echo "validate-real-nodules: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }
 	for s in $(REAL_NODULE_SEEDS); do test -f sample_data/real_nodules/ct_s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/real_nodules/ct_s$$s --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed $$s || exit 1; done
 	test -f sample_data/val/datalist.json || $(LS) sample-data sample_data/val --n 10 --seed 7000 --size full --workers $(WORKERS)
 	for c in $(REAL_NODULE_PHANTOMS); do test -f sample_data/real_nodules/ph_$$c/datalist.json || $(LS) insert-nodules sample_data/val/images/phantom_s7000_$$c.nii.gz sample_data/real_nodules/ph_$$c --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed 1$$c --lungs sample_data/val/lungs/phantom_s7000_$$c.nii.gz --labels sample_data/val/labels/phantom_s7000_$$c.nii.gz || exit 1; done
