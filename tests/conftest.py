@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import locale
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,3 +20,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not present (set LUNGSCREEN_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale() -> Iterator[None]:
+    """GDCM's DICOM writer switches the process to the C locale, which makes Python's default text encoding ASCII
+    for every later test: restore the locale after each test, whichever writes DICOM."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
