@@ -111,6 +111,12 @@ def test_every_parsed_option_reaches_the_api_call(
         assert calls.pop() != baseline, f"{command} {' '.join(words)} never reaches {module}.{function}()"
 
 
+def test_every_command_has_a_handler() -> None:
+    from pipelines.cli import HANDLERS
+
+    assert set(HANDLERS) == set(_subparsers())
+
+
 def test_every_option_of_every_command_has_help() -> None:
     parsers = {"lungscreen": build_parser(), **_subparsers()}
     for name, parser in parsers.items():
