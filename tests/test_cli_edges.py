@@ -136,6 +136,12 @@ def test_insert_nodules_bank_options_reach_the_real_nodule_insertion(
     assert main(["insert-nodules", "ct.nii.gz", "o", "--labels", "l.nii.gz"]) == 2  # labels need a bank
 
 
+def test_every_command_has_a_handler() -> None:
+    from pipelines.cli import HANDLERS
+
+    assert set(HANDLERS) == set(_subparsers())
+
+
 def test_every_option_of_every_command_has_help() -> None:
     parsers = {"lungscreen": build_parser(), **_subparsers()}
     for name, parser in parsers.items():
