@@ -178,18 +178,54 @@ def _scale_passes(
     return out
 
 
+def _scale_response(
+    passes: HessianPasses, s_mm: float, where: np.ndarray, floor_hu: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dot response at scale ``s_mm`` of the voxels of ``where``: ``(flat indices, float32 responses)``.
+
+    With ``floor_hu`` > 0, only the voxels that may reach it (:func:`_diagonal_candidates`, :func:`_may_reach`);
+    else every voxel with a negative trace.
+    """
+    level = _BOUND_MARGIN * float(floor_hu) / s_mm**2
+    if floor_hu > 0:
+        at = _diagonal_candidates(passes, where, level)
+    else:
+        zz, yy, xx = passes.diagonal()
+        at = np.flatnonzero(where & (zz + yy + xx < 0))
+    if not at.size:
+        return at, np.zeros(0, np.float32)
+    entries = {
+        ab: passes.entry(*ab).reshape(-1)[at] for ab in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+    }
+    if floor_hu > 0:
+        ok = _may_reach(entries, level)
+        at = at[ok]
+        entries = {k: v[ok] for k, v in entries.items()}
+        if not at.size:
+            return at, np.zeros(0, np.float32)
+    h = np.empty((at.size, 3, 3), np.float32)
+    for (a, b), v in entries.items():
+        h[:, a, b] = h[:, b, a] = v
+    ev = np.linalg.eigvalsh(h)  # ascending: ev[:, 0] the most negative
+    l1, l3 = ev[:, 0], ev[:, 2]
+    return at, np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * s_mm**2
+
+
 def _may_peak(
     hu: Volume, spacing_mm: float, box: tuple[slice, ...], where: np.ndarray, floor_hu: float
 ) -> bool:
-    """Whether a voxel of ``where`` (a mask of ``box``) may reach a dot response of ``floor_hu`` at some scale.
+    """Whether a voxel of ``where`` (a mask of ``box``) reaches a dot response of ``floor_hu`` at some scale.
 
-    From the Hessians' diagonals only (:func:`_diagonal_candidates`): most seed clusters are settled here with
-    3-8 of the 15 passes per scale, on the smallest box their peaks may lie in.
+    Computed on the smallest box the cluster's peaks may lie in, and mostly from the Hessians' diagonals
+    (:func:`_diagonal_candidates`): most seed clusters are settled with 3-8 of the 15 passes per scale. A
+    cluster without such a voxel has no peak; the others are filtered in full (the 2 voxels around their peaks
+    too) by :func:`dot_response`.
     """
     if not where.any():
         return False
     for s_mm, passes in _scale_passes(hu, spacing_mm, SIGMAS_MM, box):
-        if _diagonal_candidates(passes, where, _BOUND_MARGIN * float(floor_hu) / s_mm**2).size:
+        _, resp = _scale_response(passes, s_mm, where, floor_hu)
+        if (resp >= floor_hu).any():
             return True
     return False
 
@@ -208,7 +244,7 @@ def dot_response(
     Eigenvalues are computed only where the Hessian's trace is negative (a bright blob's is). Each scale
     filters only as much of ``hu`` around ``inner`` as its kernels reach. With ``floor_hu``, a scale is
     filtered further only where its Hessian's diagonal allows a response from the floor up, and eigenvalues
-    are computed only where the whole Hessian does (:func:`_diagonal_candidates`, :func:`_may_reach`).
+    are computed only where the whole Hessian does (:func:`_scale_response`).
 
     Args:
         hu: CT in HU on an isotropic grid of ``spacing_mm``.
@@ -225,33 +261,11 @@ def dot_response(
     box = tuple(slice(*b.indices(n)[:2]) for b, n in zip(inner or (slice(None),) * 3, x.shape))
     shape = tuple(b.stop - b.start for b in box)
     keep = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
-    level = {float(s): _BOUND_MARGIN * float(floor_hu) / float(s) ** 2 for s in sigmas_mm}
     best = np.zeros(shape, np.float32)
     best_sigma = np.zeros(shape, np.float32)
+    flat_best, flat_sigma = best.reshape(-1), best_sigma.reshape(-1)
     for s_mm, passes in _scale_passes(x, spacing_mm, sigmas_mm, box):
-        if floor_hu > 0:
-            at = _diagonal_candidates(passes, keep, level[s_mm])
-        else:
-            zz, yy, xx = passes.diagonal()
-            at = np.flatnonzero(keep & (zz + yy + xx < 0))
-        if not at.size:
-            continue
-        entries = {
-            ab: passes.entry(*ab).reshape(-1)[at] for ab in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
-        }
-        if floor_hu > 0:
-            ok = _may_reach(entries, level[s_mm])
-            at = at[ok]
-            entries = {k: v[ok] for k, v in entries.items()}
-            if not at.size:
-                continue
-        h = np.empty((at.size, 3, 3), np.float32)
-        for (a, b), v in entries.items():
-            h[:, a, b] = h[:, b, a] = v
-        ev = np.linalg.eigvalsh(h)  # ascending: ev[:, 0] the most negative
-        l1, l3 = ev[:, 0], ev[:, 2]
-        resp = np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * s_mm**2
-        flat_best, flat_sigma = best.reshape(-1), best_sigma.reshape(-1)
+        at, resp = _scale_response(passes, s_mm, keep, floor_hu)
         better = resp > flat_best[at]
         flat_best[at[better]] = resp[better]
         flat_sigma[at[better]] = s_mm
