@@ -124,8 +124,9 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 # ../shared/data is NOT in this mix: it hosts the real-CT validation sets (make validate-real, validate-real-nodules).
 # From the v0.8.0 weights; 50-iteration epochs so that a checkpoint lands every 50 iterations; resumable:
 # the same command with --resume (and without --init-weights) continues from runs/real14/segmentation/checkpoints.
-# (Run 2026-12-07 under nice 19 on 2 cores shared with other jobs: ~30 s per iteration, ~180 iterations in its
-# 5400 s; see monai_bundle/docs/README.md once it is evaluated.)
+# (Run 2026-12-07 under nice 19 on 2 cores shared with other jobs: 403 iterations, 9 epochs, in 5470 s; its
+# weights are kept as monai_bundle/models/candidates/step14_real_nodules_it403.pt, to be validated on the phantom
+# validation sets and the real-nodule set before any decision; see that folder's README.)
 REAL_BANK=runs/bank/lidc_bank.npz
 $LS nodule-bank ../shared/data/lidc_vois "$REAL_BANK"
 $LS sample-data runs/data/train_full --n 2 --seed 3100 --size full --workers 2
