@@ -9,6 +9,7 @@ texture stay inside the nodule. The result is written in the scan's original ori
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,20 @@ def _lungs_for(ct: sitk.Image, hu: Array, lung_mask_path: str | Path | None) -> 
     except ImportError:
         return threshold_lungs(hu)
     return np.asarray(segment_lungs(hu, tuple(ct.GetSpacing()[::-1])), dtype=np.uint8)
+
+
+def host_scan(
+    ct_path: str | os.PathLike[str], lung_mask_path: str | Path | None
+) -> tuple[sitk.Image, str, sitk.Image, Array, Array]:
+    """A scan to insert nodules into: the image as read, its orientation code, the canonical (LPS) image, its HU
+    array ``[z, y, x]`` (float32) and its lung mask (given, or segmented); oblique scans are refused."""
+    original = read_image(ct_path)
+    code = orientation_code(original)
+    ct = to_canonical(original)
+    if not np.allclose(np.asarray(ct.GetDirection()), np.eye(3).ravel(), atol=1e-4):
+        raise ValueError(f"{ct_path}: oblique scans are not supported for nodule insertion")
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    return original, code, ct, hu, _lungs_for(ct, hu, lung_mask_path)
 
 
 def _sdf_fns(lungs: Array, grid: Grid) -> tuple[dict[int, object], dict[int, Array]]:
@@ -135,14 +150,8 @@ def insert_nodules(
     from pipelines.phantom import _measure
     from pipelines.phantom_write import write_case, write_tables
 
-    original = read_image(ct_path)
-    code = orientation_code(original)
-    ct = to_canonical(original)
-    if not np.allclose(np.asarray(ct.GetDirection()), np.eye(3).ravel(), atol=1e-4):
-        raise ValueError(f"{ct_path}: oblique scans are not supported for nodule insertion")
-    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    original, code, ct, hu, lungs = host_scan(ct_path, lung_mask_path)
     grid = Grid(hu.shape, tuple(ct.GetSpacing()[::-1]), tuple(ct.GetOrigin()))  # type: ignore[arg-type]
-    lungs = _lungs_for(ct, hu, lung_mask_path)
     new, labels, placed = insert_into_array(hu, lungs, grid, n=n, seed=seed)
     out_hu = np.clip(np.round(new), -32768, 32767).astype(np.int16)
     labels, rows = _measure(labels, out_hu, grid, placed)

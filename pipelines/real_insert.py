@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.io import atomic_write_text, orientation_code, read_image, strip_image_suffix, to_canonical
+from pipelines.io import atomic_write_text, read_image, strip_image_suffix, to_canonical
 from pipelines.nodule_bank import NoduleBank, PathLike, load_bank
 from pipelines.nodule_real import RealNodule, insert_real_into_array, reader_category
 
@@ -90,20 +90,17 @@ def insert_real_nodules(
     Raises:
         ValueError: an oblique scan, or a bank split without nodules.
     """
-    from pipelines.phantom_insert import _lungs_for
+    from pipelines.phantom_insert import host_scan
     from pipelines.phantom_write import write_case, write_tables
 
     bank = bank if isinstance(bank, NoduleBank) else load_bank(bank)
     indices = bank.indices(split)
     if not len(indices):
         raise ValueError(f"the nodule bank has no nodules in split {split!r}")
-    original = read_image(ct_path)
-    code = orientation_code(original)
-    ct = to_canonical(original)
-    if not np.allclose(np.asarray(ct.GetDirection()), np.eye(3).ravel(), atol=1e-4):
-        raise ValueError(f"{ct_path}: oblique scans are not supported for nodule insertion")
-    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
-    lungs = _lungs_for(ct, hu, None if lung_mask_path is None else Path(lung_mask_path)).astype(np.uint8)
+    original, code, ct, hu, lungs = host_scan(
+        ct_path, None if lung_mask_path is None else Path(lung_mask_path)
+    )
+    lungs = lungs.astype(np.uint8)
     old = (
         _same_grid(labels_path, ct).astype(np.int32)
         if labels_path is not None
