@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pipelines.gaussian_derivatives import (
+    BoxBatch,
     HessianPasses,
     hessian,
     kernel_radius,
@@ -60,6 +61,11 @@ _PEAK_SIZE = 5
 _BOUND_MARGIN = 0.99
 #: A cluster whose box holds more voxels is filtered in slabs along z (memory: ~80 bytes per voxel of a slab).
 SLAB_VOXELS = 1 << 21
+#: Clusters whose peak box fits one of these cubes are screened together, a batch at a time (most are a few
+#: voxels across); larger ones one by one.
+BATCH_SIZES = (8, 16)
+#: Bytes of one batch's boxes with their margins (its passes take about as much again).
+_BATCH_BYTES = 64 << 20
 
 
 class Volume(Protocol):
@@ -203,12 +209,17 @@ def _scale_response(
         entries = {k: v[ok] for k, v in entries.items()}
         if not at.size:
             return at, np.zeros(0, np.float32)
-    h = np.empty((at.size, 3, 3), np.float32)
+    return at, _responses(entries, s_mm)
+
+
+def _responses(entries: dict[tuple[int, int], np.ndarray], s_mm: float) -> np.ndarray:
+    """Dot responses (HU) of the Hessians ``entries`` (1-D, float32) at scale ``s_mm``."""
+    h = np.empty((len(entries[0, 0]), 3, 3), np.float32)
     for (a, b), v in entries.items():
         h[:, a, b] = h[:, b, a] = v
     ev = np.linalg.eigvalsh(h)  # ascending: ev[:, 0] the most negative
     l1, l3 = ev[:, 0], ev[:, 2]
-    return at, np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * s_mm**2
+    return np.asarray(np.where(l3 < 0, l3**2 / np.maximum(-l1, 1e-6), 0.0) * s_mm**2)
 
 
 def _may_peak(
@@ -228,6 +239,75 @@ def _may_peak(
         if (resp >= floor_hu).any():
             return True
     return False
+
+
+def _batch_reaches(batch: BoxBatch, where: np.ndarray, s_mm: float, floor_hu: float) -> np.ndarray:
+    """Per box of ``batch``: whether a voxel of ``where`` (``[box, z, y, x]``) may reach ``floor_hu`` at ``s_mm``.
+
+    The staged bounds of :func:`_diagonal_candidates` and :func:`_may_reach`, then the response itself, all
+    against :data:`_BOUND_MARGIN` of the floor: the batch's float32 sums differ from the exact filter's by
+    ~1e-6 of the entries' scale, far inside that margin, so no box that reaches the floor is missed.
+    """
+    level = _BOUND_MARGIN * float(floor_hu) / s_mm**2
+    found = np.zeros(len(batch), bool)
+    ids = np.arange(len(batch))
+    ok = where
+    for a in range(3):  # d2/dz2, then d2/dy2, then d2/dx2 bound the response; boxes with no voxel left go
+        ok = ok & (batch.entry(a, a) <= -level)
+        alive = np.asarray(ok.any(axis=(1, 2, 3)))
+        if not alive.any():
+            return found
+        batch, ok, ids = batch.take(alive), ok[alive], ids[alive]
+    voxels = np.nonzero(ok)
+    keep = weakest_curvature_bound([batch.entry(a, a)[voxels] for a in range(3)]) >= level
+    boxes, box_of = np.unique(voxels[0][keep], return_inverse=True)
+    if not boxes.size:
+        return found
+    batch = batch.take(boxes)
+    at = (box_of, *(v[keep] for v in voxels[1:]))
+    entries = {ab: batch.entry(*ab)[at] for ab in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))}
+    ok_voxels = _may_reach(entries, level)
+    if ok_voxels.any():
+        resp = _responses({k: v[ok_voxels] for k, v in entries.items()}, s_mm)
+        found[ids[boxes[box_of[ok_voxels][resp >= _BOUND_MARGIN * float(floor_hu)]]]] = True
+    return found
+
+
+def _gather(hu: Volume, lo: np.ndarray, width: int) -> np.ndarray:
+    """``[box, z, y, x]`` float32: ``width``^3 voxels of ``hu`` from each corner ``lo[box]``, edges replicated."""
+    shape = np.asarray(hu.shape[:3])
+    out = np.empty((len(lo), width, width, width), np.float32)
+    for j, corner in enumerate(lo):
+        if (corner >= 0).all() and (corner + width <= shape).all():
+            out[j] = hu[tuple(slice(int(a), int(a) + width) for a in corner)]
+        else:  # at the volume's edge: clipped indices repeat its last voxels, as mode="nearest" does
+            idx = [np.clip(int(a) + np.arange(width), 0, n - 1) for a, n in zip(corner, shape)]
+            out[j] = hu[np.ix_(*idx)]
+    return out
+
+
+def _screen_boxes(
+    hu: Volume, spacing_mm: float, corners: np.ndarray, where: np.ndarray, floor_hu: float
+) -> np.ndarray:
+    """:func:`_may_peak` for many small peak boxes at once (a superset of the boxes it answers True for).
+
+    Args:
+        corners: ``(boxes, 3)`` first voxel of each peak box.
+        where: ``[box, z, y, x]`` cubes holding each box's peak voxels from its corner on.
+    """
+    size = where.shape[1]
+    found = np.zeros(len(corners), bool)
+    for s_mm in SIGMAS_MM:
+        sigma = float(s_mm) / float(spacing_mm)
+        r = kernel_radius(sigma)
+        width = size + 2 * r
+        todo = np.flatnonzero(~found)
+        step = max(1, _BATCH_BYTES // (4 * width**3))
+        for i in range(0, len(todo), step):
+            part = todo[i : i + step]
+            batch = BoxBatch(_gather(hu, corners[part] - r, width), sigma, size)
+            found[part[_batch_reaches(batch, where[part], s_mm, floor_hu)]] = True
+    return found
 
 
 def dot_response(
@@ -292,51 +372,74 @@ def _covered(cluster: SeedCluster, avoid: Sequence[tuple[np.ndarray, float]], *,
     return any(float(np.linalg.norm(seeds - centres[i], axis=1).max()) + slack <= radii[i] for i in maybe)
 
 
-def _cluster_spots(
-    cluster: SeedCluster,
-    hu: Volume,
-    prob: np.ndarray,
-    lung: np.ndarray | None,
-    spacing_mm: float,
-    *,
-    min_response_hu: float,
-) -> list[Spot]:
-    """The peaks of one cluster: dot response >= ``min_response_hu``, the highest within 5^3 voxels, in the
-    lungs, a seed within 2 voxels; in C order.
+@dataclass(frozen=True)
+class _Region:
+    """Where a cluster's peaks may lie: ``mine`` (a seed within 2 voxels, in the lungs) in the box ``need``
+    (the seeds' box grown by 4 voxels: the peaks' and the 2 voxels the peak test reads around them)."""
 
-    The response is needed where a peak may be (a seed within 2 voxels) and 2 voxels around: that box,
-    computed from the box wider by the kernel reach; a box above :data:`SLAB_VOXELS` is filtered in slabs
-    along z, each with the 2 voxels the peak test needs around it (the same values, less memory at once).
-    """
+    need: tuple[slice, slice, slice]
+    mine: np.ndarray
+    peak_lo: np.ndarray  # the box mine lies in (the seeds' box grown by 2), relative to ``need``
+    peak_hi: np.ndarray
+
+    @property
+    def lo(self) -> np.ndarray:
+        return np.asarray([b.start for b in self.need])
+
+
+def _region(cluster: SeedCluster, shape: tuple[int, ...], lung: np.ndarray | None) -> _Region:
     half = _PEAK_SIZE // 2
-    reach = kernel_radius(max(SIGMAS_MM) / spacing_mm)
     lo = np.maximum(cluster.lo - 2 * half, 0)
-    hi = np.minimum(cluster.hi + 2 * half, prob.shape)
+    hi = np.minimum(cluster.hi + 2 * half, shape)
     need = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     local = np.zeros(tuple(int(v) for v in hi - lo), bool)
     local[tuple(slice(int(a), int(b)) for a, b in zip(cluster.lo - lo, cluster.hi - lo))] = cluster.seeds
     mine = ndi.maximum_filter(local, size=_PEAK_SIZE)  # a seed within 2 voxels
     if lung is not None:
         mine &= lung[need]
-    mine_lo = np.maximum(cluster.lo - half, 0) - lo  # the box mine lies in
-    mine_hi = np.minimum(cluster.hi + half, prob.shape) - lo
+    peak_lo = np.maximum(cluster.lo - half, 0) - lo
+    peak_hi = np.minimum(cluster.hi + half, shape) - lo
+    return _Region(need, mine, peak_lo, peak_hi)  # type: ignore[arg-type]
+
+
+def _cluster_spots(
+    region: _Region,
+    hu: Volume,
+    prob: np.ndarray,
+    lung: np.ndarray | None,
+    spacing_mm: float,
+    *,
+    min_response_hu: float,
+    screened: bool = False,
+) -> list[Spot]:
+    """The peaks of one cluster: dot response >= ``min_response_hu``, the highest within 5^3 voxels, in the
+    lungs, a seed within 2 voxels; in C order.
+
+    The response is needed where a peak may be (a seed within 2 voxels) and 2 voxels around: that box,
+    computed from the box wider by the kernel reach, once :func:`_may_peak` finds a voxel at the floor (or
+    ``screened``: :func:`_screen_boxes` did). A box above :data:`SLAB_VOXELS` is filtered in slabs along z,
+    each with the 2 voxels the peak test needs around it (the same values, less memory at once).
+    """
+    half = _PEAK_SIZE // 2
+    reach = kernel_radius(max(SIGMAS_MM) / spacing_mm)
+    lo, need, mine = region.lo, region.need, region.mine
     needed = None
-    nz = local.shape[0]
-    step = max(1, SLAB_VOXELS // max(1, local[0].size))
+    nz = mine.shape[0]
+    step = max(1, SLAB_VOXELS // max(1, mine[0].size))
     out = []
     for z0 in range(0, nz, step):
         z1 = min(z0 + step, nz)
-        peak_box = tuple(
-            slice(int(a) + int(o), int(b) + int(o))
-            for a, b, o in zip(
-                (max(z0, mine_lo[0]), mine_lo[1], mine_lo[2]),
-                (min(z1, mine_hi[0]), mine_hi[1], mine_hi[2]),
-                lo,
+        if not (screened and step >= nz):
+            peak = tuple(
+                slice(int(a), int(b))
+                for a, b in zip(
+                    (max(z0, region.peak_lo[0]), *region.peak_lo[1:]),
+                    (min(z1, region.peak_hi[0]), *region.peak_hi[1:]),
+                )
             )
-        )
-        where = mine[tuple(slice(b.start - o, b.stop - o) for b, o in zip(peak_box, lo))]
-        if not _may_peak(hu, spacing_mm, peak_box, where, min_response_hu):
-            continue  # most clusters end here
+            box = tuple(slice(b.start + int(o), b.stop + int(o)) for b, o in zip(peak, lo))
+            if not _may_peak(hu, spacing_mm, box, mine[peak], min_response_hu):
+                continue  # most clusters end here
         if needed is None:  # where the peak test reads the response
             needed = ndi.maximum_filter(mine, size=_PEAK_SIZE)
             if lung is not None:
@@ -361,6 +464,33 @@ def _cluster_spots(
             idx = tuple(int(a + b) for a, b in zip(q, (box[0].start, lo[1], lo[2])))
             around = tuple(slice(max(i - half, 0), i + half + 1) for i in idx)
             out.append(Spot(idx, float(prob[around].max()), float(resp[q]), float(sig[q])))  # type: ignore[arg-type]
+    return out
+
+
+def _batch_screen(regions: list[_Region], hu: Volume, spacing_mm: float, floor_hu: float) -> dict[int, bool]:
+    """:func:`_screen_boxes` for the regions of one z slab whose peak box fits a :data:`BATCH_SIZES` cube.
+
+    Returns:
+        ``{index in regions: whether it may peak}`` for the regions screened (the others are not keys).
+    """
+    out: dict[int, bool] = {}
+    for size in BATCH_SIZES:
+        picked = [
+            i
+            for i, g in enumerate(regions)
+            if i not in out and SLAB_VOXELS >= g.mine.size and int((g.peak_hi - g.peak_lo).max()) <= size
+        ]
+        if not picked:
+            continue
+        where = np.zeros((len(picked), size, size, size), bool)
+        corners = np.empty((len(picked), 3), int)
+        for j, i in enumerate(picked):
+            g = regions[i]
+            peak = tuple(slice(int(a), int(b)) for a, b in zip(g.peak_lo, g.peak_hi))
+            where[j][tuple(slice(0, b.stop - b.start) for b in peak)] = g.mine[peak]
+            corners[j] = g.lo + g.peak_lo
+        for i, may in zip(picked, _screen_boxes(hu, spacing_mm, corners, where, floor_hu)):
+            out[i] = bool(may)
     return out
 
 
@@ -412,12 +542,18 @@ def find_spots(
         if not _covered(c, avoid, slack=half * math.sqrt(3.0))
     ]
 
-    def spots_of(cluster: SeedCluster) -> list[Spot]:
-        return _cluster_spots(cluster, hu, prob, lung, spacing_mm, min_response_hu=min_response_hu)
+    regions = [_region(c, prob.shape, lung) for c in clusters]
+    screened = _batch_screen(regions, hu, spacing_mm, min_response_hu) if min_response_hu > 0 else {}
+    todo = [(g, i in screened) for i, g in enumerate(regions) if screened.get(i, True)]
 
-    # SciPy's filters release the GIL: threads share the clusters (1.9x on 2 cores); map keeps their order
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(clusters)))) as pool:
-        spots = [s for found in pool.map(spots_of, clusters) for s in found]
+    def spots_of(item: tuple[_Region, bool]) -> list[Spot]:
+        return _cluster_spots(
+            item[0], hu, prob, lung, spacing_mm, min_response_hu=min_response_hu, screened=item[1]
+        )
+
+    # SciPy's filters release the GIL: threads share the clusters; map keeps their order
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        spots = [s for found in pool.map(spots_of, todo) for s in found]
     spots.sort(key=lambda s: (-s.probability, -s.response_hu))
     kept: list[Spot] = []
     cap = float(np.nextafter(np.float32(max_probability), np.float32(0)))

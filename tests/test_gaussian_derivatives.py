@@ -66,3 +66,23 @@ def test_weakest_curvature_bound_holds_and_is_exact_for_a_ball() -> None:
     assert (bound[l3 >= 0] >= 0).all() and (bound > 0).any()
     ball = -2.5 * np.eye(3)[None]
     assert weakest_curvature_bound([ball[:, i, i] for i in range(3)])[0] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(("sigma", "size"), [(1.43, 8), (2.86, 8), (2.14, 16)])
+def test_box_batch_agrees_with_the_passes_to_float32_rounding(sigma: float, size: int) -> None:
+    from pipelines.gaussian_derivatives import BoxBatch, kernel_radius
+
+    r = kernel_radius(sigma)
+    x = (
+        np.random.default_rng(2)
+        .normal(-600, 300, (4, size + 2 * r, size + 2 * r, size + 2 * r))
+        .astype(np.float32)
+    )
+    batch = BoxBatch(x, sigma, size)
+    part = batch.take(np.asarray([3, 1]))
+    for ab in [(0, 0), (1, 2), (0, 1), (1, 1), (0, 2), (2, 2)]:
+        ref = np.stack([HessianPasses(b, sigma, (slice(r, r + size),) * 3).entry(*ab) for b in x])
+        np.testing.assert_allclose(batch.entry(*ab), ref, atol=1e-5 * np.abs(ref).max())
+        np.testing.assert_allclose(part.entry(*ab), ref[[3, 1]], atol=1e-5 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="boxes of"):
+        BoxBatch(x[:, 1:], sigma, size)

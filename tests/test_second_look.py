@@ -310,7 +310,7 @@ def test_may_reach_bounds_the_response() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_spots_do_not_depend_on_skipping_slabs_or_threads(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The diagonal screen, slabs of the cluster box and the thread count change nothing."""
+    """The batched and the one-by-one screens, slabs of the cluster box and the thread count change nothing."""
     from pipelines import second_look
 
     hu, prob = _busy_case(seed)
@@ -320,20 +320,31 @@ def test_spots_do_not_depend_on_skipping_slabs_or_threads(seed: int, monkeypatch
     spots = find_spots(hu, prob, lungs, 1.0, workers=2, **kwargs)
     assert len(spots) >= 2
     assert find_spots(hu, prob, lungs, 1.0, workers=1, **kwargs) == spots
+    monkeypatch.setattr(second_look, "BATCH_SIZES", ())  # every cluster screened on its own
+    assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
     monkeypatch.setattr(second_look, "_may_peak", lambda *a, **k: True)  # every cluster filtered in full
     assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
     monkeypatch.setattr(second_look, "SLAB_VOXELS", 3000)  # a few z planes at a time
     assert find_spots(hu, prob, lungs, 1.0, **kwargs) == spots
 
 
-def test_network_hu_boxes_equal_the_whole_grid_mapped_back() -> None:
-    from pipelines.postprocess import NetworkHU, network_hu
+def test_batched_screen_keeps_every_box_that_reaches_the_floor() -> None:
+    """:func:`_screen_boxes` (float32 products) answers True wherever the exact filter reaches the floor."""
+    from pipelines.second_look import _screen_boxes
 
-    hu, prob = _busy_case(0)
-    data, _ = _case(hu, prob)
-    settings = ScreeningSettings(report=False)
-    lazy, whole = NetworkHU(data, settings), network_hu(data, settings)
-    assert lazy.shape == whole.shape == hu.shape
-    box = (slice(3, 20), slice(0, 9), slice(40, 56))
-    assert np.array_equal(lazy[box], whole[box]) and lazy[box].dtype == np.float32
-    assert np.allclose(whole, np.clip(hu, -1000, 500), atol=0.05)
+    hu, _ = _busy_case(5)
+    full, _ = dot_response(hu, 1.0)
+    rng = np.random.default_rng(5)
+    corners = np.concatenate(
+        [rng.integers(-3, np.asarray(hu.shape) - 5, (400, 3)), [[-2, -2, -2], [38, 46, 50]]]
+    )
+    where = rng.random((len(corners), 8, 8, 8)) < 0.3
+    exact = np.zeros(len(corners), bool)
+    for i, (c, w) in enumerate(zip(corners, where)):
+        at = np.argwhere(w) + c
+        inside = ((at >= 0) & (at < hu.shape)).all(1)
+        w[tuple((at[~inside] - c).T)] = False  # peak voxels lie in the volume
+        exact[i] = bool((full[tuple(at[inside].T)] >= 80.0).any())
+    screened = _screen_boxes(hu, 1.0, corners, where, 80.0)
+    assert exact.sum() >= 10 and screened[exact].all()
+    assert (~screened).sum() >= 50  # and it does screen boxes out
