@@ -16,6 +16,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "float32", "bfloat16", "float16")
 STITCH_POLICIES = ("auto", "device", "cpu")
 MIRROR_SCOPES = ("all", "candidates")
+BACKENDS = ("auto", "torch", "openvino")
 
 
 class SettingsError(ValueError):
@@ -85,6 +86,9 @@ class ScreeningSettings:
         fine_max_diameter_mm: fine-pass candidates above this diameter are ignored (the first grid, with
             more context per window, finds the large ones).
         fine_logit_offset: added to the logit of fine-pass scores before the merge.
+        backend: the runtime of the nodule network (:mod:`pipelines.inference_backend`): ``torch``,
+            ``openvino`` (CPU only, float32; the ``cpu-fast`` extra) or ``auto`` (OpenVINO on the CPU when it
+            is installed and ``amp`` asks for no reduced precision, PyTorch otherwise and always on CUDA).
     """
 
     target_spacing_mm: float = 1.0
@@ -121,6 +125,7 @@ class ScreeningSettings:
     fine_spacing_mm: float | None = 0.7
     fine_max_diameter_mm: float = 10.0
     fine_logit_offset: float = -1.0
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
@@ -177,6 +182,7 @@ class ScreeningSettings:
         _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         _check(self.amp in AMP_DTYPES, "amp", self.amp, f"one of {AMP_DTYPES}")
         _check(self.stitch in STITCH_POLICIES, "stitch", self.stitch, f"one of {STITCH_POLICIES}")
+        _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ScreeningSettings:
