@@ -28,6 +28,7 @@ from pipelines import io, outputs, runstate
 from pipelines.assessability import screenable
 from pipelines.ensemble import load_network_weights, weight_files
 from pipelines.inference import load_weights, select_device, sliding_window_probability
+from pipelines.inference_backend import active_backend, network_backend
 from pipelines.postprocess import CaseResult, analyse_case
 from pipelines.runstate import failure_reason, root_cause  # noqa: F401 - re-exported (pipelines.screen uses it)
 from pipelines.settings import ScreeningSettings
@@ -102,7 +103,11 @@ class ScreeningEngine:
         self.preprocessing = preprocessing
         self.settings = settings
         self.device = rank_device(select_device(settings.device))
-        self.network = load_network_weights(network.to(self.device), weights).eval()
+        self.network, self.backend = network_backend(
+            load_network_weights(network.to(self.device), weights).eval(),
+            settings=settings,
+            device=self.device,
+        )
         self.classifier = None
         if classifier is not None and classifier_weights and Path(classifier_weights).is_file():
             self.classifier = load_weights(classifier, Path(classifier_weights)).to(self.device).eval()
@@ -237,7 +242,7 @@ class ScreeningEngine:
         result = analyse_case(
             data, prob_net, settings=self.settings, classifier=self.classifier, device=self.device, fine=fine
         )
-        result.info.update({**info, **self._shard})
+        result.info.update({**info, **self._shard, "backend": active_backend(self.network)})
         if data.get("no_lung"):
             result.warnings.append("no lung tissue found: nothing screened")
         timings["postprocess"] = time.perf_counter() - t
@@ -253,7 +258,7 @@ class ScreeningEngine:
             settings=self.settings,
             device=self.device,
             channels_last=self.settings.channels_last and self.device.type == "cuda",
-            compile_network=self.settings.compile,
+            compile_network=self.settings.compile and self.backend == "torch",
         )
 
     def _fine_pass(self, data: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:

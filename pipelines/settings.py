@@ -19,6 +19,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_DTYPES = ("auto", "float32", "bfloat16", "float16")
 STITCH_POLICIES = ("auto", "device", "cpu")
 MIRROR_SCOPES = ("all", "candidates")
+BACKENDS = ("auto", "torch", "openvino")
 
 
 class SettingsError(ValueError):
@@ -88,6 +89,10 @@ class ScreeningSettings:
         fine_max_diameter_mm: fine-pass candidates above this diameter are ignored (the first grid, with
             more context per window, finds the large ones).
         fine_logit_offset: added to the logit of fine-pass scores before the merge.
+        backend: the runtime of the nodule network (:mod:`pipelines.inference_backend`): ``torch``,
+            ``openvino`` (CPU only, float32; the ``cpu-fast`` extra) or ``auto`` (OpenVINO on the CPU when it
+            is installed and ``amp`` asks for no reduced precision, PyTorch otherwise and always on CUDA). The bundle
+            ships ``torch`` until OpenVINO's reported nodules are checked equal on the validation sets.
 
     Allowed values (checked in Python before any work, :func:`validate_setting`; a wrong type or value gives a
     :class:`SettingsError` naming the setting, the value and this line)::
@@ -126,6 +131,7 @@ class ScreeningSettings:
         fine_spacing_mm: null or a number in [0.3, 3] mm
         fine_max_diameter_mm: a number in (0, 100] mm
         fine_logit_offset: a number in [-20, 20]
+        backend: one of auto, torch, openvino
     """
 
     target_spacing_mm: float = 1.0
@@ -162,6 +168,7 @@ class ScreeningSettings:
     fine_spacing_mm: float | None = 0.7
     fine_max_diameter_mm: float = 10.0
     fine_logit_offset: float = -1.0
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -276,6 +283,7 @@ RULES: dict[str, Rule] = {
     "logit_temperature": Rule("float", Interval(0.0, 100.0, lo_open=True)),
     "mirror_axes": Rule("axes"),
     "mirror_scope": Rule("choice", choices=MIRROR_SCOPES),
+    "backend": Rule("choice", choices=BACKENDS),
     "mirror_threshold": Rule("float", Interval(0.0, 1.0, lo_open=True, hi_open=True)),
     "second_look": Rule("bool"),
     "second_look_min_probability": Rule("float", _PROB),

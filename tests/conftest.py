@@ -29,3 +29,18 @@ def _restore_locale() -> Iterator[None]:
     saved = locale.setlocale(locale.LC_ALL)
     yield
     locale.setlocale(locale.LC_ALL, saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def openvino_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exports of the optional OpenVINO backend go to a temporary folder (subprocesses too), never ~/.cache."""
+    from pipelines.inference_backend import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("openvino-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
