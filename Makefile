@@ -136,7 +136,7 @@ bench: install ## stage timings and the plain-MONAI baseline, same run; writes b
 
 pipeline: install ## sample data -> training -> screening -> evaluation (FULL=1 for full settings)
 	$(MAKE) sample-data train
-	$(MAKE) evaluate SCREEN_ARGS="--weights $(RUN_DIR)/model.pt --classifier-weights $(RUN_DIR)/classifier.pt --overwrite"
+	$(MAKE) evaluate SCREEN_ARGS="--weights $(RUN_DIR)/models/model.pt --classifier-weights $(RUN_DIR)/models/classifier.pt --overwrite"
 
 clean: ## remove generated data, outputs and caches (keeps .venv)
 	rm -rf sample_data/demo sample_data/train sample_data/eval sample_data/inserted outputs runs .pytest_cache .ruff_cache .mypy_cache
