@@ -44,3 +44,11 @@ def openvino_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = before
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A UNet checkpoint that marks nothing (screening tests that need the pipeline, not detections)."""
+    from helpers import silent_weights
+
+    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))

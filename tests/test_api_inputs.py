@@ -15,17 +15,11 @@ from helpers import (
     chest_image,
     read_summary,
     run_screen,
-    silent_weights,
     sitk_affine_ras,
     write_case,
 )
 
 from pipelines import api_inputs
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _oblique(path: Path) -> Path:

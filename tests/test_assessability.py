@@ -13,7 +13,6 @@ from helpers import (
     read_result,
     read_summary,
     run_screen,
-    silent_weights,
     to_image,
     write_case,
     write_dicom_series,
@@ -171,11 +170,6 @@ def _chest(nz: int, dz: float, *, lungs: bool = True) -> sitk.Image:
         for zc, yc, xc in ((nz * dz / 3, 90.0, 120.0), (nz * dz / 2, 150.0, 180.0)):
             hu[(z - zc) ** 2 + (y - yc) ** 2 + (x - xc) ** 2 <= 100.0] = -1000
     return to_image(hu, spacing_xyz=(2.5, 2.5, dz))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _not_green(out: Path, case_id: str) -> dict:

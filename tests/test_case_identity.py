@@ -14,7 +14,6 @@ from helpers import (
     read_result,
     read_summary,
     run_screen,
-    silent_weights,
     write_case,
     write_dicom_series,
 )
@@ -27,11 +26,6 @@ SHAPES = {
     "B": (24, 52, 60),
     "C": (28, 48, 56),
 }  # [z, y, x]: tells each scan's outputs apart
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _scan(path: Path, shape: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import chest_image, read_failures, run_screen, silent_weights, write_case, write_dicom_series
+from helpers import chest_image, read_failures, run_screen, write_case, write_dicom_series
 
 from pipelines import dicom_geometry, io
 
@@ -32,11 +32,6 @@ def _tilted_series(folder: Path, degrees: float) -> list[Path]:
     """The chest image's slices with a tilted ImageOrientationPatient; positions still step along z (4 mm)."""
     iop = _tilted_iop(degrees)
     return write_dicom_series(chest_image(), folder, orientation_override={k: iop for k in range(24)})
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 # --------------------------------------------------------------------------------------------- pure maths

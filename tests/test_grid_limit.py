@@ -14,7 +14,6 @@ from helpers import (
     chest_image,
     read_failures,
     run_screen,
-    silent_weights,
     to_image,
     write_case,
 )
@@ -24,11 +23,6 @@ from pipelines.preprocess import CaseGeometry
 from pipelines.transforms import ResampleToSpacingd
 
 LIMIT = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _reason(err: pytest.ExceptionInfo[io.ImageReadError]) -> str:

@@ -8,14 +8,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from helpers import chest_image, run_screen, silent_weights, write_case
+from helpers import chest_image, run_screen, write_case
 
 from pipelines import runstate
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 @pytest.fixture

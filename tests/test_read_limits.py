@@ -17,7 +17,6 @@ from helpers import (
     chest_image,
     read_failures,
     run_screen,
-    silent_weights,
     to_image,
     write_case,
 )
@@ -25,11 +24,6 @@ from helpers import (
 from pipelines import io, io_header, io_nifti
 
 LIMIT = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 @pytest.fixture

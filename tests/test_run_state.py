@@ -20,16 +20,10 @@ from helpers import (
     read_failures,
     read_summary,
     run_screen,
-    silent_weights,
     write_case,
 )
 
 from pipelines import runstate
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _inputs(folder: Path, *, good: int = 1, bad: int = 0) -> None:

@@ -26,15 +26,9 @@ from helpers import (
     read_result,
     read_summary,
     run_screen,
-    silent_weights,
     tree,
     write_case,
 )
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _cases(folder: Path, n: int, *, shape: tuple[int, int, int] = (24, 48, 56)) -> list[str]:

@@ -28,18 +28,12 @@ from helpers import (
     read_result,
     read_summary,
     run_screen,
-    silent_weights,
     to_image,
     write_case,
     write_dicom_series,
 )
 
 SHARED_LIDC = SHARED_DATA / "ct" / "lidc_two_slices_dicom"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 # --------------------------------------------------------------------------------------------- builders

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAST, ROOT, chest_image, run_screen, silent_weights, write_case
+from helpers import FAST, ROOT, chest_image, run_screen, write_case
 
 from pipelines.bundle import (
     OverrideError,
@@ -44,11 +44,6 @@ HOSTILE_NAMES = [
     "c::d.nii.gz",
     "ok.nii.gz",
 ]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 def _fast_flags(weights: str) -> list[str]:

@@ -14,16 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import chest_image, read_failures, read_summary, run_screen, silent_weights, write_case
+from helpers import chest_image, read_failures, read_summary, run_screen, write_case
 
 from pipelines import io
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(silent_weights(tmp_path_factory.mktemp("w") / "silent.pt"))
 
 
 @contextlib.contextmanager
