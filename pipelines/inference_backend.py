@@ -11,6 +11,10 @@ it back in milliseconds. It is compiled for the CPU once per window-batch shape 
 model ran 1.5x slower), at ``f32`` inference precision (the CPU plugin's default on a bf16-capable CPU is
 bf16, which moved voxels across 0.5), and saved without the fp16 weight compression ``save_model`` does by
 default. Without OpenVINO, or when exporting fails, the network runs with PyTorch and a one-line note says why.
+
+Not faster on every CPU: on the 2-core AMD EPYC (AVX2, no AVX-512) development machine, quiet, OpenVINO took
+1.6x PyTorch's time per batch of four 64^3 windows (1.9x with one thread each) and 1.35x per screened scan;
+measure with ``benchmarks/openvino_backend.py`` before choosing ``auto`` (``benchmarks/results/``).
 """
 
 from __future__ import annotations

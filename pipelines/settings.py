@@ -89,6 +89,9 @@ class ScreeningSettings:
         backend: the runtime of the nodule network (:mod:`pipelines.inference_backend`): ``torch``,
             ``openvino`` (CPU only, float32; the ``cpu-fast`` extra) or ``auto`` (OpenVINO on the CPU when it
             is installed and ``amp`` asks for no reduced precision, PyTorch otherwise and always on CUDA).
+            ``torch`` by default: on the 2-core AMD EPYC (AVX2) development machine OpenVINO 2026.4 took 1.6x
+            PyTorch's time per window batch and 1.35x per screened scan (same nodules); choose ``auto`` where it
+            measures faster (``benchmarks/openvino_backend.py``).
     """
 
     target_spacing_mm: float = 1.0
@@ -125,7 +128,7 @@ class ScreeningSettings:
     fine_spacing_mm: float | None = 0.7
     fine_max_diameter_mm: float = 10.0
     fine_logit_offset: float = -1.0
-    backend: str = "auto"
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size", tuple(int(v) for v in self.roi_size))
