@@ -119,10 +119,10 @@ def active_backend(network: torch.nn.Module) -> str:
 
 
 class OpenVinoNetwork(torch.nn.Module):
-    """``network`` run by OpenVINO on the CPU; same call signature, float32 logits within ~1e-4 of PyTorch.
+    """``network`` run by OpenVINO on the CPU: same call signature, float32 logits (probabilities ~1e-4 apart).
 
     The export (or the read from the cache) happens at the first call, so that building an engine costs
-    nothing; every new input shape is compiled once (~0.2 s on two cores) and kept with its infer request.
+    nothing; every new input shape is compiled once (~0.1 s on two cores) and kept with its infer request.
     If anything in OpenVINO fails, a warning names the error and this and every later call runs ``network``
     with PyTorch.
 
@@ -130,7 +130,7 @@ class OpenVinoNetwork(torch.nn.Module):
         network: the PyTorch network (kept: it is exported, and it is the fallback).
         example_shape: the window batch traced for the export, ``(B, C, z, y, x)``; the exported model takes
             any shape (compiled per shape at run time).
-        cache_root: where exports are cached (default :func:`cache_root`); None there too disables the cache.
+        cache_root: where exports are cached (None: :func:`default_cache_root`, which may disable caching).
         threads: CPU threads for inference (default: ``torch.get_num_threads()``, so both runtimes obey the
             same limit).
     """
