@@ -11,6 +11,10 @@ it back in milliseconds. It is compiled for the CPU once per window-batch shape 
 model ran 1.5x slower), at ``f32`` inference precision (the CPU plugin's default on a bf16-capable CPU is
 bf16, which moved voxels across 0.5), and saved without the fp16 weight compression ``save_model`` does by
 default. Without OpenVINO, or when exporting fails, the network runs with PyTorch and a one-line note says why.
+
+Not faster on every CPU: on the 2-core AMD EPYC (AVX2, no AVX-512) development machine, quiet, OpenVINO took
+1.6x PyTorch's time per batch of four 64^3 windows (1.9x with one thread each) and 1.35x per screened scan;
+measure with ``benchmarks/openvino_backend.py`` before choosing ``auto`` (``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -115,10 +119,10 @@ def active_backend(network: torch.nn.Module) -> str:
 
 
 class OpenVinoNetwork(torch.nn.Module):
-    """``network`` run by OpenVINO on the CPU; same call signature, float32 logits within ~1e-4 of PyTorch.
+    """``network`` run by OpenVINO on the CPU: same call signature, float32 logits (probabilities ~1e-4 apart).
 
     The export (or the read from the cache) happens at the first call, so that building an engine costs
-    nothing; every new input shape is compiled once (~0.2 s on two cores) and kept with its infer request.
+    nothing; every new input shape is compiled once (~0.1 s on two cores) and kept with its infer request.
     If anything in OpenVINO fails, a warning names the error and this and every later call runs ``network``
     with PyTorch.
 
@@ -126,7 +130,7 @@ class OpenVinoNetwork(torch.nn.Module):
         network: the PyTorch network (kept: it is exported, and it is the fallback).
         example_shape: the window batch traced for the export, ``(B, C, z, y, x)``; the exported model takes
             any shape (compiled per shape at run time).
-        cache_root: where exports are cached (default :func:`cache_root`); None there too disables the cache.
+        cache_root: where exports are cached (None: :func:`default_cache_root`, which may disable caching).
         threads: CPU threads for inference (default: ``torch.get_num_threads()``, so both runtimes obey the
             same limit).
     """

@@ -91,8 +91,10 @@ class ScreeningSettings:
         fine_logit_offset: added to the logit of fine-pass scores before the merge.
         backend: the runtime of the nodule network (:mod:`pipelines.inference_backend`): ``torch``,
             ``openvino`` (CPU only, float32; the ``cpu-fast`` extra) or ``auto`` (OpenVINO on the CPU when it
-            is installed and ``amp`` asks for no reduced precision, PyTorch otherwise and always on CUDA). The bundle
-            ships ``torch`` until OpenVINO's reported nodules are checked equal on the validation sets.
+            is installed and ``amp`` asks for no reduced precision, PyTorch otherwise and always on CUDA).
+            ``torch`` by default: on the 2-core AMD EPYC (AVX2) development machine OpenVINO 2026.4 took 1.6x
+            PyTorch's time per window batch and 1.35x per screened scan (same nodules); choose ``auto`` where it
+            measures faster (``benchmarks/openvino_backend.py``).
 
     Allowed values (checked in Python before any work, :func:`validate_setting`; a wrong type or value gives a
     :class:`SettingsError` naming the setting, the value and this line)::

@@ -191,3 +191,44 @@ def test_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.delenv(ib.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert ib.default_cache_root() == tmp_path / "lungscreen" / "openvino"
+
+
+def test_an_ensemble_runs_as_one_exported_model(tmp_path: Path) -> None:
+    _needs_openvino()
+    from pipelines.ensemble import MeanLogits
+
+    torch.manual_seed(7)
+    members = [_small_unet(), _small_unet()]
+    ensemble = MeanLogits(members).eval()
+    runner = ib.OpenVinoNetwork(ensemble, example_shape=(2, 1, *ROI), cache_root=tmp_path)
+    x = torch.rand(3, 1, *ROI)
+    with torch.inference_mode():
+        reference = ensemble(x)
+        assert float((runner(x) - reference).abs().max()) < 1e-3
+    assert runner.failed is None and runner.cache_path is not None
+    assert runner.cache_path.parent.name not in {ib.weights_sha256(m) for m in members}
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])
+def test_screening_records_the_backend_and_finds_the_same(tmp_path: Path, backend: str) -> None:
+    if backend == "openvino":
+        _needs_openvino()
+    from helpers import chest_image, read_result, run_screen, write_case
+
+    write_case(chest_image(shape_zyx=(24, 48, 56), noise_hu=10.0, seed=1), tmp_path / "in" / "case0.nii.gz")
+    torch.manual_seed(11)  # the same random weights for both backends
+    res = run_screen(tmp_path / "in", tmp_path / backend, backend=backend)
+    assert res.exit_code == 0
+    result = read_result(tmp_path / backend, "case0")
+    assert result["info"]["backend"] == backend
+    if backend == "openvino":
+        torch.manual_seed(11)
+        run_screen(tmp_path / "in", tmp_path / "torch", backend="torch")
+        reference = read_result(tmp_path / "torch", "case0")
+        got, want = result["candidates"], reference["candidates"]
+        assert got and len(got) == len(want) and reference["info"]["backend"] == "torch"
+        for a, b in zip(got, want):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-3)
+            for axis in "xyz":
+                key = f"center_lps_{axis}_mm"
+                assert a[key] == pytest.approx(b[key], abs=0.01)
