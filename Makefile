@@ -123,7 +123,7 @@ validate-real-nodules: install ## real nodules of the bank's validation split (L
 	for c in $(REAL_NODULE_PHANTOMS); do test -f sample_data/real_nodules/ph_$$c/datalist.json || $(LS) insert-nodules sample_data/val/images/phantom_s7000_$$c.nii.gz sample_data/real_nodules/ph_$$c --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed 1$$c --lungs sample_data/val/lungs/phantom_s7000_$$c.nii.gz --labels sample_data/val/labels/phantom_s7000_$$c.nii.gz || exit 1; done
 	$(LS) held-out-set $(REAL_NODULE_DATA) $(foreach s,$(REAL_NODULE_SEEDS),sample_data/real_nodules/ct_s$(s):training) $(foreach c,$(REAL_NODULE_PHANTOMS),sample_data/real_nodules/ph_$(c):training)
 	$(MAKE) evaluate EVAL_DATA=$(REAL_NODULE_DATA) EVAL_OUT=$(REAL_NODULE_OUT)
-	$(BIN)/python -m pipelines.real_validation $(REAL_NODULE_DATA) $(REAL_NODULE_OUT)
+	$(BIN)/python -m pipelines.realnodules.validation $(REAL_NODULE_DATA) $(REAL_NODULE_OUT)
 
 evaluate-real: install ## the reported real-CT figure: nodules inserted into the chest CT of ../shared/data with seeds 101-106 (lung Dice there is against our own lung mask)
 	@test -f $(REAL_CT) || { echo "evaluate-real: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }

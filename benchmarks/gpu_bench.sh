@@ -8,8 +8,8 @@
 #   1. environment: nvidia-smi, torch/CUDA versions
 #   2. lungscreen bench --device cuda (small + full scans, our path vs the MONAI chain, same run)
 #   3. sliding-window variants on the full scan: bf16 at sw_batch_size 2..32, fp32, fp16, channels_last_3d,
-#      torch.compile (pipelines.bench_gpu variants)
-#   4. memory-bandwidth floor of the sliding window (pipelines.bench_gpu floor; formula in that module):
+#      torch.compile (pipelines.bench.gpu variants)
+#   4. memory-bandwidth floor of the sliding window (pipelines.bench.gpu floor; formula in that module):
 #        floor_s = windows_run * bytes_per_window / 4.8e12 B/s
 #        bytes_per_window = sum over leaf modules (numel in + numel out) * 2 B (bf16) + params + stitch buffers
 #   5. batch throughput: N_SCANS (default 10) full-size phantom scans screened as one folder, with 1, 4 and 8
@@ -40,23 +40,23 @@ step() {  # step NAME COMMAND...: run, log, record status
 step env bash -c "nvidia-smi; $PY -c 'import torch, monai; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), monai.__version__)'"
 
 # 2. per-stage + end-to-end + MONAI baseline on CUDA
-step bench $PY -c "from pipelines.cli import main; raise SystemExit(main(['bench', '--out', '$OUT/bench', '--sizes', 'small', '$SIZE', '--device', '$DEVICE', '--repeats', '$REPEATS']))"
+step bench $PY -c "from pipelines.cli.main import main; raise SystemExit(main(['bench', '--out', '$OUT/bench', '--sizes', 'small', '$SIZE', '--device', '$DEVICE', '--repeats', '$REPEATS']))"
 BENCH_JSON=$(ls -t "$OUT"/bench/*.json 2>/dev/null | head -1)
 
 # phantom scans for steps 3 and 5 (generated in parallel, one process per scan)
 mkdir -p "$OUT/data/images"
-gen() { $PY -c "from pipelines.phantom import make_dataset; make_dataset('$OUT/data/gen_$1', n=1, seed=$((7000 + $1)), size='$SIZE')" >/dev/null 2>&1 \
+gen() { $PY -c "from pipelines.phantom.write import make_dataset; make_dataset('$OUT/data/gen_$1', n=1, seed=$((7000 + $1)), size='$SIZE')" >/dev/null 2>&1 \
   && mv "$OUT"/data/gen_$1/images/* "$OUT/data/images/"; }
 export -f gen; export OUT PY SIZE
 step generate bash -c "seq 0 $((N_SCANS - 1)) | xargs -P 16 -I{} bash -c 'gen {}'"
 FIRST=$(ls "$OUT"/data/images/* | head -1)
 
 # 3. sliding-window variants
-step variants $PY -m pipelines.bench_gpu variants --case "$FIRST" --out "$OUT/variants.json" --device "$DEVICE"
+step variants $PY -m pipelines.bench.gpu variants --case "$FIRST" --out "$OUT/variants.json" --device "$DEVICE"
 
 # 4. bandwidth floor (needs step 2's JSON)
 if [ -n "${BENCH_JSON:-}" ]; then
-  step floor $PY -m pipelines.bench_gpu floor --bench-json "$BENCH_JSON" --out "$OUT/floor.json"
+  step floor $PY -m pipelines.bench.gpu floor --bench-json "$BENCH_JSON" --out "$OUT/floor.json"
 fi
 
 # 5. batch throughput over the folder: 1, 4, 8 processes on the one GPU
@@ -65,9 +65,9 @@ for NP in 1 4 8; do
   rm -rf "$OUT/screen_np$NP"
   T0=$(date +%s.%N)
   if [ "$NP" = 1 ]; then
-    step "throughput_np$NP" $PY -m pipelines.screen "$OUT/data/images" "$OUT/screen_np$NP" --device "$DEVICE"
+    step "throughput_np$NP" $PY -m pipelines.cli screen "$OUT/data/images" "$OUT/screen_np$NP" --device "$DEVICE"
   else
-    step "throughput_np$NP" $PY -m torch.distributed.run --standalone --nproc_per_node "$NP" -m pipelines.screen \
+    step "throughput_np$NP" $PY -m torch.distributed.run --standalone --nproc_per_node "$NP" -m pipelines.screening.api \
       "$OUT/data/images" "$OUT/screen_np$NP" --device "$DEVICE"
   fi
   T1=$(date +%s.%N)

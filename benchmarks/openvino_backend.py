@@ -1,4 +1,4 @@
-"""PyTorch against the OpenVINO backend (pipelines.inference_backend) on one scan, in ONE process.
+"""PyTorch against the OpenVINO backend (pipelines.screening.backend) on one scan, in ONE process.
 
 Usage (from the repository root; the optional extra installed: ``pip install 'lungscreen[cpu-fast]'``)::
 
@@ -70,9 +70,10 @@ def _ratios(torch_side: dict[str, Any], ov_side: dict[str, Any]) -> dict[str, fl
 
 def components(scan: Path, weights: Path | None, work: Path) -> dict[str, Any]:
     """The bundle's preprocessing, network (weights loaded, CPU), inferer and settings, and the scan's case."""
-    from pipelines import io
-    from pipelines.bundle import load_workflow, settings_overrides
-    from pipelines.inference import load_weights
+    from pipelines.bundle import load_workflow
+    from pipelines.imaging import discovery
+    from pipelines.screening.inference import load_weights
+    from pipelines.screening.settings import settings_overrides
 
     overrides = {
         "output_dir": str(work / "out"),
@@ -84,7 +85,7 @@ def components(scan: Path, weights: Path | None, work: Path) -> dict[str, Any]:
     network = get("network_def").eval()
     if weights is not None:
         load_weights(network, weights)
-    case = io.discover_cases(scan)[0]
+    case = discovery.discover_cases(scan)[0]
     data = get("preprocessing")({"image": case, "case_id": case.case_id})
     fine = get("fine_preprocessing") if get("settings").fine_spacing_mm else None
     return {
@@ -97,7 +98,7 @@ def components(scan: Path, weights: Path | None, work: Path) -> dict[str, Any]:
 
 
 def measure_export(network: torch.nn.Module, roi: tuple[int, ...]) -> dict[str, Any]:
-    from pipelines import inference_backend as ib
+    from pipelines.screening import backend as ib
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -176,7 +177,7 @@ def measure_batch(
 def measure_sliding_window(
     net: torch.nn.Module, ov_net: torch.nn.Module, comp: dict[str, Any], data: dict[str, Any], *, repeats: int
 ) -> dict[str, Any]:
-    from pipelines.inference import sliding_window_probability
+    from pipelines.screening.inference import sliding_window_probability
 
     settings = comp["settings"]
     runs: dict[str, tuple[list[float], list[float]]] = {"torch": ([], []), "openvino": ([], [])}
@@ -212,8 +213,8 @@ def measure_screen(scan: Path, weights: Path | None, work: Path, *, rounds: int)
 
     The OpenVINO export is cached (in ``work``) before the first timed run, as after a first use.
     """
-    from pipelines import inference_backend as ib
-    from pipelines.screen import screen
+    from pipelines.screening import backend as ib
+    from pipelines.screening.api import screen
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from compare_outputs import compare_table
@@ -248,8 +249,8 @@ def measure_screen(scan: Path, weights: Path | None, work: Path, *, rounds: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import inference_backend as ib
-    from pipelines.multiscale import fine_case
+    from pipelines.screening import backend as ib
+    from pipelines.screening.multiscale import fine_case
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scan", type=Path)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 __all__ = ["screen", "__version__"]
 
 if TYPE_CHECKING:
-    from pipelines.screen import screen
+    from pipelines.screening.api import screen
 
 
 def __getattr__(name: str) -> Any:
     if name == "screen":
-        from pipelines.screen import screen
+        from pipelines.screening.api import screen
 
-        # importing the submodule bound ``pipelines.screen`` to the module; the package attribute is the
+        # importing the submodule bound ``pipelines.screening.api`` to the module; the package attribute is the
         # function (``from pipelines import screen`` looks the name up twice: hasattr, then getattr)
         globals()["screen"] = screen
         return screen

@@ -4,7 +4,7 @@ Security: MONAI's config parser treats strings as code. A string starting with `
 a whole string ``@id`` is replaced by another config item, ``%file#id`` loads part of another file, and
 relative ids (``@#``, ``%#``) and ``::`` are rewritten inside any string, at any depth of lists and dicts. So
 no user-supplied string reaches the parser as text: paths go in as :class:`pathlib.Path` objects (the parser
-leaves non-strings alone), settings are validated in Python first (:func:`settings_overrides`: a string
+leaves non-strings alone), settings are validated in Python first (:func:`pipelines.screening.settings.settings_overrides`: a string
 setting can only be one of its allowed words), free config overrides are limited to numbers, booleans,
 ``null``, plain strings and lists of those (:func:`check_user_overrides`), and :func:`check_override_values`
 refuses any override string starting with ``$``, ``@`` or ``%`` whoever passes it. The bundle's own ``run``
@@ -160,22 +160,6 @@ def _plain_value(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return all(_plain_value(v) for v in value)
     return False
-
-
-def settings_overrides(settings: dict[str, Any], *, prefix: str = "settings") -> dict[str, Any]:
-    """Turn ``{"prob_threshold": 0.6}`` into ``{"settings#prob_threshold": 0.6}`` after validating each value
-    in Python (:func:`pipelines.settings.validate_setting`: type, finiteness, range, allowed words).
-
-    Raises:
-        pipelines.settings.SettingsError: for an unknown setting or a bad value, naming it and what is allowed.
-    """
-    from pipelines.settings import validate_setting
-
-    out = {}
-    for name, value in settings.items():
-        canonical = validate_setting(name, value)
-        out[f"{prefix}#{name}"] = list(canonical) if isinstance(canonical, tuple) else canonical
-    return out
 
 
 def unwrap_config_error(err: BaseException) -> BaseException:

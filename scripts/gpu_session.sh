@@ -4,12 +4,12 @@
 #      and nodules inserted into the real chest CT (INSERT_SEEDS, needs REAL_CT); every case in training. Seeds
 #      never overlap the validation (7000, 1000's held-out split, 201-206) or evaluation (9000, 101-106) sets.
 #   2. three fine-tunings of the shipped UNet at once on the one GPU, each bounded by the same wall-clock
-#      budget and annealed over it (pipelines.train_data.TimeCosineLR), so they are comparable:
+#      budget and annealed over it (pipelines.training.data.TimeCosineLR), so they are comparable:
 #        A  the gpu-device profile (volumes cached on the GPU, patch transforms there), stage 7's recipe
 #        B  the same recipe through the classic loader (CPU worker processes): the fallback, and a second seed
 #        C  A with stage 10's heavier nodule pasting (more pasted nodules, more part-solid/GGO, juxta-vascular)
 #      The choice between them is made afterwards on CPU with `make validate`, never here.
-#   1b. python -m pipelines.train_probe: the gpu profile's loader alone, its batch transfer and its step alone.
+#   1b. python -m pipelines.segmentation.probe: the gpu profile's loader alone, its batch transfer and its step alone.
 #   3. `lungscreen bench --device cuda` (our path vs the plain MONAI chain, same run) and the demo set screened
 #      on CUDA (its nodules.csv compared with a CPU run afterwards).
 #
@@ -35,7 +35,7 @@ if [ -d .whl ] && ! $PY -c 'import monai, SimpleITK, nibabel, ignite' 2>/dev/nul
     && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-LS=($PY -m pipelines.cli)
+LS=($PY -m pipelines.cli.main)
 
 log "environment"
 $PY -c 'import torch, monai, SimpleITK as s; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0), monai.__version__, s.Version_VersionString())' >>"$OUT/session.log" 2>&1
@@ -62,14 +62,14 @@ else
   log "no $REAL_CT: no inserted-nodule cases"
 fi
 # the bench's full scan and the demo set, made now so that step 3 spends its time measuring
-$PY -c "from pathlib import Path; from pipelines.bench import generate_scans; print(generate_scans(Path('$WORK/benchdata'), ['$BENCH_SIZES']))" \
+$PY -c "from pathlib import Path; from pipelines.bench.run import generate_scans; print(generate_scans(Path('$WORK/benchdata'), ['$BENCH_SIZES']))" \
   >>"$OUT/session.log" 2>&1
 "${LS[@]}" sample-data "$WORK/demo" --n 3 --seed 7 --size small >/dev/null 2>&1
 wait $full_pid
 $PY - "$WORK/mix" "${parts[@]}" >>"$OUT/session.log" 2>&1 <<'PY'
 import json, sys
 from pathlib import Path
-from pipelines.phantom_write import merge_datasets
+from pipelines.phantom.write import merge_datasets
 out, parts = sys.argv[1], sys.argv[2:]
 merge_datasets(parts, out)
 p = Path(out) / "datalist.json"
@@ -84,7 +84,7 @@ log "data done: $(grep -c '"image"' "$WORK/mix/datalist.json") cases"
 PROBE_S=${PROBE_S:-10}
 if [ "$PROBE_S" -gt 0 ]; then
   log "probe: gpu profile, loader and step $PROBE_S s each"
-  timeout $((PROBE_S * 2 + 90)) $PY -m pipelines.train_probe --dataset "$WORK/mix" --profile gpu --device "$DEVICE" \
+  timeout $((PROBE_S * 2 + 90)) $PY -m pipelines.segmentation.probe --dataset "$WORK/mix" --profile gpu --device "$DEVICE" \
     --seconds "$PROBE_S" --set train#num_workers=14 train#cache_workers=16 train#max_fg_per_nodule=16 \
     --out "$WORK/probe_gpu.json" >>"$OUT/session.log" 2>&1
   log "probe exit $?"

@@ -14,7 +14,7 @@ $LS sample-data sample_data/train_small --n 24 --seed 2000 --size small --worker
 for s in 1 2 3 4 5 6; do
   $LS insert-nodules ../shared/data/ct/totalseg_chest_ct_crop_1p5mm.nii.gz sample_data/inserted_$s --n 3 --seed $s
 done
-.venv/bin/python -c "from pipelines.phantom_write import merge_datasets; merge_datasets(['sample_data/train_full', 'sample_data/train_small'] + [f'sample_data/inserted_{s}' for s in range(1, 7)], 'sample_data/train_mix')"
+.venv/bin/python -c "from pipelines.phantom.write import merge_datasets; merge_datasets(['sample_data/train_full', 'sample_data/train_small'] + [f'sample_data/inserted_{s}' for s in range(1, 7)], 'sample_data/train_mix')"
 
 COMMON=(train#num_samples=4 train#epoch_length=200 validate#max_cases=2 train#num_workers=1 train#cache_workers=2)
 V010=(train#paste_prob=0)  # stages 1-2 (v0.1.0) predate nodule pasting and used the batch Dice
@@ -70,7 +70,7 @@ $LS sample-data sample_data/train_full2 --n 24 --seed 1100 --size full --workers
 .venv/bin/python - <<'PY'
 import json
 from pathlib import Path
-from pipelines.phantom_write import merge_datasets
+from pipelines.phantom.write import merge_datasets
 p = Path("sample_data/train_full2/datalist.json")
 d = json.loads(p.read_text())
 d = {"training": d["training"] + d.get("validation", []) + d.get("test", []), "validation": [], "test": []}
@@ -134,7 +134,7 @@ $LS sample-data runs/data/train_small --n 12 --seed 3200 --size small --workers 
 .venv/bin/python - <<'PY'
 import json
 from pathlib import Path
-from pipelines.phantom_write import merge_datasets
+from pipelines.phantom.write import merge_datasets
 for name in ("runs/data/train_full", "runs/data/train_small"):
     p = Path(name) / "datalist.json"
     if p.is_file():

@@ -34,7 +34,7 @@ def _restore_locale() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def openvino_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Exports of the optional OpenVINO backend go to a temporary folder (subprocesses too), never ~/.cache."""
-    from pipelines.inference_backend import CACHE_ENV
+    from pipelines.screening.backend import CACHE_ENV
 
     folder = tmp_path_factory.mktemp("openvino-cache")
     before = os.environ.get(CACHE_ENV)

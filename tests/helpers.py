@@ -1,5 +1,5 @@
 """Shared test utilities: tiny synthetic chest CT, on-disk variants (orientations, formats, DICOM series),
-deterministic fake networks and a wrapper that runs :func:`pipelines.screen.screen` with tiny settings.
+deterministic fake networks and a wrapper that runs :func:`pipelines.screening.api.screen` with tiny settings.
 
 Frames and layouts follow CONTRIBUTING.md: arrays are ``[z, y, x]`` on the canonical LPS grid (x toward the
 patient's left, y posterior, z superior), world coordinates are LPS millimetres, spacing given to SimpleITK is
@@ -231,7 +231,7 @@ class ThresholdNet(torch.nn.Module):
 
 @contextlib.contextmanager
 def patched_network(monkeypatch: Any, target: str = "helpers.ThresholdNet", **kwargs: Any) -> Iterator[None]:
-    """Make :func:`pipelines.screen.screen` build ``target`` as the bundle's ``network_def``."""
+    """Make :func:`pipelines.screening.api.screen` build ``target`` as the bundle's ``network_def``."""
     import pipelines.bundle as bundle
 
     original = bundle.load_workflow
@@ -246,8 +246,8 @@ def patched_network(monkeypatch: Any, target: str = "helpers.ThresholdNet", **kw
 
 # --------------------------------------------------------------------------------------------- running
 def run_screen(inputs: Any, out: Path, **settings: Any) -> Any:
-    """:func:`pipelines.screen.screen` with :data:`FAST` settings, no progress bar, random weights."""
-    from pipelines.screen import screen
+    """:func:`pipelines.screening.api.screen` with :data:`FAST` settings, no progress bar, random weights."""
+    from pipelines.screening.api import screen
 
     kw: dict[str, Any] = {"weights": "", "progress": False, **FAST, **settings}
     return screen(inputs, out, **kw)

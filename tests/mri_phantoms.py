@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines import io
+from pipelines.imaging import io
 
 TINY = {"max_patch_voxels": 16**3, "base_features": 4, "max_features": 16}
 # organ / lesion / body intensities per channel (channel 1 has another contrast, as T2 vs T1)

@@ -19,7 +19,7 @@ from helpers import (
     write_case,
 )
 
-from pipelines import api_inputs
+from pipelines.screening import inputs as api_inputs
 
 
 def _oblique(path: Path) -> Path:

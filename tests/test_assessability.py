@@ -1,5 +1,5 @@
 """Assessability: a scan that was not (or could not be) read completely is Lung-RADS 0 with its reason, never a
-green category (pipelines/assessability.py). Rule-level tests on synthetic lung masks, then whole screenings of
+green category (pipelines/screening/assessability.py). Rule-level tests on synthetic lung masks, then whole screenings of
 synthetic and real scans (abdomen only, a 2-slice stack, 4 mm slices) through the engine."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from helpers import (
 )
 from PIL import Image
 
-from pipelines.assessability import Limits, assess, assess_case
-from pipelines.report_images import MARKER_COLORS
-from pipelines.report_index import BADGE_COLORS
+from pipelines.report.images import MARKER_COLORS
+from pipelines.report.index import BADGE_COLORS
+from pipelines.screening.assessability import Limits, assess, assess_case
 
 GREEN = {BADGE_COLORS["1"], BADGE_COLORS["2"], MARKER_COLORS["1"], MARKER_COLORS["2"]}
 
@@ -140,8 +140,8 @@ def test_limits_are_configurable_and_recorded() -> None:
 
 
 def test_assess_case_reads_slice_thickness_and_image_type_from_dicom(tmp_path: Path) -> None:
-    from pipelines.io import ImageHeader
-    from pipelines.preprocess import CaseGeometry
+    from pipelines.imaging.io import ImageHeader
+    from pipelines.imaging.preprocess import CaseGeometry
 
     image = to_image(np.zeros((4, 8, 8), np.int16), spacing_xyz=(1.0, 1.0, 2.5))
     files = write_dicom_series(

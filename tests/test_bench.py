@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.bench import run_bench
-from pipelines.bench_baseline import mask_detections
-from pipelines.bench_report import compare_detections, match_centres
-from pipelines.settings import ScreeningSettings
+from pipelines.bench.baseline import mask_detections
+from pipelines.bench.report import compare_detections, match_centres
+from pipelines.bench.run import run_bench
+from pipelines.screening.settings import ScreeningSettings
 
 # The coarsest network grid the settings allow (3 mm) and 32^3 windows: a few windows per path.
 TINY = {"roi_size": [32, 32, 32], "target_spacing_mm": 3.0, "lung_margin_mm": 6.0, "fine_spacing_mm": 2.9}
@@ -162,8 +162,8 @@ def test_channels_last_windows_give_the_same_probabilities() -> None:
     from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import UNet
 
-    from pipelines.inference import sliding_window_probability
-    from pipelines.settings import ScreeningSettings
+    from pipelines.screening.inference import sliding_window_probability
+    from pipelines.screening.settings import ScreeningSettings
 
     torch.manual_seed(0)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(4, 8), strides=(2,), norm="instance")
@@ -189,7 +189,7 @@ def test_channels_last_windows_give_the_same_probabilities() -> None:
 
 
 def test_stack_slices_mirrors_along_z_to_the_requested_count(tmp_path: Path) -> None:
-    from pipelines.bench import stack_slices
+    from pipelines.bench.run import stack_slices
 
     scan = tiny_chest_ct(tmp_path / "tiny.nii.gz")
     tall = stack_slices(scan, 100, tmp_path / "tall.nii")
@@ -202,18 +202,20 @@ def test_stack_slices_mirrors_along_z_to_the_requested_count(tmp_path: Path) -> 
 
 
 def test_bench_scan_option_names_bad_pairs_and_missing_files(tmp_path: Path) -> None:
-    from pipelines.cli import UsageError, _bench_scans, build_parser
+    from pipelines.cli.bench import bench_scans
+    from pipelines.cli.common import UsageError
+    from pipelines.cli.main import build_parser
 
     scan = tmp_path / "images" / "case.nii.gz"
     scan.parent.mkdir()
     scan.write_bytes(b"")
     a = build_parser().parse_args(["bench", "--scan", f"full={scan}", "--scan", f"other={scan}"])
-    assert _bench_scans(a.scan) == {"full": str(scan), "other": str(scan)}
-    assert _bench_scans(None) is None
+    assert bench_scans(a.scan) == {"full": str(scan), "other": str(scan)}
+    assert bench_scans(None) is None
     with pytest.raises(UsageError, match="NAME=PATH"):
-        _bench_scans([str(scan)])
+        bench_scans([str(scan)])
     with pytest.raises(UsageError, match="missing.nii.gz does not exist"):
-        _bench_scans([f"full={tmp_path / 'missing.nii.gz'}"])
+        bench_scans([f"full={tmp_path / 'missing.nii.gz'}"])
 
 
 def test_quick_bench_skips_variants_and_a_cut_run_leaves_the_comparison(
@@ -221,7 +223,7 @@ def test_quick_bench_skips_variants_and_a_cut_run_leaves_the_comparison(
 ) -> None:
     import json
 
-    from pipelines import bench
+    from pipelines.bench import run as bench
 
     scan = tiny_chest_ct(tmp_path / "tiny.nii.gz")
     common = dict(inputs={"tiny": scan}, device="cpu", repeats=1, settings=TINY, in_process=True)

@@ -121,7 +121,7 @@ def test_real_scans_screen_with_masks_on_their_grid(shared_data: Path, tmp_path:
     out = tmp_path / "out"
     res = run_screen(inputs, out)
     assert (res.succeeded, res.failed) == (4, 0), read_failures(out)
-    from pipelines.io import read_image
+    from pipelines.imaging.io import read_image
 
     for src, case_id in zip(
         inputs,

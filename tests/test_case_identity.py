@@ -18,8 +18,8 @@ from helpers import (
     write_dicom_series,
 )
 
-from pipelines import io
-from pipelines.runstate import input_fingerprint
+from pipelines.batch.runstate import input_fingerprint
+from pipelines.imaging import discovery, io
 
 SHAPES = {
     "A": (24, 48, 56),
@@ -48,24 +48,24 @@ def test_ids_come_from_the_path_under_the_input_folder_and_do_not_depend_on_othe
     for name in ("patA/ct.nii.gz", "patB/ct.nii.gz", "patB/followup/ct.mhd", "top.nii.gz"):
         _scan(tmp_path / name, "A")
     write_dicom_series(chest_image(), tmp_path / "patC" / "series1")
-    ids = [c.case_id for c in io.discover_cases(tmp_path)]
+    ids = [c.case_id for c in discovery.discover_cases(tmp_path)]
     assert ids == ["patA_ct", "patB_ct", "patB_followup_ct", "patC_series1", "top"]
     (tmp_path / "patA" / "ct.nii.gz").unlink()
-    assert [c.case_id for c in io.discover_cases(tmp_path)] == [
+    assert [c.case_id for c in discovery.discover_cases(tmp_path)] == [
         "patB_ct",
         "patB_followup_ct",
         "patC_series1",
         "top",
     ]
     # a file or DICOM folder given directly is its own name
-    assert [c.case_id for c in io.discover_cases(tmp_path / "patB" / "ct.nii.gz")] == ["ct"]
-    assert [c.case_id for c in io.discover_cases(tmp_path / "patC" / "series1")] == ["series1"]
+    assert [c.case_id for c in discovery.discover_cases(tmp_path / "patB" / "ct.nii.gz")] == ["ct"]
+    assert [c.case_id for c in discovery.discover_cases(tmp_path / "patC" / "series1")] == ["series1"]
 
 
 def test_two_scans_never_share_an_id(tmp_path: Path) -> None:
     for name in ("s1/a.nii.gz", "s2/a.nii.gz", "a_2.nii.gz", "x.nii.gz", "x.mhd", "s1_a.nrrd"):
         _scan(tmp_path / name, "A")
-    cases = io.discover_cases(tmp_path)
+    cases = discovery.discover_cases(tmp_path)
     ids = [c.case_id for c in cases]
     assert len(set(ids)) == len(ids) == 6
     by_path = {c.path.relative_to(tmp_path).as_posix(): c.case_id for c in cases}
@@ -73,10 +73,10 @@ def test_two_scans_never_share_an_id(tmp_path: Path) -> None:
     # names that meet get the hash of their own path: the same id whatever else is in the run
     for clash in ("x.nii.gz", "x.mhd", "s1/a.nii.gz", "s1_a.nrrd"):
         assert by_path[clash].startswith(("x_", "s1_a_")) and len(by_path[clash].rsplit("_", 1)[1]) == 8
-    again = {c.path.relative_to(tmp_path).as_posix(): c.case_id for c in io.discover_cases(tmp_path)}
+    again = {c.path.relative_to(tmp_path).as_posix(): c.case_id for c in discovery.discover_cases(tmp_path)}
     assert again == by_path
     # the same scan given twice (and inside a folder given) is one case
-    twice = io.discover_cases([tmp_path / "a_2.nii.gz", tmp_path / "a_2.nii.gz"])
+    twice = discovery.discover_cases([tmp_path / "a_2.nii.gz", tmp_path / "a_2.nii.gz"])
     assert [c.case_id for c in twice] == ["a_2"]
 
 
@@ -95,19 +95,25 @@ def test_two_scans_never_share_an_id(tmp_path: Path) -> None:
     ],
 )
 def test_safe_case_id(text: str, expected: str) -> None:
-    assert io.safe_case_id(text) == expected
+    assert discovery.safe_case_id(text) == expected
 
 
 def test_long_ids_are_cut_with_a_hash() -> None:
-    a, b = io.safe_case_id("é" * 300), io.safe_case_id("é" * 299 + "e")
-    assert a != b and len(a.encode()) <= io.MAX_CASE_ID_BYTES and len(b.encode()) <= io.MAX_CASE_ID_BYTES
+    a, b = discovery.safe_case_id("é" * 300), discovery.safe_case_id("é" * 299 + "e")
+    assert (
+        a != b
+        and len(a.encode()) <= discovery.MAX_CASE_ID_BYTES
+        and len(b.encode()) <= discovery.MAX_CASE_ID_BYTES
+    )
 
 
 def test_hostile_file_names_give_ids_inside_out(tmp_path: Path) -> None:
     for name in ("...nii.gz", "..nii.gz", "a\\b.nii.gz"):
         (tmp_path / name).write_bytes(b"x")
-    assert [c.case_id for c in io.discover_cases(tmp_path)] == ["a_b"]  # names starting with a dot are hidden
-    given = io.discover_cases([tmp_path / "...nii.gz", tmp_path / "..nii.gz"])  # e.g. by a shell glob
+    assert [c.case_id for c in discovery.discover_cases(tmp_path)] == [
+        "a_b"
+    ]  # names starting with a dot are hidden
+    given = discovery.discover_cases([tmp_path / "...nii.gz", tmp_path / "..nii.gz"])  # e.g. by a shell glob
     assert sorted(c.case_id for c in given) == ["_", "__"]
 
 
@@ -116,18 +122,18 @@ def test_fifo_is_skipped_with_a_note_and_never_opened(tmp_path: Path) -> None:
     _scan(tmp_path / "good.nii.gz", "A")
     os.mkfifo(tmp_path / "pipe.nii.gz")
     os.mkfifo(tmp_path / "pipe_without_suffix")
-    cases = io.discover_cases(tmp_path)  # opening a FIFO would block this test forever
+    cases = discovery.discover_cases(tmp_path)  # opening a FIFO would block this test forever
     assert [c.case_id for c in cases] == ["good"]
     assert any("pipe.nii.gz" in n and "FIFO" in n for n in cases[0].notes), cases[0].notes
     # named directly, it is a case of its own that fails with its reason (tests/test_special_files.py)
-    assert [c.case_id for c in io.discover_cases(tmp_path / "pipe.nii.gz")] == ["pipe"]
+    assert [c.case_id for c in discovery.discover_cases(tmp_path / "pipe.nii.gz")] == ["pipe"]
 
 
 # --------------------------------------------------------------------------------------------- fingerprint
 def test_input_fingerprint_follows_path_size_time_and_content(tmp_path: Path) -> None:
     path = tmp_path / "a.nii"
     write_case(chest_image(), path)
-    case = io.CaseInput("a", path)
+    case = discovery.CaseInput("a", path)
     first = input_fingerprint(case)
     assert input_fingerprint(case) == first
     stat = path.stat()
@@ -138,12 +144,12 @@ def test_input_fingerprint_follows_path_size_time_and_content(tmp_path: Path) ->
     assert input_fingerprint(case) != first
     moved = tmp_path / "b.nii"
     path.rename(moved)
-    assert input_fingerprint(io.CaseInput("a", moved)) != input_fingerprint(case)
+    assert input_fingerprint(discovery.CaseInput("a", moved)) != input_fingerprint(case)
 
 
 def test_input_fingerprint_covers_metaimage_data_and_every_dicom_slice(tmp_path: Path) -> None:
     io.write_image(chest_image(), tmp_path / "m.mhd", compress=False)
-    mhd = io.CaseInput("m", tmp_path / "m.mhd")
+    mhd = discovery.CaseInput("m", tmp_path / "m.mhd")
     before = input_fingerprint(mhd)
     raw = tmp_path / "m.raw"
     stat = raw.stat()
@@ -153,12 +159,12 @@ def test_input_fingerprint_covers_metaimage_data_and_every_dicom_slice(tmp_path:
     os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert input_fingerprint(mhd) != before
     files = [str(f) for f in write_dicom_series(chest_image(), tmp_path / "d")]
-    series = io.CaseInput("d", tmp_path / "d", dicom_files=files)
+    series = discovery.CaseInput("d", tmp_path / "d", dicom_files=files)
     before = input_fingerprint(series)
     os.utime(files[-1], ns=(1, 1))
     assert input_fingerprint(series) != before
-    memory = io.CaseInput("image_0000", Path("<memory>"), image=chest_image())
-    other = io.CaseInput("image_0000", Path("<memory>"), image=chest_image(noise_hu=5.0))
+    memory = discovery.CaseInput("image_0000", Path("<memory>"), image=chest_image())
+    other = discovery.CaseInput("image_0000", Path("<memory>"), image=chest_image(noise_hu=5.0))
     assert input_fingerprint(memory) != input_fingerprint(other)
 
 
@@ -212,20 +218,20 @@ def test_renamed_input_rerun_never_keeps_another_scans_results(tmp_path: Path, w
 def test_done_state_tells_why_a_case_is_done_again(tmp_path: Path) -> None:
     import json
 
-    from pipelines import outputs
+    from pipelines.batch import records
 
-    fp = outputs.case_fingerprint("run1", ["in1"])
-    assert outputs.done_state(tmp_path, "c", fp) == "absent"
+    fp = records.case_fingerprint("run1", ["in1"])
+    assert records.done_state(tmp_path, "c", fp) == "absent"
     record = tmp_path / "cases" / "c" / "result.json"
     record.parent.mkdir(parents=True)
     for recorded, state in [
         (fp, "done"),
-        (outputs.case_fingerprint("run1", ["in2"]), "other_input"),
-        (outputs.case_fingerprint("run2", ["in1"]), "other_setup"),
+        (records.case_fingerprint("run1", ["in2"]), "other_input"),
+        (records.case_fingerprint("run2", ["in1"]), "other_setup"),
         ("run1", "other_setup"),  # written by a version that did not fingerprint inputs
         (None, "other_setup"),
     ]:
         record.write_text(json.dumps({"fingerprint": recorded}))
-        assert outputs.done_state(tmp_path, "c", fp) == state, recorded
+        assert records.done_state(tmp_path, "c", fp) == state, recorded
     record.write_text("")
-    assert outputs.done_state(tmp_path, "c", fp) == "unreadable"
+    assert records.done_state(tmp_path, "c", fp) == "unreadable"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import build_parser
+from pipelines.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -26,7 +26,7 @@ def _bash_blocks(text: str) -> list[str]:
 
 
 def test_help_does_not_import_torch():
-    code = "import sys, pipelines.cli as c; c.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, pipelines.cli.main as c; c.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -78,7 +78,7 @@ def test_make_demo_runs_end_to_end(tmp_path):
 
 
 def test_errors_are_one_line_unless_debug(tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     missing = tmp_path / "nowhere.csv"
     argv = [

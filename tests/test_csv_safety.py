@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from helpers import chest_image, lung_centre_zyx, patched_network, run_screen, write_case
 
-from pipelines import outputs
+from pipelines.batch import records
+from pipelines.screening import outputs
 
 HOSTILE = ["=HYPERLINK(1)", "+cmd|calc", "-2+3", "@SUM(1)", "\tx", "\rx"]
 
@@ -35,31 +36,31 @@ def _number(cell: str) -> bool:
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_csv_safe_neutralises_text(value: str) -> None:
-    assert outputs.csv_safe(value) == "'" + value
+    assert records.csv_safe(value) == "'" + value
 
 
 @pytest.mark.parametrize(
     "value", [-512.3, -1, np.float32(-0.5), np.int64(-3), "-512.3", "+4", "-1e-05", "abc", ""]
 )
 def test_csv_safe_keeps_numbers_and_plain_text(value: object) -> None:
-    assert outputs.csv_safe(value) is value
+    assert records.csv_safe(value) is value
 
 
 def test_nodules_csv() -> None:
     row = {c: -12.5 for c in outputs.NODULE_COLUMNS} | {"type": "=1+1", "lung_side": "@x", "lung_rads": "-4A"}
-    (got,) = _rows(outputs.to_csv([row], outputs.NODULE_COLUMNS))
+    (got,) = _rows(records.to_csv([row], outputs.NODULE_COLUMNS))
     assert got["type"] == "'=1+1" and got["lung_side"] == "'@x" and got["lung_rads"] == "'-4A"
     assert got["center_lps_x_mm"] == "-12.5" and float(got["volume_mm3"]) == -12.5  # numbers untouched
 
 
 def test_candidates_csv() -> None:
     row = {c: -0.25 for c in outputs.CANDIDATE_COLUMNS} | {"source": "+network", "type": "\tsolid"}
-    (got,) = _rows(outputs.to_csv([row], outputs.CANDIDATE_COLUMNS))
+    (got,) = _rows(records.to_csv([row], outputs.CANDIDATE_COLUMNS))
     assert got["source"] == "'+network" and got["type"] == "'\tsolid" and got["probability"] == "-0.25"
 
 
 def test_segmentation_volumes_csv() -> None:
-    from pipelines.segment import VOLUME_COLUMNS
+    from pipelines.segmentation.engine import VOLUME_COLUMNS
 
     row = {
         "label_value": 1,
@@ -68,7 +69,7 @@ def test_segmentation_volumes_csv() -> None:
         "volume_mm3": -1.5,
         "volume_ml": 0.1,
     }
-    (got,) = _rows(outputs.to_csv([row], VOLUME_COLUMNS))
+    (got,) = _rows(records.to_csv([row], VOLUME_COLUMNS))
     assert got["label_name"] == "'=cmd|' /C calc'!A0" and got["volume_mm3"] == "-1.5"
 
 

@@ -9,8 +9,7 @@ import stat
 import pytest
 from monai.data import load_decathlon_datalist
 
-from pipelines.phantom import make_dataset
-from pipelines.phantom_write import merge_datasets
+from pipelines.phantom.write import make_dataset, merge_datasets
 
 
 def test_merge_keeps_splits_tables_and_absolute_paths(tmp_path):
@@ -40,8 +39,8 @@ def test_written_files_are_readable_by_others(tmp_path):
 
 
 def test_generator_version_stamp_follows_the_data_and_older_sets_warn(tmp_path, capsys):
-    from pipelines.cli import main
-    from pipelines.phantom_write import (
+    from pipelines.cli.main import main
+    from pipelines.phantom.write import (
         GENERATOR_FILE,
         GENERATOR_VERSION,
         generator_version,

@@ -2,7 +2,7 @@
 along the table) is refused with a one-line reason, as are sheared orientations and slices shifted in-plane;
 a genuinely oblique series (positions stepping along its normal) keeps its exact geometry.
 
-Refused rather than resampled: see :mod:`pipelines.dicom_geometry` for why."""
+Refused rather than resampled: see :mod:`pipelines.imaging.dicom_geometry` for why."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from helpers import chest_image, read_failures, run_screen, write_case, write_dicom_series
 
-from pipelines import dicom_geometry, io
+from pipelines.imaging import dicom_geometry, filesys, io
 
 
 def _iop(row: tuple[float, float, float], col: tuple[float, float, float]) -> str:
@@ -72,7 +72,7 @@ def test_tilted_series_is_refused(tmp_path: Path) -> None:
     naive = sitk.ReadImage(files)
     far = np.asarray(naive.TransformIndexToPhysicalPoint((0, 0, 23)))
     assert np.linalg.norm(far - np.array([0.0, 0.0, 92.0])) > 30
-    with pytest.raises(io.ImageReadError) as err:
+    with pytest.raises(filesys.ImageReadError) as err:
         io.read_image(tmp_path / "tilt")
     reason = str(err.value)
     assert "\n" not in reason and reason.startswith(str(tmp_path / "tilt") + ": gantry-tilted DICOM series")
@@ -83,7 +83,7 @@ def test_small_tilt_below_tolerance_is_accepted(tmp_path: Path) -> None:
     _tilted_series(tmp_path / "t", 0.02)  # 0.02 degrees over 92 mm: 0.03 mm, a rounding-level shift
     assert io.read_image(tmp_path / "t").GetSize() == (56, 48, 24)
     _tilted_series(tmp_path / "t2", 0.5)
-    with pytest.raises(io.ImageReadError, match=r"0\.5 degrees off the slice normal"):
+    with pytest.raises(filesys.ImageReadError, match=r"0\.5 degrees off the slice normal"):
         io.read_image(tmp_path / "t2")
 
 
@@ -113,7 +113,7 @@ def test_sheared_orientation_refused(tmp_path: Path) -> None:
         assert data.count(plain) == 1
         f.write_bytes(data.replace(plain, tag + struct.pack("<I", len(value)) + value))
     with pytest.raises(
-        io.ImageReadError, match=r"shear: ImageOrientationPatient row and column are at 80\.0"
+        filesys.ImageReadError, match=r"shear: ImageOrientationPatient row and column are at 80\.0"
     ):
         io.read_image(tmp_path / "shear")
 
@@ -128,7 +128,9 @@ def test_slice_shifted_in_plane_refused(tmp_path: Path) -> None:
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(str(files[9]))
     writer.Execute(img)
-    with pytest.raises(io.ImageReadError, match=r"jitter: DICOM slices are shifted in-plane irregularly"):
+    with pytest.raises(
+        filesys.ImageReadError, match=r"jitter: DICOM slices are shifted in-plane irregularly"
+    ):
         io.read_image(tmp_path / "jitter")
 
 

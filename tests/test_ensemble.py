@@ -11,8 +11,8 @@ import SimpleITK as sitk
 import torch
 from helpers import chest_image, network_def, read_result, run_screen, silent_weights, write_case
 
-from pipelines.ensemble import MeanLogits, load_network_weights, weight_files
-from pipelines.inference import CheckpointError
+from pipelines.screening.ensemble import MeanLogits, load_network_weights, weight_files
+from pipelines.screening.inference import CheckpointError
 
 
 def test_mean_logits_is_the_mean_of_the_members() -> None:
@@ -69,7 +69,7 @@ def test_screening_with_two_checkpoints_uses_their_mean_logit_and_its_own_finger
 
 
 def test_cli_takes_repeated_weights() -> None:
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     a = build_parser().parse_args(["screen", "in", "out", "--weights", "a.pt", "--weights", "b.pt"])
     assert a.weights == [Path("a.pt"), Path("b.pt")] and a.inputs == [Path("in"), Path("out")]

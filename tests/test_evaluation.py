@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import compute_dice
 
-from pipelines import evaluation
+from pipelines.evaluation import evaluate as evaluation
 
 ANNOTATIONS = "seriesuid,coordX,coordY,coordZ,diameter_mm\nA,0,0,0,10\nA,50,0,0,6\nB,100,0,0,8\n"
 EXCLUDED = "seriesuid,coordX,coordY,coordZ,diameter_mm\nA,0,50,0,-1\n"

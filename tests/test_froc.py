@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import froc
-from pipelines.froc import Finding, Mark
+from pipelines.evaluation import froc
+from pipelines.evaluation.froc import Finding, Mark
 
 # ------------------------------------------------------------------------------ hand-computed case
 # Scan A: nodule N1 (0,0,0) d=10, nodule N2 (50,0,0) d=6, excluded E1 (0,50,0) d=-1 (radius 5).

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pipelines.gaussian_derivatives import HessianPasses, hessian, kernels, weakest_curvature_bound
+from pipelines.nodules.gaussian_derivatives import HessianPasses, hessian, kernels, weakest_curvature_bound
 
 
 def _all_at_once(x: np.ndarray, sigma: float, inner: tuple[slice, slice, slice]) -> dict:
@@ -70,7 +70,7 @@ def test_weakest_curvature_bound_holds_and_is_exact_for_a_ball() -> None:
 
 @pytest.mark.parametrize(("sigma", "size"), [(1.43, 8), (2.86, 8), (2.14, 16)])
 def test_box_batch_agrees_with_the_passes_to_float32_rounding(sigma: float, size: int) -> None:
-    from pipelines.gaussian_derivatives import BoxBatch, kernel_radius
+    from pipelines.nodules.gaussian_derivatives import BoxBatch, kernel_radius
 
     r = kernel_radius(sigma)
     x = (

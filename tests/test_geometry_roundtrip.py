@@ -97,7 +97,7 @@ def _nib_affine(path: Path) -> np.ndarray:
 
 
 def _read_input(path: Path) -> sitk.Image:
-    from pipelines.io import read_image
+    from pipelines.imaging.io import read_image
 
     return read_image(path)
 

@@ -18,14 +18,14 @@ from helpers import (
     write_case,
 )
 
-from pipelines import io, preprocess
-from pipelines.preprocess import CaseGeometry
-from pipelines.transforms import ResampleToSpacingd
+from pipelines.imaging import filesys, io, preprocess
+from pipelines.imaging.preprocess import CaseGeometry
+from pipelines.imaging.transforms import ResampleToSpacingd
 
 LIMIT = 1_000_000
 
 
-def _reason(err: pytest.ExceptionInfo[io.ImageReadError]) -> str:
+def _reason(err: pytest.ExceptionInfo[filesys.ImageReadError]) -> str:
     text = str(err.value)
     assert "\n" not in text
     return text
@@ -47,7 +47,7 @@ def test_fine_target_spacing_refused_before_allocation(monkeypatch: pytest.Monke
     step = ResampleToSpacingd(
         ["image", "lungs"], spacing_mm=0.05, label_keys=["lungs"], max_voxels=400_000_000
     )
-    with pytest.raises(io.ImageReadError) as err:
+    with pytest.raises(filesys.ImageReadError) as err:
         step(data)
     reason = _reason(err)
     assert reason.startswith("scan.nii.gz: resampling the 300x340x340 mm region"), reason
@@ -61,7 +61,7 @@ def test_grid_within_limit_resamples() -> None:
         ["image", "lungs"], spacing_mm=1.0, label_keys=["lungs"], max_voxels=20 * 12 * 14
     )(data)
     assert tuple(out["image"].shape) == (20, 12, 14)
-    with pytest.raises(io.ImageReadError, match="grid of 3360 voxels, above the limit of 3359"):
+    with pytest.raises(filesys.ImageReadError, match="grid of 3360 voxels, above the limit of 3359"):
         ResampleToSpacingd(["image"], spacing_mm=1.0, max_voxels=20 * 12 * 14 - 1)(
             _case((10, 12, 14), (2.0, 1.0, 1.0))
         )
@@ -82,8 +82,8 @@ def test_coarse_scan_grid_refused_in_a_run(tmp_path: Path, weights: str) -> None
 
 
 def test_segmentation_plan_grid_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.plan import SegPlan
-    from pipelines.seg_transforms import ResampleToPland
+    from pipelines.segmentation.plan import SegPlan
+    from pipelines.segmentation.transforms import ResampleToPland
 
     monkeypatch.setattr(preprocess, "resample", lambda *a, **k: pytest.fail("resampled"))
     plan = SegPlan(
@@ -93,6 +93,6 @@ def test_segmentation_plan_grid_is_bounded_too(monkeypatch: pytest.MonkeyPatch) 
     data = _case((40, 256, 256), (5.0, 1.0, 1.0))
     data["case_id"] = "mri_case"
     with pytest.raises(
-        io.ImageReadError, match=r"^mri_case: resampling the 200x256x256 mm region .* 0\.1 mm"
+        filesys.ImageReadError, match=r"^mri_case: resampling the 200x256x256 mm region .* 0\.1 mm"
     ):
         ResampleToPland(["image"], plan=plan, max_voxels=400_000_000)(data)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.phantom_write import held_out_set
+from pipelines.cli.main import main
+from pipelines.phantom.write import held_out_set
 
 
 def _dataset(root: Path, uids: dict[str, list[str]]) -> Path:

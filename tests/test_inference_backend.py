@@ -1,4 +1,4 @@
-"""The network runtime (pipelines.inference_backend): PyTorch, or OpenVINO on the CPU when the extra is installed.
+"""The network runtime (pipelines.screening.backend): PyTorch, or OpenVINO on the CPU when the extra is installed.
 
 The OpenVINO tests skip when it is not installed (CI installs the default extras only); the choice of backend and
 the fallback note when it is missing run everywhere.
@@ -15,9 +15,9 @@ import torch
 from helpers import network_def
 from monai.inferers import SlidingWindowInferer
 
-from pipelines import inference_backend as ib
-from pipelines.inference import sliding_window_probability
-from pipelines.settings import ScreeningSettings, SettingsError
+from pipelines.screening import backend as ib
+from pipelines.screening.inference import sliding_window_probability
+from pipelines.screening.settings import ScreeningSettings, SettingsError
 
 CPU = torch.device("cpu")
 ROI = (32, 32, 32)
@@ -195,7 +195,7 @@ def test_cache_folder_follows_the_environment(monkeypatch: pytest.MonkeyPatch, t
 
 def test_an_ensemble_runs_as_one_exported_model(tmp_path: Path) -> None:
     _needs_openvino()
-    from pipelines.ensemble import MeanLogits
+    from pipelines.screening.ensemble import MeanLogits
 
     torch.manual_seed(7)
     members = [_small_unet(), _small_unet()]

@@ -1,4 +1,4 @@
-"""pipelines.io: reading every format with its geometry, validation, NIfTI checks SimpleITK skips, DICOM slice
+"""pipelines.imaging.io: reading every format with its geometry, validation, NIfTI checks SimpleITK skips, DICOM slice
 checks, case discovery, size limits before reading, atomic writes, and the exact canonical round trip."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 from helpers import chest_hu, chest_image, to_image, write_case, write_dicom_series
 
-from pipelines import dicom_geometry, io, io_nifti
+from pipelines.imaging import dicom_geometry, discovery, filesys, io
+from pipelines.imaging import nifti_checks as io_nifti
 
 
 def _geometry(img: sitk.Image) -> tuple:
@@ -45,7 +46,7 @@ def test_read_dicom_series_folder(tmp_path: Path) -> None:
 
 
 def test_missing_file_named(tmp_path: Path) -> None:
-    with pytest.raises(io.ImageReadError, match=r"nowhere\.nii\.gz: no such file"):
+    with pytest.raises(filesys.ImageReadError, match=r"nowhere\.nii\.gz: no such file"):
         io.read_image(tmp_path / "nowhere.nii.gz")
 
 
@@ -54,12 +55,12 @@ def test_itk_messages_are_cleaned() -> None:
         "Exception thrown in SimpleITK ImageFileReader_Execute: /tmp/build/itkImageBase.hxx:77:\n"
         "ITK ERROR: Image(0x5645fb765f80): Zero-valued spacing is not supported.\nRefusing to change spacing"
     )
-    assert io._first_line(msg) == "Zero-valued spacing is not supported."
+    assert filesys.first_line(msg) == "Zero-valued spacing is not supported."
     msg = (
         "Exception thrown in SimpleITK ImageFileReader_Execute: /work/src/sitkImageReaderBase.cxx:99:\n"
         'sitk::ERROR: Unable to determine ImageIO reader for "/x/y.nii.gz"'
     )
-    assert io._first_line(msg).startswith("not a readable image")
+    assert filesys.first_line(msg).startswith("not a readable image")
 
 
 # --------------------------------------------------------------------------------------------- NIfTI checks
@@ -92,34 +93,34 @@ def test_simpleitk_hides_nan_so_we_check_the_file(tmp_path: Path) -> None:
     arr[3, 4, 5] = np.nan
     path = write_case(to_image(arr), tmp_path / "nan.nii.gz")
     assert np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))).all()  # the silent repair
-    with pytest.raises(io.ImageReadError, match="1 voxels are NaN or infinite"):
+    with pytest.raises(filesys.ImageReadError, match="1 voxels are NaN or infinite"):
         io.read_image(path)
 
 
 # --------------------------------------------------------------------------------------------- validation
 def test_validate_image() -> None:
     io.validate_image(chest_image())
-    with pytest.raises(io.ImageReadError, match="2D"):
+    with pytest.raises(filesys.ImageReadError, match="2D"):
         io.validate_image(sitk.Image([8, 8], sitk.sitkInt16))
-    with pytest.raises(io.ImageReadError, match="scalar"):
+    with pytest.raises(filesys.ImageReadError, match="scalar"):
         io.validate_image(sitk.Image([8, 8, 8], sitk.sitkVectorFloat32, 3))
     one_t = sitk.JoinSeries([chest_image()])
     io.validate_image(one_t)  # a single time point is accepted and squeezed
     assert io.to_3d(one_t).GetDimension() == 3
     arr = chest_hu().astype(np.float32)
     arr[0, 0, 0] = np.inf
-    with pytest.raises(io.ImageReadError, match="NaN or infinite"):
+    with pytest.raises(filesys.ImageReadError, match="NaN or infinite"):
         io.validate_image(to_image(arr), "mem")
 
 
 def test_dicom_slice_checks(tmp_path: Path) -> None:
     files = [str(f) for f in write_dicom_series(chest_image(), tmp_path / "s")]
     dicom_geometry.check_dicom_slices(tmp_path, files)
-    with pytest.raises(io.ImageReadError, match="duplicate slice positions"):
+    with pytest.raises(filesys.ImageReadError, match="duplicate slice positions"):
         dicom_geometry.check_dicom_slices(tmp_path, files + files[:1])
-    with pytest.raises(io.ImageReadError, match="at least 2"):
+    with pytest.raises(filesys.ImageReadError, match="at least 2"):
         dicom_geometry.check_dicom_slices(tmp_path, files[:1])
-    with pytest.raises(io.ImageReadError, match="missing slices"):
+    with pytest.raises(filesys.ImageReadError, match="missing slices"):
         dicom_geometry.check_dicom_slices(tmp_path, files[:5] + files[6:])
 
 
@@ -132,7 +133,7 @@ def test_discover_cases(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("not a scan")
     write_dicom_series(chest_image(), tmp_path / "dicom" / "exam")
     write_dicom_series(chest_image(), tmp_path / "dicom" / "report", modality="SR")
-    cases = io.discover_cases(tmp_path)
+    cases = discovery.discover_cases(tmp_path)
     ids = [c.case_id for c in cases]
     assert ids == ["a", "dicom_exam", "sub_a", "sub_b"]
     exam = cases[1]
@@ -140,29 +141,29 @@ def test_discover_cases(tmp_path: Path) -> None:
     assert all(not c.path.name.endswith(".raw") for c in cases)
     # the SR folder holds nothing to screen: its note rides on the first case of the run instead of vanishing
     assert any("in report: modality SR is not a 3D CT/MR series" in n for n in cases[0].notes), cases[0].notes
-    assert io.discover_cases(tmp_path / "dicom" / "report") == []
+    assert discovery.discover_cases(tmp_path / "dicom" / "report") == []
 
 
 def test_check_size_reads_only_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_case(chest_image(), tmp_path / "c.nii.gz")
-    case = io.CaseInput("c", path)
+    case = discovery.CaseInput("c", path)
     monkeypatch.setattr(io, "read_image", lambda *a, **k: pytest.fail("voxels read"))
-    io.check_size(case, max_voxels=56 * 48 * 24)
-    with pytest.raises(io.ImageReadError, match=r"56x48x24 .* max_input_voxels"):
-        io.check_size(case, max_voxels=56 * 48 * 24 - 1)
+    discovery.check_size(case, max_voxels=56 * 48 * 24)
+    with pytest.raises(filesys.ImageReadError, match=r"56x48x24 .* max_input_voxels"):
+        discovery.check_size(case, max_voxels=56 * 48 * 24 - 1)
     files = [str(f) for f in write_dicom_series(chest_image(), tmp_path / "d")]
-    with pytest.raises(io.ImageReadError, match="56x48x24"):
-        io.check_size(io.CaseInput("d", tmp_path / "d", dicom_files=files), max_voxels=1000)
+    with pytest.raises(filesys.ImageReadError, match="56x48x24"):
+        discovery.check_size(discovery.CaseInput("d", tmp_path / "d", dicom_files=files), max_voxels=1000)
 
 
 # --------------------------------------------------------------------------------------------- writing
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out" / "table.csv"
-    with pytest.raises(RuntimeError), io.atomic_write(target) as tmp:
+    with pytest.raises(RuntimeError), filesys.atomic_write(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert not target.exists() and list(target.parent.iterdir()) == []
-    io.atomic_write_text(target, "ok\n")
+    filesys.atomic_write_text(target, "ok\n")
     assert target.read_text() == "ok\n" and [p.name for p in target.parent.iterdir()] == ["table.csv"]
 
 

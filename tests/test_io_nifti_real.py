@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.io import read_image
+from pipelines.imaging.io import read_image
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 from monai.data import load_decathlon_datalist
 
-from pipelines import luna16
-from pipelines.froc import read_findings_csv, read_seriesuids
+from pipelines.evaluation import luna16
+from pipelines.evaluation.froc import read_findings_csv, read_seriesuids
 
 
 def test_parses_official_annotation_files(shared_data: Path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipelines.lungrads import (
+from pipelines.nodules.lungrads import (
     MANAGEMENT,
     assign_categories,
     categorize_nodule,

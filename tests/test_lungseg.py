@@ -1,4 +1,4 @@
-"""Tests for the classical lung segmentation (pipelines.lungseg).
+"""Tests for the classical lung segmentation (pipelines.lungs.lungseg).
 
 Synthetic tests build an analytic chest on the canonical [z, y, x] LPS grid (x toward patient Left, so the
 right lung is at smaller x). Real-scan tests use ../shared/data/ct and skip when it is absent.
@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from pipelines.lungseg import lung_side_at, lung_volumes_ml, segment_lungs
+from pipelines.lungs.lungseg import lung_side_at, lung_volumes_ml, segment_lungs
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pipelines.lungseg_ops import (
+from pipelines.lungs.ops import (
     SLICE_STRUCTURE,
     block_mean_hu,
     component_stats,

@@ -23,8 +23,8 @@ LIMIT_BYTES = 3 * 1024**3
 _STAGES = r"""
 import json, resource
 import numpy as np
-from pipelines.nodules import extract_nodules
-from pipelines.second_look import find_spots
+from pipelines.nodules.extract import extract_nodules
+from pipelines.nodules.second_look import find_spots
 
 rng = np.random.default_rng(0)
 shape = (100, 110, 120)
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import helpers
 import pipelines.bundle as bundle
-import pipelines.second_look as second_look
+import pipelines.nodules.second_look as second_look
 
 out = Path(sys.argv[1])
 seeds = []

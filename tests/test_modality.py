@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.modality import (
+from pipelines.imaging.modality import (
     MODALITIES,
     UnknownModalityError,
     foreground_mask,
@@ -30,7 +30,7 @@ def test_registry_lookup_and_unknown_modality_lists_choices():
 
 
 def test_registry_is_what_the_cli_offers():
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     train_seg = sub.choices["train-seg"]
@@ -41,7 +41,7 @@ def test_registry_is_what_the_cli_offers():
 def test_registry_module_is_light_to_import():
     import subprocess
 
-    code = "import sys, pipelines.modality; print('torch' in sys.modules, 'SimpleITK' in sys.modules)"
+    code = "import sys, pipelines.imaging.modality; print('torch' in sys.modules, 'SimpleITK' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

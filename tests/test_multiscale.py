@@ -1,4 +1,4 @@
-"""The finer second network grid (pipelines.multiscale): its case, the merge of its candidates, the settings and
+"""The finer second network grid (pipelines.screening.multiscale): its case, the merge of its candidates, the settings and
 a screening run that goes through it."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 from helpers import chest_image, read_result, run_screen, silent_weights, write_case
 from monai.transforms import Compose
 
-from pipelines.io import ImageHeader
-from pipelines.multiscale import fine_case, merge_scales, offset_probability
-from pipelines.postprocess import analyse_case
-from pipelines.preprocess import CaseGeometry
-from pipelines.settings import ScreeningSettings, SettingsError
-from pipelines.transforms import ResampleToSpacingd, ScaleHUd
+from pipelines.imaging.io import ImageHeader
+from pipelines.imaging.preprocess import CaseGeometry
+from pipelines.imaging.transforms import ResampleToSpacingd, ScaleHUd
+from pipelines.screening.multiscale import fine_case, merge_scales, offset_probability
+from pipelines.screening.scoring import analyse_case
+from pipelines.screening.settings import ScreeningSettings, SettingsError
 
 BG, TISSUE = -850.0, 30.0
 

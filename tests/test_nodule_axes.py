@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.lungrads import categorize_scan
-from pipelines.nodule_axes import axial_diameters_mm, slice_diameters_mm
-from pipelines.nodules import extract_nodules
+from pipelines.nodules.axes import axial_diameters_mm, slice_diameters_mm
+from pipelines.nodules.extract import extract_nodules
+from pipelines.nodules.lungrads import categorize_scan
 
 LUNG_HU = -850.0
 
@@ -133,7 +133,7 @@ def test_part_solid_component_is_measured_like_the_nodule() -> None:
 
 
 def test_point_candidates_carry_every_size_column() -> None:
-    from pipelines.nodules import measure_sphere
+    from pipelines.nodules.extract import measure_sphere
 
     hu = np.full((20, 20, 20), LUNG_HU, np.float32)
     row = measure_sphere((10.0, 10.0, 10.0), 6.0, np.zeros_like(hu), hu, (1.0, 1.0, 1.0))

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.nodule_bank import (
+from pipelines.realnodules.bank import (
     build_bank,
     check_crop,
     load_bank,
     save_bank,
     split_of,
 )
-from pipelines.nodule_paste import RandPasteNodulesd
-from pipelines.nodule_real import RealNodule, _measured, insert_real_into_array, orient, paste_real
+from pipelines.realnodules.paste import RealNodule, _measured, insert_real_into_array, orient, paste_real
+from pipelines.training.paste import RandPasteNodulesd
 
 NODULE_HU = 40
 
@@ -241,7 +241,7 @@ def test_insert_real_into_array_keeps_existing_nodules(crops: Path) -> None:
 def test_cli_builds_a_bank_and_names_refusals(
     crops: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     out = tmp_path / "b" / "bank.npz"
     assert main(["nodule-bank", str(crops), str(out), "--split-file", str(tmp_path / "split.csv")]) == 0
@@ -252,7 +252,7 @@ def test_cli_builds_a_bank_and_names_refusals(
 
 
 def test_insert_real_nodules_writes_a_labelled_case(crops: Path, tmp_path: Path) -> None:
-    from pipelines.real_insert import insert_real_nodules
+    from pipelines.realnodules.insert import insert_real_nodules
 
     hu = np.full((40, 80, 80), 40, np.int16)
     lungs = np.zeros(hu.shape, np.uint8)

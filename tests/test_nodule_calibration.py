@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.nodule_calibration import (
+from pipelines.nodules.density import DensityThresholds, classify_density, median_window
+from pipelines.realnodules.calibration import (
     READER_CLASSES,
     agreement,
     calibrate,
@@ -18,7 +19,6 @@ from pipelines.nodule_calibration import (
     rated_nodules,
     report,
 )
-from pipelines.nodule_density import DensityThresholds, classify_density, median_window
 
 SP = (2.5, 0.7, 0.7)  # z, y, x
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from pipelines.nodule_paste import RandPasteNodulesd, paste_nodules
-from pipelines.phantom_nodules import Nodule, design_nodule
+from pipelines.phantom.nodules import Nodule, design_nodule
+from pipelines.training.paste import RandPasteNodulesd, paste_nodules
 
 
 def _patch(seed: int = 0, shape: tuple[int, int, int] = (64, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +137,8 @@ def test_paste_probabilities_are_checked(kwargs: dict) -> None:
 
 
 def test_pasted_nodules_do_not_hide_inside_a_large_vessel() -> None:
-    from pipelines.phantom_nodules import MIN_VISIBLE, visible_fraction
-    from pipelines.phantom_shapes import Grid
+    from pipelines.phantom.nodules import MIN_VISIBLE, visible_fraction
+    from pipelines.phantom.shapes import Grid
 
     hu, lungs = _patch(seed=4)
     zz, yy, xx = np.indices(hu.shape)

@@ -1,4 +1,4 @@
-"""Tests for pipelines.nodules, pipelines.nodule_density and pipelines.nodule_coordinates."""
+"""Tests for pipelines.nodules.extract, pipelines.nodules.density and pipelines.nodules.coordinates."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pipelines.nodule_density import DensityThresholds, classify_density
-from pipelines.nodules import (
+from pipelines.nodules.density import DensityThresholds, classify_density
+from pipelines.nodules.extract import (
     add_original_indices,
     add_world_coordinates,
     extract_nodules,

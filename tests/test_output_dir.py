@@ -10,22 +10,22 @@ from urllib.parse import unquote
 import pytest
 from helpers import chest_image, run_screen, write_case
 
-from pipelines import runstate
+from pipelines.batch import runstate
 
 
 @pytest.fixture
 def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every case the engine starts to read (there must be none when OUT is refused)."""
-    from pipelines.engine import ScreeningEngine
+    from pipelines.screening.engine import ScreeningEngine
 
     started: list[str] = []
-    original = ScreeningEngine._preprocess
+    original = ScreeningEngine.prepare
 
-    def preprocess(self: ScreeningEngine, case: object) -> object:
+    def prepare(self: ScreeningEngine, case: object) -> object:
         started.append(str(case))
         return original(self, case)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ScreeningEngine, "_preprocess", preprocess)
+    monkeypatch.setattr(ScreeningEngine, "prepare", prepare)
     return started
 
 
@@ -47,7 +47,7 @@ def test_out_that_is_a_file_is_refused_before_any_work(
 def test_cli_forgetting_out_is_one_line_exit_2(
     tmp_path: Path, weights: str, capsys: pytest.CaptureFixture
 ) -> None:
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     a, b = _scan(tmp_path / "a"), _scan(tmp_path / "b")
     before = b.read_bytes()
@@ -106,7 +106,7 @@ def test_out_inside_an_input_is_refused_even_before_it_exists(tmp_path: Path) ->
 
 
 def test_index_links_are_url_encoded(tmp_path: Path) -> None:
-    from pipelines.report_index import write_index
+    from pipelines.report.index import write_index
 
     ids = ["a#1", "b%20c", "sp ace", "q?x=1", "é"]
     for case_id in ids:

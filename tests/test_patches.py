@@ -1,11 +1,11 @@
-"""Tests for pipelines.patches."""
+"""Tests for pipelines.training.patches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines.patches import candidate_patches, extract_patch, label_candidates, normalize_hu
+from pipelines.training.patches import candidate_patches, extract_patch, label_candidates, normalize_hu
 
 
 def _volume() -> np.ndarray:

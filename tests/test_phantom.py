@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.phantom import generate_case, make_dataset
-from pipelines.phantom_render import TISSUES
-from pipelines.phantom_scanner import ORIENTATIONS, sample_scan, to_disk_orientation
-from pipelines.phantom_write import write_case, write_tables
+from pipelines.phantom.generate import generate_case
+from pipelines.phantom.render import TISSUES
+from pipelines.phantom.scanner import ORIENTATIONS, sample_scan, to_disk_orientation
+from pipelines.phantom.write import make_dataset, write_case, write_tables
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_mri_mode_makes_float_images_with_lesions():
 
 
 def test_insert_nodules_into_existing_ct(case, tmp_path):
-    from pipelines.phantom import insert_nodules
+    from pipelines.phantom.insert import insert_nodules
 
     src = tmp_path / "scan.nii.gz"
     sitk.WriteImage(case.image, str(src))
@@ -213,8 +213,8 @@ def _ball_lung(radius: float = 40.0):
 
 
 def test_visible_fraction_of_a_nodule_in_air_in_a_vessel_and_half_in_a_wall():
-    from pipelines.phantom_nodules import Nodule, visible_fraction
-    from pipelines.phantom_shapes import Grid
+    from pipelines.phantom.nodules import Nodule, visible_fraction
+    from pipelines.phantom.shapes import Grid
 
     grid = Grid((40, 40, 40), (1.0, 1.0, 1.0), (-20.0, -20.0, -20.0))
     hu = np.full(grid.shape_zyx, -850.0, np.float32)
@@ -235,8 +235,8 @@ def test_visible_fraction_of_a_nodule_in_air_in_a_vessel_and_half_in_a_wall():
 
 
 def test_placement_keeps_nodules_out_of_dense_structures_given_the_scan():
-    from pipelines.phantom_nodules import MIN_VISIBLE, design_nodule, place_nodules, visible_fraction
-    from pipelines.phantom_shapes import Grid
+    from pipelines.phantom.nodules import MIN_VISIBLE, design_nodule, place_nodules, visible_fraction
+    from pipelines.phantom.shapes import Grid
 
     grid = Grid((100, 100, 100), (1.0, 1.0, 1.0), (-50.0, -50.0, -50.0))
     hu = np.full(grid.shape_zyx, -850.0, np.float32)

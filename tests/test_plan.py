@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mri_phantoms import make_mri_phantoms
 
-from pipelines.plan import (
+from pipelines.segmentation.plan import (
     PlanError,
     SegPlan,
     load_plan,

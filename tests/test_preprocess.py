@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pipelines import io, preprocess
-from pipelines.preprocess import CaseGeometry
+from pipelines.imaging import filesys, io, preprocess
+from pipelines.imaging.preprocess import CaseGeometry
 
 
 def _geometry(shape_zyx, spacing_zyx, box, target):
@@ -66,7 +66,7 @@ def test_scale_hu_clips_and_scales():
 
 def test_check_ct_units_refuses_raw_stored_values():
     raw = np.random.default_rng(0).integers(0, 4096, (16, 32, 32)).astype(np.float32)
-    with pytest.raises(io.ImageReadError, match="scan.nii.gz.*not Hounsfield"):
+    with pytest.raises(filesys.ImageReadError, match="scan.nii.gz.*not Hounsfield"):
         preprocess.check_ct_units(raw, path="scan.nii.gz")
     preprocess.check_ct_units(raw - 1024, path="ok")
 
@@ -77,7 +77,7 @@ def test_check_ct_units_refuses_raw_stored_values():
 )
 def test_load_scan_keeps_integer_ct_as_int16(pixel: int, dtype: type) -> None:
     """The full-resolution ``hu`` copy is int16 for integer scans (half the memory), float32 otherwise."""
-    from pipelines.transforms import LoadScand
+    from pipelines.imaging.transforms import LoadScand
 
     arr = np.full((6, 7, 8), -1000, dtype=np.int16)
     arr[2:4, 2:5, 2:6] = 40

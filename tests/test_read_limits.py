@@ -21,7 +21,9 @@ from helpers import (
     write_case,
 )
 
-from pipelines import io, io_header, io_nifti
+from pipelines.imaging import discovery, filesys, io
+from pipelines.imaging import header as io_header
+from pipelines.imaging import nifti_checks as io_nifti
 
 LIMIT = 1_000_000
 
@@ -61,7 +63,7 @@ def _mhd_header_only(path: Path, *, dims: str, element: str, matrix: str = "1 0 
     return path
 
 
-def _reason(err: pytest.ExceptionInfo[io.ImageReadError]) -> str:
+def _reason(err: pytest.ExceptionInfo[filesys.ImageReadError]) -> str:
     text = str(err.value)
     assert "\n" not in text
     return text
@@ -77,26 +79,26 @@ def test_every_dimension_counts_before_decompression(
     assert path.stat().st_size < 5000
     dims = "x".join(map(str, shape))
     pattern = rf"bomb\.nii\.gz: volume of {dims} = .* exceeds the limit of 1\.0 M voxels .*max_input_voxels"
-    with pytest.raises(io.ImageReadError) as err:
-        io.check_size(io.CaseInput("bomb", path), max_voxels=LIMIT)
+    with pytest.raises(filesys.ImageReadError) as err:
+        discovery.check_size(discovery.CaseInput("bomb", path), max_voxels=LIMIT)
     assert re.search(pattern, _reason(err)), err.value
-    with pytest.raises(io.ImageReadError, match=pattern):
+    with pytest.raises(filesys.ImageReadError, match=pattern):
         io.read_image(path, max_voxels=LIMIT)
 
 
 def test_float64_metaimage_refused_by_bytes(tmp_path: Path, no_voxel_reads: None) -> None:
     """The issue's 390 M-voxel float64 .mhd (3.1 GB): under the 400 M voxel limit, over its 0.8 GB of bytes."""
     path = _mhd_header_only(tmp_path / "doubles.mhd", dims="1000 1000 390", element="MET_DOUBLE")
-    with pytest.raises(io.ImageReadError) as err:
-        io.check_size(io.CaseInput("doubles", path), max_voxels=400_000_000)
+    with pytest.raises(filesys.ImageReadError) as err:
+        discovery.check_size(discovery.CaseInput("doubles", path), max_voxels=400_000_000)
     reason = _reason(err)
     assert "doubles.mhd" in reason and "float64 volume of 1000x1000x390" in reason, reason
     assert "3.12 GB" in reason and "0.80 GB" in reason and "max_input_voxels" in reason, reason
-    with pytest.raises(io.ImageReadError, match="3.12 GB"):
+    with pytest.raises(filesys.ImageReadError, match="3.12 GB"):
         io.read_image(path, max_voxels=400_000_000)
     # the same header as int16 holds 0.78 GB: within the limit
     small = _mhd_header_only(tmp_path / "shorts.mhd", dims="1000 1000 390", element="MET_SHORT")
-    io.check_size(io.CaseInput("shorts", small), max_voxels=400_000_000)
+    discovery.check_size(discovery.CaseInput("shorts", small), max_voxels=400_000_000)
 
 
 def test_nrrd_and_metaimage_headers_parsed_without_itk(tmp_path: Path) -> None:
@@ -111,18 +113,18 @@ def test_nrrd_and_metaimage_headers_parsed_without_itk(tmp_path: Path) -> None:
         io_header.check_geometry(header, path)
     huge = tmp_path / "huge.nrrd"
     huge.write_bytes(b"NRRD0004\ntype: double\ndimension: 3\nsizes: 2000 2000 2000\nencoding: raw\n\n")
-    with pytest.raises(io.ImageReadError, match=r"huge\.nrrd: volume of 2000x2000x2000 = 8000 M"):
-        io.check_size(io.CaseInput("huge", huge), max_voxels=LIMIT)
+    with pytest.raises(filesys.ImageReadError, match=r"huge\.nrrd: volume of 2000x2000x2000 = 8000 M"):
+        discovery.check_size(discovery.CaseInput("huge", huge), max_voxels=LIMIT)
 
 
 def test_dicom_limit_counts_rows_columns_files(tmp_path: Path) -> None:
     from helpers import write_dicom_series
 
     files = [str(f) for f in write_dicom_series(chest_image(), tmp_path / "d")]
-    case = io.CaseInput("d", tmp_path / "d", dicom_files=files)
-    io.check_size(case, max_voxels=56 * 48 * 24)
-    with pytest.raises(io.ImageReadError, match=r"volume of 56x48x24 = 64512 voxels exceeds"):
-        io.check_size(case, max_voxels=56 * 48 * 24 - 1)
+    case = discovery.CaseInput("d", tmp_path / "d", dicom_files=files)
+    discovery.check_size(case, max_voxels=56 * 48 * 24)
+    with pytest.raises(filesys.ImageReadError, match=r"volume of 56x48x24 = 64512 voxels exceeds"):
+        discovery.check_size(case, max_voxels=56 * 48 * 24 - 1)
 
 
 def test_bad_input_beside_good_scan_fails_alone(tmp_path: Path, weights: str) -> None:
@@ -142,10 +144,12 @@ def test_bad_input_beside_good_scan_fails_alone(tmp_path: Path, weights: str) ->
 @pytest.mark.parametrize("spacing", [50.0, 0.01])
 def test_absurd_spacing_refused_from_the_header(tmp_path: Path, spacing: float) -> None:
     path = write_case(to_image(chest_hu(), spacing_xyz=(4.0, 4.0, spacing)), tmp_path / "odd.nii.gz")
-    with pytest.raises(io.ImageReadError, match=r"odd\.nii\.gz: spacing .* outside the accepted 0\.05-20 mm"):
+    with pytest.raises(
+        filesys.ImageReadError, match=r"odd\.nii\.gz: spacing .* outside the accepted 0\.05-20 mm"
+    ):
         io.read_image(path)
     mem = to_image(chest_hu(), spacing_xyz=(spacing, 4.0, 4.0))
-    with pytest.raises(io.ImageReadError, match="outside the accepted"):
+    with pytest.raises(filesys.ImageReadError, match="outside the accepted"):
         io.validate_image(mem, "mem")
 
 
@@ -172,7 +176,7 @@ def test_sheared_metaimage_refused_not_straightened(tmp_path: Path) -> None:
         )
     )
     assert sitk.ReadImage(str(path)).GetDirection()[1] == pytest.approx(0.3)  # SimpleITK reads it as is
-    with pytest.raises(io.ImageReadError) as err:
+    with pytest.raises(filesys.ImageReadError) as err:
         io.read_image(path)
     assert re.search(r"shear\.mhd: direction matrix is not orthogonal .* 73\.3 degrees", _reason(err)), (
         err.value
@@ -183,7 +187,9 @@ def test_scaled_metaimage_matrix_refused(tmp_path: Path) -> None:
     path = _mhd_header_only(
         tmp_path / "scaled.mhd", dims="8 8 8", element="MET_SHORT", matrix="2 0 0 0 2 0 0 0 2"
     )
-    with pytest.raises(io.ImageReadError, match=r"scaled\.mhd: direction matrix axes are not unit vectors"):
+    with pytest.raises(
+        filesys.ImageReadError, match=r"scaled\.mhd: direction matrix axes are not unit vectors"
+    ):
         io.read_image(path)
 
 
@@ -194,7 +200,7 @@ def test_sheared_nrrd_refused(tmp_path: Path) -> None:
         b"space directions: (4,0,0) (0,4,0) (0,0,4)", b"space directions: (4,0,0) (1.2,4,0) (0,0,4)"
     )
     path.write_bytes(head + sep + data)
-    with pytest.raises(io.ImageReadError, match=r"shear\.nrrd: direction matrix is not orthogonal"):
+    with pytest.raises(filesys.ImageReadError, match=r"shear\.nrrd: direction matrix is not orthogonal"):
         io.read_image(path)
 
 
@@ -206,12 +212,12 @@ def test_sheared_nifti_sform_refused(tmp_path: Path) -> None:
     img.header.set_sform(affine, code=1)
     img.header.set_qform(np.diag([4.0, 4.0, 4.0, 1.0]), code=1)
     nib.save(img, tmp_path / "sform.nii.gz")
-    with pytest.raises(io.ImageReadError, match=r"sform\.nii\.gz: direction matrix is not orthogonal"):
+    with pytest.raises(filesys.ImageReadError, match=r"sform\.nii\.gz: direction matrix is not orthogonal"):
         io.read_image(tmp_path / "sform.nii.gz")
 
 
 def test_sheared_in_memory_image_refused() -> None:
     img = chest_image()
     img.SetDirection((1.0, 0.2, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    with pytest.raises(io.ImageReadError, match="not orthogonal"):
+    with pytest.raises(filesys.ImageReadError, match="not orthogonal"):
         io.validate_image(img, "mem")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.lungrads import assign_categories
-from pipelines.report import format_value, write_case_report, write_index
-from pipelines.report_images import (
+from pipelines.nodules.lungrads import assign_categories
+from pipelines.report.html import format_value, write_case_report, write_index
+from pipelines.report.images import (
     CONTOUR_COLOR,
     DPI,
     MARKER_COLORS,
@@ -497,7 +497,7 @@ def write_demo_report(ct_path: Path, out_dir: Path) -> Path:
         inside = _implant(hu, mask, label, center, radii, spacing, value, rng)
         if core is not None:
             _implant(hu, mask, label, center, (core, core * 1.1, core), spacing, 30.0, rng)
-        nodules.append(_measure(image, hu, inside, label, center, spacing, core, side))
+        nodules.append(measure_nodules(image, hu, inside, label, center, spacing, core, side))
     prob = ndimage.gaussian_filter((mask > 0).astype(np.float32), sigma=1.5) * 1.6
     prob = np.clip(prob + 0.15 * ndimage.gaussian_filter(rng.random(hu.shape).astype(np.float32), 3), 0, 0.98)
     extra = {
@@ -523,7 +523,7 @@ def write_demo_report(ct_path: Path, out_dir: Path) -> Path:
     )
 
 
-def _measure(image, hu, inside, label, center, spacing, core, side) -> dict:
+def measure_nodules(image, hu, inside, label, center, spacing, core, side) -> dict:
     volume = float(inside.sum() * np.prod(spacing))
     diameter = (6.0 * volume / np.pi) ** (1 / 3)
     idx = [int(v) for v in center[::-1]]

@@ -23,7 +23,7 @@ from helpers import (
     write_case,
 )
 
-from pipelines import runstate
+from pipelines.batch import runstate
 
 
 def _inputs(folder: Path, *, good: int = 1, bad: int = 0) -> None:
@@ -79,13 +79,14 @@ def test_unreadable_record_of_a_case_no_longer_in_the_run_is_not_fatal(tmp_path:
 _KILL_AT = """
 import os, sys
 sys.path.insert(0, {tests!r})
-from pipelines import io
+from pipelines.imaging import io
+from pipelines.imaging import filesys
 from helpers import run_screen
 target, parent = {target!r}, {parent!r}
 def kill(tmp, final):
     if final.name == target and (not parent or final.parent.name == parent):
         os._exit(137)  # as kill -9: no cleanup, the temporary stays
-io.before_replace = kill
+filesys.before_replace = kill
 run_screen({inp!r}, {out!r}, weights={weights!r})
 """
 
@@ -117,18 +118,18 @@ def test_kill_at_each_rename_point_then_rerun_recovers(
 
 # --------------------------------------------------------------------------------------------- Ctrl-C
 def _interrupt_second_case(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.engine import ScreeningEngine
+    from pipelines.screening.engine import ScreeningEngine
 
-    original = ScreeningEngine._compute
+    original = ScreeningEngine.compute
     seen: list[str] = []
 
-    def compute(self: ScreeningEngine, data: dict) -> tuple:
-        seen.append(data["case_id"])
+    def compute(self: ScreeningEngine, case: object, prepared: tuple) -> tuple:
+        seen.append(prepared[0]["case_id"])
         if len(seen) == 2:
             raise KeyboardInterrupt
-        return original(self, data)
+        return original(self, case, prepared)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ScreeningEngine, "_compute", compute)
+    monkeypatch.setattr(ScreeningEngine, "compute", compute)
 
 
 def test_ctrl_c_writes_the_finished_cases_and_a_rerun_resumes(
@@ -149,7 +150,7 @@ def test_ctrl_c_writes_the_finished_cases_and_a_rerun_resumes(
 def test_cli_ctrl_c_is_one_line_and_exit_130(
     tmp_path: Path, weights: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     inp, out = tmp_path / "in", tmp_path / "out"
     _inputs(inp, good=2)
@@ -194,19 +195,19 @@ def test_disk_full_while_writing_the_run_tables_is_one_line(
 ) -> None:
     import errno
 
-    from pipelines import io
-    from pipelines.cli import main
+    from pipelines.cli.main import main
+    from pipelines.imaging import filesys
 
     inp, out = tmp_path / "in", tmp_path / "out"
     _inputs(inp)
-    original = io.atomic_write_text
+    original = filesys.atomic_write_text
 
     def full(path: str | os.PathLike[str], text: str) -> Path:
         if Path(path).name == "summary.csv":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return original(path, text)
 
-    monkeypatch.setattr(io, "atomic_write_text", full)
+    monkeypatch.setattr(filesys, "atomic_write_text", full)
     with pytest.raises(
         runstate.TablesNotWritten, match="cannot write the run tables .* No space left on device"
     ):
@@ -216,7 +217,7 @@ def test_disk_full_while_writing_the_run_tables_is_one_line(
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "rerun the same command" in err[0]
-    monkeypatch.setattr(io, "atomic_write_text", original)  # space freed: the rerun writes the tables
+    monkeypatch.setattr(filesys, "atomic_write_text", original)  # space freed: the rerun writes the tables
     res = run_screen(inp, out, weights=weights)
     assert res.exit_code == 0 and list(read_summary(out)) == ["case0"]
 
@@ -226,7 +227,7 @@ def test_a_failure_that_cannot_be_recorded_does_not_stop_the_batch(
 ) -> None:
     import errno
 
-    from pipelines import outputs
+    from pipelines.batch import records
 
     inp, out = tmp_path / "in", tmp_path / "out"
     _inputs(inp, good=1, bad=1)
@@ -234,7 +235,7 @@ def test_a_failure_that_cannot_be_recorded_does_not_stop_the_batch(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(outputs, "record_failure", full)
+    monkeypatch.setattr(records, "record_failure", full)
     res = run_screen(inp, out, weights=weights)
     assert (res.succeeded, res.failed) == (1, 1)
 
@@ -243,7 +244,7 @@ def test_a_failure_that_cannot_be_recorded_does_not_stop_the_batch(
 def test_empty_folder_exit_2_with_a_message(
     tmp_path: Path, weights: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no scans here")

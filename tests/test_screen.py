@@ -141,7 +141,8 @@ def test_cli_exit_codes(tmp_path: Path, weights: str) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "pipelines.screen",
+        "pipelines.cli",
+        "screen",
         str(inp),
         str(tmp_path / "out"),
         *_cli(inp, tmp_path, weights),
@@ -160,7 +161,7 @@ def test_cli_exit_codes(tmp_path: Path, weights: str) -> None:
 def test_kill_9_mid_run_then_rerun_completes(tmp_path: Path, weights: str) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     ids = _cases(inp, 8, shape=(40, 96, 112))
-    cmd = [sys.executable, "-m", "pipelines.screen", str(inp), str(out), *_cli(inp, out, weights)]
+    cmd = [sys.executable, "-m", "pipelines.cli", "screen", str(inp), str(out), *_cli(inp, out, weights)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -203,7 +204,7 @@ def test_torchrun_two_ranks_share_the_cases_and_rank0_merges(tmp_path: Path, wei
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [str(torchrun if torchrun.exists() else "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "pipelines.screen", str(inp), str(out), *_cli(inp, out, weights)]  # fmt: skip
+           "-m", "pipelines.cli", "screen", str(inp), str(out), *_cli(inp, out, weights)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -238,7 +239,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path: Path, weights: 
 def test_each_rank_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from pipelines.engine import rank_device
+    from pipelines.screening.stages import rank_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert rank_device(torch.device("cuda")) == torch.device("cuda", 3)
@@ -269,7 +270,7 @@ def test_outputs_carry_no_patient_identifiers(tmp_path: Path, weights: str) -> N
 
 
 def test_realistic_phantom_lungs_overlay_the_reference(tmp_path: Path, weights: str) -> None:
-    phantom = pytest.importorskip("pipelines.phantom")
+    phantom = pytest.importorskip("pipelines.phantom.generate")
     case = phantom.generate_case(seed=3, size="small", with_tissue=False)
     inp, out = tmp_path / "in", tmp_path / "out"
     write_case(case.image, inp / "phantom.nii.gz")
@@ -298,7 +299,8 @@ def test_screen_leaves_autograd_enabled(tmp_path: Path, weights: str) -> None:
 
 def test_tables_keep_probabilities_distinguishable() -> None:
     """FROC ranks candidates by probability: near-1 scores must not collapse to one value in the CSV files."""
-    from pipelines.outputs import SUBMISSION_COLUMNS, to_csv
+    from pipelines.batch.records import to_csv
+    from pipelines.screening.outputs import SUBMISSION_COLUMNS
 
     rows = [
         {"seriesuid": "a", "coordX": -209.0951234, "coordY": 1.5, "coordZ": 2.0, "probability": p}

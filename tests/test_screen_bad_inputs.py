@@ -292,7 +292,7 @@ def test_folder_with_two_series_is_split_and_localizer_skipped(tmp_path: Path, w
     res = run_screen(tmp_path / "in", out, weights=weights)
 
     assert (res.succeeded, res.failed, res.total) == (2, 0, 2)
-    from pipelines.io import series_hash
+    from pipelines.imaging.discovery import series_hash
 
     ids = {f"exam_{series_hash('1.2.3.4.100')}", f"exam_{series_hash('1.2.3.4.200')}"}
     summary = read_summary(out)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from pipelines.io import ImageHeader
-from pipelines.postprocess import analyse_case, shape_adjusted
-from pipelines.preprocess import CaseGeometry
-from pipelines.second_look import SIGMAS_MM, blobness, dot_response, find_spots
-from pipelines.settings import ScreeningSettings
+from pipelines.imaging.io import ImageHeader
+from pipelines.imaging.preprocess import CaseGeometry
+from pipelines.nodules.second_look import SIGMAS_MM, blobness, dot_response, find_spots
+from pipelines.screening.scoring import analyse_case, shape_adjusted
+from pipelines.screening.settings import ScreeningSettings
 
 BG, TISSUE = -850.0, 30.0
 
@@ -129,7 +129,7 @@ def test_find_spots_keeps_faint_blobs_and_drops_the_rest() -> None:
 
 
 def test_clusters_inside_an_avoided_ball_are_skipped_unfiltered(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines import second_look
+    from pipelines.nodules import second_look
 
     hu = _volume()
     _ball(hu, (20, 12, 12), 5.0)  # a network candidate with a faint halo
@@ -295,7 +295,7 @@ def test_dot_response_with_a_floor_is_exact_from_the_floor_up(seed: int) -> None
 
 
 def test_may_reach_bounds_the_response() -> None:
-    from pipelines.second_look import _may_reach
+    from pipelines.nodules.second_look import _may_reach
 
     rng = np.random.default_rng(2)
     a = rng.normal(scale=10.0, size=(50000, 3, 3))
@@ -311,7 +311,7 @@ def test_may_reach_bounds_the_response() -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_spots_do_not_depend_on_skipping_slabs_or_threads(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The batched and the one-by-one screens, slabs of the cluster box and the thread count change nothing."""
-    from pipelines import second_look
+    from pipelines.nodules import second_look
 
     hu, prob = _busy_case(seed)
     kwargs = dict(min_probability=0.2, min_response_hu=80.0, max_probability=0.366, min_separation_mm=3.0)
@@ -330,7 +330,7 @@ def test_spots_do_not_depend_on_skipping_slabs_or_threads(seed: int, monkeypatch
 
 def test_batched_screen_keeps_every_box_that_reaches_the_floor() -> None:
     """:func:`_screen_boxes` (float32 products) answers True wherever the exact filter reaches the floor."""
-    from pipelines.second_look import _screen_boxes
+    from pipelines.nodules.second_look import _screen_boxes
 
     hu, _ = _busy_case(5)
     full, _ = dot_response(hu, 1.0)

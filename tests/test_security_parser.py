@@ -22,10 +22,9 @@ from pipelines.bundle import (
     check_override_values,
     check_user_overrides,
     load_workflow,
-    settings_overrides,
 )
-from pipelines.cli import main
-from pipelines.settings import RULES, SettingsError
+from pipelines.cli.main import main
+from pipelines.screening.settings import RULES, SettingsError, settings_overrides
 
 
 def payload(marker: str) -> str:
@@ -211,7 +210,7 @@ def test_train_and_segment_set_payload_is_refused_naming_the_key(
 
 
 def test_train_paths_reach_the_config_as_absolute_path_objects(tmp_path: Path, monkeypatch) -> None:
-    from pipelines.train import segmentation_overrides
+    from pipelines.training.train import segmentation_overrides
 
     monkeypatch.chdir(tmp_path)
     pairs = segmentation_overrides(
@@ -241,8 +240,8 @@ def test_train_seg_and_segment_with_hostile_folder_names(tmp_path: Path, monkeyp
     """train-seg and segment read and write folders whose relative names are parser syntax."""
     from mri_phantoms import TINY, make_mri_phantoms
 
-    from pipelines.segment import segment
-    from pipelines.segtrain import train_segmentation
+    from pipelines.segmentation.engine import segment
+    from pipelines.segmentation.train import train_segmentation
 
     monkeypatch.chdir(tmp_path)
     data = make_mri_phantoms(tmp_path / "data", n=2, seed=10)
@@ -254,6 +253,6 @@ def test_train_seg_and_segment_with_hostile_folder_names(tmp_path: Path, monkeyp
     )  # fmt: skip
     assert Path(payload("PWNED_MODEL"), "model.pt").is_file() and model == Path(payload("PWNED_MODEL"))
     counts = segment(str(model), "@images", payload("PWNED_SEG") + "::out", device="cpu", progress=False)
-    assert counts["succeeded"] == 2 and counts["failed"] == 0
+    assert counts.succeeded == 2 and counts.failed == 0
     assert Path(payload("PWNED_SEG") + "::out", "summary.csv").is_file()
     assert _markers(tmp_path) == []

@@ -17,12 +17,12 @@ import SimpleITK as sitk
 import torch
 from mri_phantoms import TINY, make_mri_phantoms
 
-from pipelines import io
-from pipelines.inference import CheckpointError
-from pipelines.plan import PlanError, SegPlan
-from pipelines.preprocess import CaseGeometry
-from pipelines.segment import label_volumes, probabilities_to_canonical, segment
-from pipelines.segtrain import train_segmentation
+from pipelines.imaging import filesys, io
+from pipelines.imaging.preprocess import CaseGeometry
+from pipelines.screening.inference import CheckpointError
+from pipelines.segmentation.engine import label_volumes, probabilities_to_canonical, segment
+from pipelines.segmentation.plan import PlanError, SegPlan
+from pipelines.segmentation.train import train_segmentation
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_segment_overlays_inputs_reports_volumes_resumes_and_isolates_failures(t
     (inputs / "broken.nii.gz").write_bytes(b"not an image")
     out = tmp_path / "out"
     counts = segment(tiny_model, inputs, out, device="cpu", progress=False)
-    assert counts == {"succeeded": 2, "failed": 1, "skipped": 0, "total": 3}
+    assert counts.counts() == {"succeeded": 2, "failed": 1, "skipped": 0, "total": 3}
     for case_id in ("case000", "case001"):
         seg = sitk.ReadImage(str(out / "cases" / case_id / "segmentation.nii.gz"))
         src = sitk.ReadImage(str(inputs / f"{case_id}_0000.nii.gz"))
@@ -75,7 +75,7 @@ def test_segment_overlays_inputs_reports_volumes_resumes_and_isolates_failures(t
     # resume: completed cases are skipped, the broken one is retried and fails again
     stamp = (out / "cases" / "case000" / "result.json").stat().st_mtime_ns
     again = segment(tiny_model, inputs, out, device="cpu", progress=False)
-    assert again == {"succeeded": 0, "failed": 1, "skipped": 2, "total": 3}
+    assert again.counts() == {"succeeded": 0, "failed": 1, "skipped": 2, "total": 3}
     assert (out / "cases" / "case000" / "result.json").stat().st_mtime_ns == stamp
     # another model (same plan, other weights) into the same folder: the cases are segmented again
     other = tmp_path / "other_model"
@@ -83,7 +83,7 @@ def test_segment_overlays_inputs_reports_volumes_resumes_and_isolates_failures(t
     state = torch.load(other / "model.pt", weights_only=True)
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, other / "model.pt")
     redo = segment(other, inputs, out, device="cpu", progress=False)
-    assert redo == {"succeeded": 2, "failed": 1, "skipped": 0, "total": 3}
+    assert redo.counts() == {"succeeded": 2, "failed": 1, "skipped": 0, "total": 3}
 
 
 def test_segment_interrupted_case_without_result_json_is_redone(tiny_model, tmp_path):
@@ -92,14 +92,14 @@ def test_segment_interrupted_case_without_result_json_is_redone(tiny_model, tmp_
     partial = out / "cases" / "case000"
     partial.mkdir(parents=True)
     (partial / "segmentation.nii.gz").write_bytes(b"half-written")
-    assert segment(tiny_model, inputs, out, device="cpu", progress=False)["succeeded"] == 1
+    assert segment(tiny_model, inputs, out, device="cpu", progress=False).succeeded == 1
     assert sitk.ReadImage(str(partial / "segmentation.nii.gz")).GetSize() == (24, 24, 12)
 
 
 def test_single_channel_model_reads_channel_named_files_as_scans(tiny_model, tmp_path):
     inputs = make_mri_phantoms(tmp_path / "two", n=1, seed=13, channels=2, with_labels=False) / "images"
     counts = segment(tiny_model, inputs, tmp_path / "o1", device="cpu", progress=False)
-    assert counts["succeeded"] == 2 and (tmp_path / "o1" / "cases" / "case000_0001" / "result.json").is_file()
+    assert counts.succeeded == 2 and (tmp_path / "o1" / "cases" / "case000_0001" / "result.json").is_file()
 
 
 def test_multichannel_model_groups_channels_and_fails_a_case_missing_one(tmp_path):
@@ -111,7 +111,7 @@ def test_multichannel_model_groups_channels_and_fails_a_case_missing_one(tmp_pat
     inputs = make_mri_phantoms(tmp_path / "new", n=1, seed=16, channels=2, with_labels=False) / "images"
     shutil.copy(inputs / "case000_0000.nii.gz", inputs / "lonely_0000.nii.gz")
     out = tmp_path / "out"
-    assert segment(model, inputs, out, device="cpu", progress=False)["succeeded"] == 1
+    assert segment(model, inputs, out, device="cpu", progress=False).succeeded == 1
     result = json.loads((out / "cases" / "case000" / "result.json").read_text())
     assert [Path(p).name for p in result["inputs"]] == ["case000_0000.nii.gz", "case000_0001.nii.gz"]
     (failure,) = _rows(out / "failures.csv")
@@ -176,10 +176,10 @@ def test_training_on_phantoms_reaches_a_meaningful_dice(tmp_path):
         iterations=300, seed=0, device="cpu",
         planning={"max_patch_voxels": 16 * 32 * 32, "base_features": 8, "max_features": 64},
     )  # fmt: skip
-    assert segment(model, test / "images", tmp_path / "out", device="cpu", progress=False)["succeeded"] == 4
+    assert segment(model, test / "images", tmp_path / "out", device="cpu", progress=False).succeeded == 4
     dice: dict[int, list[float]] = {1: [], 2: []}
     for ref_path in sorted((test / "labels").glob("*.nii.gz")):
-        case_id = io.strip_image_suffix(ref_path.name)
+        case_id = filesys.strip_image_suffix(ref_path.name)
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_path)))
         pred = sitk.GetArrayFromImage(
             sitk.ReadImage(str(tmp_path / "out" / "cases" / case_id / "segmentation.nii.gz"))
@@ -221,7 +221,7 @@ def test_real_mri_whole_path_overlays_the_original_geometry(shared_data, tmp_pat
     plan = json.loads((model / "plan.json").read_text())
     assert plan["n4"] is True
     counts = segment(model, tmp_path / "images", tmp_path / "out", device="cpu", progress=False)
-    assert counts["succeeded"] == len(pairs) and counts["failed"] == 0
+    assert counts.succeeded == len(pairs) and counts.failed == 0
     for case_id in pairs:
         src = sitk.ReadImage(str(next((tmp_path / "images").glob(f"{case_id}_0000.*"))))
         seg = sitk.ReadImage(str(tmp_path / "out" / "cases" / case_id / "segmentation.nii.gz"))

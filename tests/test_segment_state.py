@@ -1,4 +1,4 @@
-"""The segmentation engine follows the screening engine's run-state rules (pipelines.runstate): input-bound
+"""The segmentation engine follows the screening engine's run-state rules (pipelines.batch.runstate): input-bound
 resume, rows of removed cases dropped, leftovers of a killed run cleared, tracebacks in ``failures.log``, OUT
 checked first, an empty input or a run where nothing succeeded ends with an error."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from mri_phantoms import TINY, make_mri_phantoms
 
-from pipelines import runstate
-from pipelines.segment import segment
-from pipelines.segtrain import train_segmentation
+from pipelines.batch import runstate
+from pipelines.segmentation.engine import segment
+from pipelines.segmentation.train import train_segmentation
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_segment_resumes_by_input_and_recovers_like_screening(model: Path, tmp_p
     inputs = make_mri_phantoms(tmp_path / "new", n=2, seed=21, with_labels=False) / "images"
     (inputs / "broken.nii.gz").write_bytes(b"not an image")
     out = tmp_path / "out"
-    assert segment(model, inputs, out, device="cpu", progress=False)["succeeded"] == 2
+    assert segment(model, inputs, out, device="cpu", progress=False).succeeded == 2
     summary = _rows(out / "summary.csv")
     assert summary["case000"]["input"] == str(inputs / "case000_0000.nii.gz")
     assert "Traceback" in (out / "failures.log").read_text()
@@ -46,7 +46,7 @@ def test_segment_resumes_by_input_and_recovers_like_screening(model: Path, tmp_p
     shutil.copy(inputs / "case000_0000.nii.gz", inputs / "case001_0000.nii.gz")
     (inputs / "case000_0000.nii.gz").unlink()
     again = segment(model, inputs, out, device="cpu", progress=False)
-    assert again == {"succeeded": 1, "failed": 1, "skipped": 0, "total": 2}  # case001 done again
+    assert again.counts() == {"succeeded": 1, "failed": 1, "skipped": 0, "total": 2}  # case001 done again
     assert sorted(_rows(out / "summary.csv")) == ["broken", "case001"]
     assert list(_rows(out / "failures.csv")) == ["broken"]
     assert not list(out.rglob(".tmp-*"))
@@ -58,10 +58,10 @@ def test_segment_checks_out_first_and_ends_non_zero_when_nothing_to_do(model: Pa
     with pytest.raises(runstate.OutputDirError, match="is an existing file, not a folder"):
         segment(model, inputs, tmp_path / "file", device="cpu", progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(runstate.NoScanFound, match="no scan found in"):
-        segment(model, tmp_path / "empty", tmp_path / "o1", device="cpu", progress=False)
+    empty = segment(model, tmp_path / "empty", tmp_path / "o1", device="cpu", progress=False)
+    assert (empty.total, empty.exit_code) == (0, 2)  # no scan found: the same result type as screen()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.nii.gz").write_text("not an image")
-    with pytest.raises(runstate.NoCaseSucceeded, match="no case succeeded: 1 failed"):
-        segment(model, tmp_path / "bad", tmp_path / "o2", device="cpu", progress=False)
+    bad = segment(model, tmp_path / "bad", tmp_path / "o2", device="cpu", progress=False)
+    assert bad.counts() == {"succeeded": 0, "failed": 1, "skipped": 0, "total": 1} and bad.exit_code == 2
     assert list(_rows(tmp_path / "o2" / "failures.csv")) == ["x"]

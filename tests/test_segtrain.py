@@ -14,17 +14,17 @@ import SimpleITK as sitk
 import torch
 from mri_phantoms import TINY, make_mri_phantoms
 
-from pipelines import io
-from pipelines.inference import load_weights
-from pipelines.modality import UnknownModalityError
-from pipelines.plan import load_plan
-from pipelines.segdata import find_cases, find_labelled_cases, group_channels, load_case
-from pipelines.segtrain import PatchSampler, crop_or_pad, train_segmentation
+from pipelines.imaging import discovery, filesys
+from pipelines.imaging.modality import UnknownModalityError
+from pipelines.screening.inference import load_weights
+from pipelines.segmentation.data import find_cases, find_labelled_cases, group_channels, load_case
+from pipelines.segmentation.plan import load_plan
+from pipelines.segmentation.train import PatchSampler, crop_or_pad, train_segmentation
 
 
 # ------------------------------------------------------------------------------------------- grouping
-def _inputs(*names: str) -> list[io.CaseInput]:
-    return [io.CaseInput(n, Path(f"/x/{n}.nii.gz")) for n in names]
+def _inputs(*names: str) -> list[discovery.CaseInput]:
+    return [discovery.CaseInput(n, Path(f"/x/{n}.nii.gz")) for n in names]
 
 
 def test_group_channels_follows_nnunet_names():
@@ -67,7 +67,7 @@ def test_channel_geometry_mismatch_is_a_clear_error(tmp_path):
     img.SetSpacing((2.0, 2.0, 5.0))
     sitk.WriteImage(img, str(second))
     (case,) = find_cases(tmp_path / "images")
-    with pytest.raises(io.ImageReadError, match=r"case000_0001.*channel 0001 spacing"):
+    with pytest.raises(filesys.ImageReadError, match=r"case000_0001.*channel 0001 spacing"):
         load_case(case, with_label=False)
 
 
@@ -137,7 +137,7 @@ def test_train_seg_refuses_unknown_modality(tmp_path):
 def test_train_seg_reports_the_real_cause_of_a_bad_file(tmp_path):
     data = make_mri_phantoms(tmp_path, n=2, seed=6)
     (data / "labels" / "case001.nii.gz").write_bytes(b"garbage")
-    with pytest.raises(io.ImageReadError, match=r"case001\.nii\.gz"):
+    with pytest.raises(filesys.ImageReadError, match=r"case001\.nii\.gz"):
         train_segmentation(
             images=data / "images", labels=data / "labels", modality="mri", out=tmp_path / "m", iterations=1
         )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from pipelines.inference import (
+from pipelines.screening.inference import (
     CheckpointError,
     LungGatedNetwork,
     autocast_dtype,
@@ -15,7 +15,7 @@ from pipelines.inference import (
     mirror_trigger_mask,
     sliding_window_probability,
 )
-from pipelines.settings import ScreeningSettings, SettingsError
+from pipelines.screening.settings import ScreeningSettings, SettingsError
 
 
 def test_settings_errors_name_field_and_choices():

@@ -14,9 +14,15 @@ from pathlib import Path
 import pytest
 from helpers import BUNDLE
 
-from pipelines.bundle import settings_overrides
-from pipelines.cli import main
-from pipelines.settings import RULES, ScreeningSettings, SettingsError, allowed_values, validate_setting
+from pipelines.cli.main import main
+from pipelines.screening.settings import (
+    RULES,
+    ScreeningSettings,
+    SettingsError,
+    allowed_values,
+    settings_overrides,
+    validate_setting,
+)
 
 NUMERIC = sorted(n for n, r in RULES.items() if r.kind in ("float", "int"))
 

@@ -9,7 +9,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from pipelines.sparse_labels import block_any, components, seed_clusters
+from pipelines.nodules.sparse_labels import block_any, components, seed_clusters
 
 
 def _pairwise_clusters(seeds: np.ndarray, *, reach: int) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import chest_image, read_failures, read_summary, run_screen, write_case
 
-from pipelines import io
+from pipelines.imaging import discovery, filesys, io
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 
@@ -54,16 +54,16 @@ def unblocker(fifo: Path, *, after_s: float = 60.0) -> Iterator[dict[str, bool]]
 def test_kinds(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.nii.gz"
     os.mkfifo(fifo)
-    assert io.special_file_kind(fifo) == "a FIFO (named pipe)"
+    assert filesys.special_file_kind(fifo) == "a FIFO (named pipe)"
     (tmp_path / "link.nii.gz").symlink_to(fifo)
-    assert io.is_special_file(tmp_path / "link.nii.gz")  # links are followed
-    assert io.special_file_kind("/dev/null") == "a character device"
+    assert filesys.is_special_file(tmp_path / "link.nii.gz")  # links are followed
+    assert filesys.special_file_kind("/dev/null") == "a character device"
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(tmp_path / "s.nii.gz"))
-        assert io.special_file_kind(tmp_path / "s.nii.gz") == "a socket"
+        assert filesys.special_file_kind(tmp_path / "s.nii.gz") == "a socket"
     regular = write_case(chest_image(), tmp_path / "ok.nii.gz")
-    assert not io.is_special_file(regular) and not io.is_special_file(tmp_path)
-    assert not io.is_special_file(tmp_path / "missing.nii.gz")
+    assert not filesys.is_special_file(regular) and not filesys.is_special_file(tmp_path)
+    assert not filesys.is_special_file(tmp_path / "missing.nii.gz")
 
 
 def test_fifo_is_refused_without_opening(tmp_path: Path) -> None:
@@ -71,15 +71,15 @@ def test_fifo_is_refused_without_opening(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with unblocker(fifo) as state:
         with pytest.raises(
-            io.ImageReadError, match=r"pipe\.nii\.gz: a FIFO \(named pipe\), not a regular file"
+            filesys.ImageReadError, match=r"pipe\.nii\.gz: a FIFO \(named pipe\), not a regular file"
         ):
             io.read_image(fifo)
-        with pytest.raises(io.ImageReadError, match="FIFO"):
-            io.check_size(io.CaseInput("pipe", fifo), max_voxels=10**9)
-        with pytest.raises(io.ImageReadError, match="FIFO"):
-            io.peek_size(io.CaseInput("pipe", fifo))
+        with pytest.raises(filesys.ImageReadError, match="FIFO"):
+            discovery.check_size(discovery.CaseInput("pipe", fifo), max_voxels=10**9)
+        with pytest.raises(filesys.ImageReadError, match="FIFO"):
+            discovery.peek_size(discovery.CaseInput("pipe", fifo))
     assert not state["fired"]
-    with pytest.raises(io.ImageReadError, match=r"/dev/zero: a character device"):
+    with pytest.raises(filesys.ImageReadError, match=r"/dev/zero: a character device"):
         io.read_image("/dev/zero")
 
 
@@ -88,7 +88,7 @@ def test_discovery_skips_special_files_with_a_note(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.nii.gz")
     os.mkfifo(tmp_path / "noext")  # no suffix: discovery would open it to look for a DICOM preamble
     with unblocker(tmp_path / "noext") as s1, unblocker(tmp_path / "pipe.nii.gz") as s2:
-        cases = io.discover_cases(tmp_path)
+        cases = discovery.discover_cases(tmp_path)
     assert not s1["fired"] and not s2["fired"]
     assert [c.case_id for c in cases] == ["good"]
     notes = " ".join(cases[0].notes)

@@ -15,9 +15,9 @@ import torch
 from monai.bundle import ConfigParser
 
 from pipelines.bundle import bundle_root, load_workflow
-from pipelines.inference import CheckpointError, load_weights
-from pipelines.train import train
-from pipelines.train_data import load_datalist
+from pipelines.screening.inference import CheckpointError, load_weights
+from pipelines.training.data import load_datalist
+from pipelines.training.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import make_dataset  # noqa: E402
@@ -58,7 +58,9 @@ def test_train_json_reuses_inference_network_and_preprocessing() -> None:
     p = wf.parser
     assert p["network_def"] == _inference_parser()["network_def"]
     names = [t["_target_"] for t in p["preprocessing"]["transforms"]]
-    assert names[-1] == "pipelines.transforms.ScaleHUd" and p["preprocessing#transforms#0#label_keys"] == [
+    assert names[-1] == "pipelines.imaging.transforms.ScaleHUd" and p[
+        "preprocessing#transforms#0#label_keys"
+    ] == [
         "label",
         "lungs",
     ]
@@ -180,7 +182,7 @@ def test_torchrun_two_process_gloo_multi_gpu_overlay(tiny_dataset: Path, tmp_pat
     sets = [f"{k}={json.dumps(v)}" for k, v in {**TINY, "train#trainer#max_epochs": 2}.items()]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-        "-m", "pipelines.train", "--dataset", str(tiny_dataset), "--out", str(out), "--profile", "smoke",
+        "-m", "pipelines.cli", "train", "--dataset", str(tiny_dataset), "--out", str(out), "--profile", "smoke",
         "--device", "cpu", "--stages", "segmentation", "--set", *sets,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LUNGSCREEN_TRAIN_NO_EVAL": "1"}
@@ -198,11 +200,11 @@ def test_gpu_fast_overlay_trains_with_device_cached_volumes(
     """The gpu-device profile's overlay (volumes cached on the device, ThreadDataLoader, random transforms on
     the device) trains end to end; here the device is the CPU, so only the wiring is checked, not the speed.
     The plain gpu profile keeps worker processes (measured faster on an H200)."""
-    from pipelines import train as train_mod
+    from pipelines.training import profiles
 
-    assert train_mod.PROFILES["gpu-device"][-1] == "train_gpu_fast.json"
-    assert "train_gpu_fast.json" not in train_mod.PROFILES["gpu"]
-    monkeypatch.setitem(train_mod.PROFILES, "smoke", [*train_mod.PROFILES["smoke"], "train_gpu_fast.json"])
+    assert profiles.PROFILES["gpu-device"][-1] == "train_gpu_fast.json"
+    assert "train_gpu_fast.json" not in profiles.PROFILES["gpu"]
+    monkeypatch.setitem(profiles.PROFILES, "smoke", [*profiles.PROFILES["smoke"], "train_gpu_fast.json"])
     over = {**TINY, "train#paste_prob": 1.0}
     r = train(
         dataset=tiny_dataset,
@@ -215,16 +217,16 @@ def test_gpu_fast_overlay_trains_with_device_cached_volumes(
     )["segmentation"]
     assert r["iterations"] == 20 and all(np.isfinite(r["losses"]))
     wf = load_workflow(
-        [*train_mod.PROFILES["smoke"]],
+        [*profiles.PROFILES["smoke"]],
         workflow_type="train",
-        overrides={"dataset_dir": str(tiny_dataset), "settings#device": "cpu", **train_mod.SMOKE_OVERRIDES},
+        overrides={"dataset_dir": str(tiny_dataset), "settings#device": "cpu", **profiles.SMOKE_OVERRIDES},
     )
     assert type(wf.parser.get_parsed_content("train#dataloader")).__name__ == "ThreadDataLoader"
 
 
 def test_train_probe_times_loader_and_step_of_the_profile(tiny_dataset: Path, tmp_path: Path) -> None:
     """The probe builds the profile's own loader and network and reports rates that add up."""
-    from pipelines.train_probe import main, probe
+    from pipelines.segmentation.probe import main, probe
 
     r = probe(dataset=tiny_dataset, profile="smoke", device="cpu", seconds=0.2, overrides=dict(TINY))
     smoke_batch = 2  # SMOKE_OVERRIDES: batch 1 volume x num_samples 2 patches

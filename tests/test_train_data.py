@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipelines.bundle import load_workflow
-from pipelines.train_data import (
+from pipelines.training.data import (
     HardNegativeIndicesd,
     SampleIndicesd,
     TimeCosineLR,
@@ -82,8 +82,8 @@ def test_bundle_patches_show_a_nodule_off_centre_as_the_sliding_window_does():
 
 def _geometry(shape: tuple[int, int, int], origin: tuple[float, float, float] = (10.0, -20.0, 5.0)):
     """Canonical = crop = network grid: 2 mm voxels, identity direction, ``origin`` in world LPS mm."""
-    from pipelines.io import ImageHeader
-    from pipelines.preprocess import CaseGeometry
+    from pipelines.imaging.io import ImageHeader
+    from pipelines.imaging.preprocess import CaseGeometry
 
     hdr = ImageHeader((shape[2], shape[1], shape[0]), (2.0, 2.0, 2.0), origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
     return CaseGeometry(hdr, hdr, tuple((0, n) for n in shape), shape, (2.0, 2.0, 2.0))  # type: ignore[arg-type]
@@ -195,8 +195,8 @@ def test_time_cosine_lr_wires_into_train_json_by_override() -> None:
 def test_classifier_mining_records_each_patch_at_its_world_centre():
     from types import SimpleNamespace
 
-    from pipelines.postprocess import CLASSIFIER_PATCH
-    from pipelines.train_classifier import _case_patches
+    from pipelines.screening.scoring import CLASSIFIER_PATCH
+    from pipelines.training.classifier import _case_patches
 
     shape = (30, 32, 34)
     geometry = _geometry(shape)
@@ -234,7 +234,7 @@ def test_classifier_mining_records_each_patch_at_its_world_centre():
 
 
 def test_every_training_profile_has_classifier_settings():
-    from pipelines.train import PROFILES
-    from pipelines.train_classifier import CLASSIFIER_PROFILES
+    from pipelines.training.classifier import CLASSIFIER_PROFILES
+    from pipelines.training.profiles import PROFILES
 
     assert set(CLASSIFIER_PROFILES) == set(PROFILES)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pipelines import train as train_mod
-from pipelines.cli import main
-from pipelines.screen import ScreenResult
+from pipelines.cli.main import main
+from pipelines.screening.api import ScreenResult
+from pipelines.training import train as train_mod
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def dataset(tmp_path: Path) -> Path:
 
 def _fake_run(monkeypatch: pytest.MonkeyPatch, *, failed: int) -> list[str]:
     """Training stages that do nothing, and a closing screen in which ``failed`` of the 2 scans fail."""
-    import pipelines.evaluation
-    import pipelines.screen
+    import pipelines.evaluation.evaluate
+    import pipelines.screening.api
 
     evaluated: list[str] = []
     monkeypatch.setattr(train_mod, "train_segmentation", lambda **kw: {"iterations": 0})
@@ -39,9 +39,9 @@ def _fake_run(monkeypatch: pytest.MonkeyPatch, *, failed: int) -> list[str]:
         (Path(out) / "failures.csv").write_text("case_id,reason\n" + "x,MemoryError\n" * failed)
         return ScreenResult(Path(out), len(inputs) - failed, failed, 0, len(inputs))
 
-    monkeypatch.setattr(pipelines.screen, "screen", screen)
+    monkeypatch.setattr(pipelines.screening.api, "screen", screen)
     monkeypatch.setattr(
-        pipelines.evaluation,
+        pipelines.evaluation.evaluate,
         "evaluate",
         lambda **kw: evaluated.append(kw["predictions"]) or {"detection": {}},
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.report_images import padded_box
-from pipelines.volumes import CroppedVolume
+from pipelines.imaging.volumes import CroppedVolume
+from pipelines.report.images import padded_box
 
 
 def test_cropped_volume_boxes_equal_those_of_the_full_array():

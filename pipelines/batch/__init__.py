@@ -1,0 +1,1 @@
+"""What every batch engine shares: the runner (resume, faults, pipelining, sharding), run state and records."""

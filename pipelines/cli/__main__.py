@@ -1,0 +1,5 @@
+"""``python -m pipelines.cli``: the ``lungscreen`` command."""
+
+from pipelines.cli.main import main
+
+raise SystemExit(main())

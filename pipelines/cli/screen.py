@@ -1,0 +1,143 @@
+"""``lungscreen screen``: its parser and its handler (:func:`pipelines.screening.api.screen`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from pipelines.cli.common import DEVICE_HELP, Command, UsageError, device_arg, key_values
+
+
+def add_screen(sub: Any) -> None:
+    s = sub.add_parser("screen", help="screen a folder/file/DICOM series for lung nodules")
+    s.add_argument(
+        "inputs", nargs="+", type=Path, help="folders, files or DICOM folders; the last argument is OUT"
+    )
+    s.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        default=None,
+        help="segmentation checkpoint; repeat it to screen with the mean logit of several (e.g. fold models)",
+    )
+    s.add_argument(
+        "--classifier-weights", type=Path, default=None, help="false-positive classifier checkpoint"
+    )
+    s.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
+    s.add_argument(
+        "--sw-batch-size",
+        dest="sw_batch_size",
+        type=int,
+        default=None,
+        help="sliding windows per network call",
+    )
+    s.add_argument(
+        "--overlap", type=float, default=None, help="sliding-window overlap fraction, in [0, 0.95)"
+    )
+    s.add_argument(
+        "--roi-size",
+        dest="roi_size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="sliding-window size in voxels (multiples of 8)",
+    )
+    s.add_argument(
+        "--threshold",
+        dest="prob_threshold",
+        type=float,
+        default=None,
+        help="reporting probability, in [0, 1]",
+    )
+    s.add_argument("--write-probability", action="store_true", help="also write probability.nii.gz per case")
+    s.add_argument("--no-report", action="store_true", help="no HTML report per case and no index.html")
+    s.add_argument("--no-compress", action="store_true", help="write .nii instead of .nii.gz")
+    s.add_argument("--overwrite", action="store_true", help="recompute cases that are already complete")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--bundle-root", type=Path, default=None, help="another bundle folder (configs/, models/)")
+    s.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help="any screening setting, e.g. lung_margin_mm=15 (JSON values; repeatable)",
+    )
+
+
+def cmd_screen(a: argparse.Namespace) -> int:
+    from pipelines.screening.api import screen
+
+    a.inputs, a.out = split_out(a.inputs)
+    settings: dict[str, Any] = key_values(a.set or [])
+    for name in ("device", "sw_batch_size", "overlap", "prob_threshold"):
+        value = getattr(a, name)
+        if value is not None:
+            settings[name] = value
+    if a.roi_size:
+        settings["roi_size"] = a.roi_size
+    if a.no_report:
+        settings["report"] = False
+    if a.write_probability:
+        settings["write_probability"] = True
+    if a.no_compress:
+        settings["compress"] = False
+    res = screen(
+        a.inputs,
+        a.out,
+        weights=a.weights,
+        classifier_weights=a.classifier_weights,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        bundle_root=a.bundle_root,
+        **settings,
+    )
+    print(
+        f"{res.succeeded} succeeded, {res.failed} failed, {res.skipped} skipped (already done) of {res.total}; "
+        f"summary: {res.output_dir / 'summary.csv'}"
+    )
+    if res.failed:
+        print(f"failures: {res.output_dir / 'failures.csv'}")
+    if res.index_html.exists():
+        print(f"report: {res.index_html.resolve()}")
+    return res.exit_code
+
+
+def split_out(inputs: list[Path]) -> tuple[list[Path] | Path, Path]:
+    """Split ``screen``'s positionals into inputs and OUT, refusing a forgotten OUT before any work."""
+    usage = "lungscreen screen IN [IN ...] OUT"
+    if len(inputs) < 2:
+        raise UsageError(f"screen needs at least one input and an output folder: {usage}")
+    out = inputs[-1]
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"OUT {out} is an existing file, not a folder; the last argument is the output folder: {usage}"
+        )
+    if holds_dicom(out):
+        raise UsageError(
+            f"OUT {out} holds DICOM files, so it looks like an input; the last argument is the output folder: {usage}"
+        )
+    return (inputs[:-1] if len(inputs) > 2 else inputs[0]), out
+
+
+def holds_dicom(folder: Path, *, limit: int = 32) -> bool:
+    """Whether ``folder`` directly holds a DICOM file (``DICM`` at byte 128), among its first ``limit`` files."""
+    if not folder.is_dir():
+        return False
+    try:
+        with os.scandir(folder) as entries:
+            files = [e for e in entries if e.is_file(follow_symlinks=False)][:limit]
+        for entry in files:
+            with open(entry.path, "rb") as fh:
+                if fh.read(132)[128:] == b"DICM":
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+COMMANDS = {
+    "screen": Command(add_screen, cmd_screen),
+}

@@ -1,0 +1,99 @@
+"""What a reader of the report sees on a real-nodule validation set: detection at the reporting threshold.
+
+``make validate-real-nodules`` screens scans with real nodules inserted (:mod:`pipelines.realnodules.insert`) and runs
+``lungscreen evaluate`` (FROC, CPM, per-type sensitivities). This module adds the figures at the reporting
+threshold (``settings#prob_threshold``): sensitivity overall, for nodules of at least 4 mm and per readers'
+rating (``cases.csv`` type: LIDC texture or ``calcified``) and size, and false nodules per scan, over the
+real nodules only (the phantom hosts' own generator nodules are matched, so hitting one is no false positive,
+but they are not counted). Run as ``python -m pipelines.realnodules.validation DATA SCREEN_OUT``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.evaluation import froc
+from pipelines.realnodules.bank import PathLike
+
+SIZE_BINS = ((0.0, 4.0), (4.0, 6.0), (6.0, 10.0), (10.0, 100.0))
+
+
+def _types(cases_csv: Path) -> dict[tuple[str, int], dict[str, str]]:
+    with cases_csv.open(newline="") as f:
+        return {(r["seriesuid"], int(r["nodule_id"])): r for r in csv.DictReader(f)}
+
+
+def threshold_summary(data: PathLike, screen_out: PathLike, *, threshold: float) -> dict[str, Any]:
+    """Figures at ``threshold`` for dataset ``data`` (annotations/cases/seriesuids) screened into ``screen_out``.
+
+    Returns:
+        ``{"threshold", "scans", "cpm", "false_nodules_per_scan", "sensitivity", "sensitivity_ge4mm",
+        "by_type": {type: {"n", "found"}}, "by_size": {...}}`` over the nodules whose type is not ``generator``.
+    """
+    root, out = Path(data), Path(screen_out)
+    uids = froc.read_seriesuids(root / "seriesuids.csv")
+    nodules = froc.read_findings_csv(root / "annotations.csv")
+    marks = froc.read_marks_csv(out / "submission.csv")
+    match = froc.match_marks(nodules=nodules, marks=marks, seriesuids=uids)
+    kinds = _types(root / "cases.csv")
+    per_scan: dict[str, int] = {}
+    types = []
+    for n in match.nodules:  # annotation order = cases.csv order within each scan
+        per_scan[n.seriesuid] = per_scan.get(n.seriesuid, 0) + 1
+        types.append(kinds.get((n.seriesuid, per_scan[n.seriesuid]), {}).get("type", "unknown"))
+    real = np.asarray([t != "generator" for t in types])
+    score = np.where(np.isnan(match.nodule_score), -np.inf, match.nodule_score)
+    found = score >= threshold
+    diam = np.asarray([n.diameter_mm for n in match.nodules], float)
+    curve = froc.curve_for(match, real)
+
+    def group(mask: np.ndarray) -> dict[str, Any]:
+        m = mask & real
+        return {"n": int(m.sum()), "found": int((found & m).sum())}
+
+    by_type = {t: group(np.asarray([x == t for x in types])) for t in sorted(set(types)) if t != "generator"}
+    by_size = {f"{lo:g}-{hi:g} mm": group((diam >= lo) & (diam < hi)) for lo, hi in SIZE_BINS}
+    n_real = int(real.sum())
+    return {
+        "threshold": threshold,
+        "scans": match.n_scans,
+        "real_nodules": n_real,
+        "cpm": round(float(froc.cpm(curve)), 4) if n_real else None,
+        "false_nodules_per_scan": round(
+            float((match.fp_score >= threshold).sum()) / max(match.n_scans, 1), 3
+        ),
+        "sensitivity": round(float((found & real).sum()) / n_real, 4) if n_real else None,
+        "sensitivity_ge4mm": _rate(found & real & (diam >= 4.0), real & (diam >= 4.0)),
+        "by_type": by_type,
+        "by_size": by_size,
+    }
+
+
+def _rate(hit: np.ndarray, of: np.ndarray) -> float | None:
+    return round(float(hit.sum()) / float(of.sum()), 4) if of.sum() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.realnodules.validation DATA SCREEN_OUT``: print and write ``SCREEN_OUT/real_nodules.json``."""
+    from pipelines.imaging.filesys import atomic_write_text
+    from pipelines.screening.settings import ScreeningSettings
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m pipelines.realnodules.validation DATA SCREEN_OUT", file=sys.stderr)
+        return 2
+    summary = threshold_summary(args[0], args[1], threshold=ScreeningSettings().prob_threshold)
+    text = json.dumps(summary, indent=1)
+    atomic_write_text(Path(args[1]) / "real_nodules.json", text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

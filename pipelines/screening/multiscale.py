@@ -1,0 +1,136 @@
+"""A second, finer network grid for small nodules, and the merge of its candidates with the first grid's.
+
+The network screens the lung crop on a 1 mm grid, where a 3-5 mm nodule spans 3-5 voxels; against a vessel it
+often gets no candidate at all (on the validation phantoms the network's probability inside such nodules stayed
+under 0.1). The same crop resampled to 0.7 mm shows it 1.4 times larger, a size the network has learned, and
+there it often stands out (0.9 and more). The finer pass finds fewer large nodules (its 64-voxel window holds
+less context) and its own false positives, so it only adds to the first pass:
+
+- a fine candidate of at most ``fine_max_diameter_mm`` that lies within the larger radius of the two (at least
+  2 mm) of a first-pass candidate lends that candidate its score when higher;
+- one that lies near none is added as a candidate of its own, with its mask voxels where the first pass has
+  none;
+- fine scores enter with ``fine_logit_offset`` added to their logit (below zero: a fine-only finding needs more
+  evidence than a first-pass one).
+
+Every score still gets the shape term and the classifier afterwards, measured on the first grid. The geometry,
+the transforms and the network are the bundle's own: ``fine_preprocessing`` is the bundle's resampling and
+HU scaling with ``settings#fine_spacing_mm`` (``configs/inference.json``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from pipelines.imaging.io import spacing_zyx
+from pipelines.imaging.preprocess import CaseGeometry
+from pipelines.nodules.record import Candidate
+
+
+def fine_case(data: dict[str, Any], fine_preprocessing: Any) -> dict[str, Any]:
+    """The case on the finer grid: the first pass's lung crop resampled by ``fine_preprocessing``.
+
+    Args:
+        data: the preprocessed case (``hu`` and ``lungs_canonical`` on the canonical grid, ``geometry``).
+        fine_preprocessing: the bundle's resampling + HU scaling at ``fine_spacing_mm`` (a MONAI ``Compose``).
+
+    Returns:
+        A case dictionary like ``data`` whose ``image``/``lungs``/``geometry`` describe the finer grid (the
+        canonical arrays are shared, not copied).
+    """
+    geometry: CaseGeometry = copy.copy(data["geometry"])
+    sl = geometry.crop_slices
+    fine = {
+        "case_id": data.get("case_id"),
+        "source_name": data.get("source_name", "<memory>"),
+        "geometry": geometry,
+        "hu": data["hu"],
+        "lungs_canonical": data["lungs_canonical"],
+        "image": np.ascontiguousarray(data["hu"][sl]),
+        "lungs": np.ascontiguousarray(np.asarray(data["lungs_canonical"])[sl]),
+    }
+    geometry.network_shape = geometry.crop_shape
+    geometry.network_spacing_zyx = spacing_zyx(geometry.canonical)
+    return dict(fine_preprocessing(fine))
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
+def offset_probability(p: float, offset: float) -> float:
+    """``sigmoid(logit(p) + offset)``."""
+    return 1.0 / (1.0 + math.exp(-(_logit(p) + float(offset))))
+
+
+def merge_scales(
+    coarse: tuple[list[Candidate], np.ndarray, np.ndarray],
+    fine: tuple[list[Candidate], np.ndarray, np.ndarray],
+    spacing_zyx_mm: tuple[float, float, float] | np.ndarray,
+    *,
+    max_diameter_mm: float,
+    logit_offset: float,
+) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """Merge the fine pass's candidates into the first pass's (rules in the module docstring).
+
+    Args:
+        coarse: ``(candidates, mask_crop, prob_crop)`` of the first pass: candidates with canonical
+            ``canonical_index_zyx``, ``diameter_mm``, ``probability`` (network score), ``nodule_id`` (its label
+            in ``mask_crop`` for network candidates), ``source`` and ``scale_mm`` (the grid that scored it);
+            mask and probability on the lung crop.
+        fine: the same for the fine pass, on the same crop.
+        spacing_zyx_mm: canonical voxel size, mm.
+        max_diameter_mm: fine candidates above this diameter are ignored.
+        logit_offset: added to the logit of fine scores.
+
+    Returns:
+        ``(candidates, mask_crop, prob_crop)``: the first pass's candidates (scores possibly raised) followed
+        by the added fine ones (new ``nodule_id`` labels, their voxels written where ``mask_crop`` was 0);
+        the probability is the voxel-wise maximum of the two passes. The inputs are not modified.
+    """
+    cands: list[Candidate] = [c.copy() for c in coarse[0]]
+    mask = coarse[1].copy()
+    prob = np.maximum(coarse[2], fine[2])
+    spacing = np.asarray(spacing_zyx_mm, float)
+    centres = np.asarray([c["canonical_index_zyx"] for c in cands], float).reshape(-1, 3) * spacing
+    radii = np.asarray([float(c["diameter_mm"]) / 2 for c in cands], float)
+    next_id = max([int(c["nodule_id"]) for c in cands] + [int(mask.max(initial=0))]) + 1
+    fine_mask = fine[1]
+    fine_boxes: list[tuple[slice, ...] | None] | None = None  # found once, when a candidate is first added
+    for f in fine[0]:
+        radius = float(f["diameter_mm"]) / 2
+        if 2 * radius > max_diameter_mm:
+            continue
+        score = offset_probability(float(f["probability"]), logit_offset)
+        if len(cands):
+            dist = np.linalg.norm(centres - np.asarray(f["canonical_index_zyx"], float) * spacing, axis=1)
+            near = dist <= np.maximum(np.maximum(radii, radius), 2.0)
+            if near.any():
+                j = int(np.flatnonzero(near)[np.argmin(dist[near])])
+                if score > float(cands[j]["probability"]):
+                    cands[j].update(
+                        {"probability": score, "segmentation_probability": score, "scale_mm": f["scale_mm"]}
+                    )
+                continue
+        row = f.copy()
+        row.update({"probability": score, "segmentation_probability": score})
+        fid = int(f["nodule_id"])
+        if f.get("source") == "network":
+            if fine_boxes is None:
+                fine_boxes = ndimage.find_objects(
+                    fine_mask
+                )  # one pass; each added candidate's voxels in its box
+            box = fine_boxes[fid - 1] if fid <= len(fine_boxes) else None
+            if box is not None:
+                region = mask[box]  # a view: writes go to ``mask``
+                region[(fine_mask[box] == fid) & (region == 0)] = next_id
+        row["nodule_id"] = next_id
+        next_id += 1
+        cands.append(row)
+    return cands, mask, prob

@@ -1,0 +1,1 @@
+"""Training of the shipped networks (``lungscreen train``): the nodule UNet, then the false-positive classifier."""
