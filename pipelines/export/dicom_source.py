@@ -96,10 +96,14 @@ def read_source_series(files: Sequence[str | os.PathLike[str]]) -> list[Dataset]
     datasets = [_read_header(Path(f)) for f in files]
     required = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "FrameOfReferenceUID")
     for path, ds in zip(files, datasets, strict=True):
-        missing = [k for k in (*required, "SOPInstanceUID", "StudyInstanceUID") if k not in ds]
+        keys = (*required, "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+        missing = [k for k in keys if k not in ds or ds[k].value in (None, "", [])]
         if missing:
-            raise DicomExportError(f"{path}: DICOM slice without {', '.join(missing)}; cannot reference it")
-    series = {str(ds.SeriesInstanceUID) for ds in datasets if "SeriesInstanceUID" in ds}
+            raise DicomExportError(
+                f"{path}: DICOM slice without {', '.join(missing)} (anonymised without new UIDs?); "
+                "DICOM SEG/SR cannot reference it"
+            )
+    series = {str(ds.SeriesInstanceUID) for ds in datasets}
     if len(series) != 1:
         raise DicomExportError(f"{files[0]}: the files hold {len(series)} DICOM series, not one")
     normal = _normal(datasets[0])

@@ -124,12 +124,30 @@ def nodule_finding(
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"Nodule {nodule_id}"),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number=nodule_id),
+        referenced_segment=referenced_segment(segmentation, nodule_id),
         finding_type=codes.SCT.Nodule,
         algorithm_id=algorithm_id(),
         finding_sites=[_finding_site(row)],
         measurements=_measurements(row),
         qualitative_evaluations=evaluations,
+    )
+
+
+def referenced_segment(segmentation: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
+    """A reference to one segment of a SEG, with the source series it was derived from.
+
+    Built from the SEG's header rather than with ``ReferencedSegment.from_segmentation``, which looks for the
+    segment number per frame and fails on a SEG of one segment (highdicom stores it in the shared group).
+    """
+    import highdicom as hd
+
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=segment_number,
+        source_series=hd.sr.SourceSeriesForSegmentation(
+            segmentation.ReferencedSeriesSequence[0].SeriesInstanceUID
+        ),
     )
 
 
