@@ -69,6 +69,7 @@ __all__ = [
     "categorize_followup_scan",
     "diameter_change_mm",
     "is_growth",
+    "optional_float",
     "prior_from_row",
 ]
 
@@ -280,7 +281,8 @@ def categorize_followup_nodule(
     return {**_result(base, category, "stable", rule, reason), **extra}
 
 
-def _optional_float(value: Any) -> float | None:
+def optional_float(value: Any) -> float | None:
+    """``None`` for a missing, empty or NaN table cell, else ``float(value)``."""
     if value is None or value == "":
         return None
     number = float(value)
@@ -294,7 +296,7 @@ def prior_from_row(row: Mapping[str, Any]) -> PriorMeasurement:
     return PriorMeasurement(
         type=str(row["type"]),
         diameter_mm=float(row["mean_diameter_mm"]),
-        solid_component_mm=_optional_float(row.get("solid_component_mm")),
+        solid_component_mm=optional_float(row.get("solid_component_mm")),
         category=category if category in CATEGORY_ORDER else None,
     )
 
@@ -331,7 +333,7 @@ def categorize_followup_scan(
         result = categorize_followup_nodule(
             type=str(nodule["type"]),
             diameter_mm=float(nodule["mean_diameter_mm"]),
-            solid_component_mm=_optional_float(nodule.get("solid_component_mm")),
+            solid_component_mm=optional_float(nodule.get("solid_component_mm")),
             prior=prior,
             interval_days=interval_days,
         )

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["DISTANCE_FACTOR", "DISTANCE_FLOOR_MM", "SIZE_RATIO", "Matching", "allowed_pairs", "match_nodules"]
+__all__ = [
+    "DISTANCE_FACTOR",
+    "DISTANCE_FLOOR_MM",
+    "SIZE_RATIO",
+    "Matching",
+    "allowed_pairs",
+    "match_distances",
+    "match_nodules",
+]
 
 DISTANCE_FLOOR_MM = 10.0
 DISTANCE_FACTOR = 1.0
@@ -103,10 +111,36 @@ def match_nodules(
     if len(cur) == 0 or len(pri) == 0:
         return Matching(new=list(range(len(cur))), resolved=list(range(len(pri))))
     distances = np.linalg.norm(cur[:, None, :] - pri[None, :, :], axis=-1)
+    return match_distances(
+        distances,
+        current_diameters_mm=d_cur,
+        prior_diameters_mm=d_pri,
+        distance_floor_mm=distance_floor_mm,
+        distance_factor=distance_factor,
+        size_ratio=size_ratio,
+    )
+
+
+def match_distances(
+    distances_mm: np.ndarray,
+    *,
+    current_diameters_mm: np.ndarray,
+    prior_diameters_mm: np.ndarray,
+    distance_floor_mm: float = DISTANCE_FLOOR_MM,
+    distance_factor: float = DISTANCE_FACTOR,
+    size_ratio: tuple[float, float] = SIZE_RATIO,
+) -> Matching:
+    """:func:`match_nodules` from a precomputed ``[n_current, n_prior]`` distance matrix (mm), e.g. one whose
+    row ``i`` maps the prior centres with current nodule ``i``'s local registration."""
+    distances = np.asarray(distances_mm, float).reshape(len(current_diameters_mm), len(prior_diameters_mm))
+    if distances.size == 0:
+        return Matching(new=list(range(distances.shape[0])), resolved=list(range(distances.shape[1])))
+    if not np.all(np.isfinite(distances)):
+        raise ValueError("distances must be finite (mm)")
     ok = allowed_pairs(
         distances,
-        d_cur,
-        d_pri,
+        np.asarray(current_diameters_mm, float),
+        np.asarray(prior_diameters_mm, float),
         distance_floor_mm=distance_floor_mm,
         distance_factor=distance_factor,
         size_ratio=size_ratio,
@@ -115,8 +149,9 @@ def match_nodules(
     pairs = sorted((int(i), int(j), float(distances[i, j])) for i, j in zip(rows, cols) if ok[i, j])
     matched_cur = {i for i, _, _ in pairs}
     matched_pri = {j for _, j, _ in pairs}
+    n_cur, n_pri = distances.shape
     return Matching(
         pairs=pairs,
-        new=[i for i in range(len(cur)) if i not in matched_cur],
-        resolved=[j for j in range(len(pri)) if j not in matched_pri],
+        new=[i for i in range(n_cur) if i not in matched_cur],
+        resolved=[j for j in range(n_pri) if j not in matched_pri],
     )
