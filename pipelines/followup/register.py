@@ -251,6 +251,10 @@ def _crop(image: sitk.Image, center_lps_mm: np.ndarray, half_mm: float) -> sitk.
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
+def _extent_mm(image: sitk.Image) -> list[float]:
+    return [n * sp for n, sp in zip(image.GetSize(), image.GetSpacing())]
+
+
 def refine_local(
     current: sitk.Image,
     prior: sitk.Image,
@@ -278,8 +282,13 @@ def refine_local(
     center = np.asarray(center_lps_mm, float)
     fixed = _crop(current, center, box_mm / 2)
     moving = _crop(prior, global_map.apply(center), box_mm / 2 + max_local_shift_mm + 10.0)
-    if fixed is None or moving is None:
-        return global_map, "box outside the scan: global map kept"
+    if (
+        fixed is None
+        or moving is None
+        or min(_extent_mm(fixed)) < box_mm / 2
+        or min(_extent_mm(moving)) < box_mm
+    ):
+        return global_map, "box not inside both scans: global map kept"
     shift = sitk.TranslationTransform(3)
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsCorrelation()
