@@ -275,7 +275,9 @@ def categorize_followup_nodule(
             category = base["category"]
         if months is not None and months > GROWTH_WINDOW_MONTHS:
             rule = "growth_beyond_12_months"
-            reason += f"; grew over {months:.1f} months (> 12): slow growth over several exams is 4B (reader)"
+            reason += f"; grew over {months:.1f} months (> 12 months)"
+            if type != "ground-glass":
+                reason += ": a solid or part-solid nodule growing slowly over several exams is 4B (reader)"
         return {**_result(base, category, "growing", rule, reason), **extra}
     category, rule, reason = _stable_category(type, base["category"], prior, months)
     return {**_result(base, category, "stable", rule, reason), **extra}
