@@ -157,6 +157,7 @@ def _resize(n: Nodule, d_lo: float, d_hi: float) -> Nodule:
 
 
 def _plan_one(rng: np.random.Generator, status: str, change: str, d_min: float, tid: int) -> PlannedNodule:
+    radius: dict[str, float | None]
     if status == "grown" and change == "solid":
         n = _resize(design_nodule(rng, d_min=max(d_min, 8.0), type_p=(0, 1, 0, 0)), 8.0, MAX_DIAMETER_MM)
         solid_d = float(np.clip(2 * n.solid_radius, 4.0, 0.8 * n.diameter_mm))
@@ -238,20 +239,22 @@ def body_stats(n: Nodule, *, steps: int = 64) -> tuple[float, Array]:
     return float(inside.sum() * h**3), pts[inside].mean(axis=0)
 
 
-def solid_component_mm(n: Nodule) -> float:
-    """Diameter (mm) of the solid component, as the phantom tables give it: the whole nodule for solid and
-    calcified nodules, the core for part-solid ones, 0 for ground-glass."""
-    if n.type in ("solid", "calcified"):
-        return round(n.diameter_mm, 2)
-    return round(2 * n.solid_radius, 2) if n.type == "part-solid" else 0.0
+def describe(p: PlannedNodule, scan: str, pose: PoseChange) -> dict[str, Any]:
+    """Truth measures of the nodule in ``scan``: ``x, y, z`` (centroid, LPS mm of that scan), ``diameter_mm``
+    (equivalent sphere), ``volume_mm3``, ``solid_mm``, ``type``; empty where the nodule is absent.
 
-
-def describe(n: Nodule | None) -> dict[str, Any]:
-    """Truth measures of one version of a nodule: ``x, y, z`` (centroid, LPS mm), ``diameter_mm`` (equivalent
-    sphere), ``volume_mm3``, ``solid_mm``, ``type``; empty for an absent nodule."""
-    if n is None:
+    Measured on the design in the current frame and carried to the prior rigidly (the centroid's offset from
+    the centre turned by ``R``), so an unchanged nodule has exactly the same size in both scans.
+    """
+    shown = version(p, scan, pose)
+    if shown is None:
         return {}
+    n = copy.deepcopy(p.body)  # the size drawn in this scan, in the current frame (unturned)
+    n.radius, n.solid_radius = shown.radius, shown.solid_radius
     vol, c = body_stats(n)
+    if scan == "prior":
+        c = pose.to_prior(n.center) + pose.rotation @ (c - np.asarray(n.center, float))
+    kind = shown.type
     diameter = round(float((6.0 * vol / np.pi) ** (1.0 / 3.0)), 3)
     return {
         "x": float(c[0]),
@@ -259,8 +262,10 @@ def describe(n: Nodule | None) -> dict[str, Any]:
         "z": float(c[2]),
         "diameter_mm": diameter,
         "volume_mm3": round(vol, 2),
-        "solid_mm": diameter if n.type in ("solid", "calcified") else solid_component_mm(n),
-        "type": n.type,
+        "solid_mm": diameter
+        if kind in ("solid", "calcified")
+        else (round(2 * n.solid_radius, 2) if kind == "part-solid" else 0.0),
+        "type": kind,
     }
 
 
@@ -295,11 +300,9 @@ TRUTH_COLUMNS = (
 )
 
 
-def truth_row(
-    pair_id: str, p: PlannedNodule, cur: Nodule | None, prior: Nodule | None, *, interval_days: int
-) -> dict[str, Any]:
+def truth_row(pair_id: str, p: PlannedNodule, pose: PoseChange, *, interval_days: int) -> dict[str, Any]:
     """One ``truth.csv`` row (:data:`TRUTH_COLUMNS`, without the mask volumes, which need the label images)."""
-    a, b = describe(cur), describe(prior)
+    a, b = describe(p, "current", pose), describe(p, "prior", pose)
     row: dict[str, Any] = {
         "pair_id": pair_id,
         "truth_id": p.truth_id,
@@ -317,6 +320,6 @@ def truth_row(
         row["volume_ratio"] = round(ratio, 4)
         row["diameter_change_mm"] = round(a["diameter_mm"] - b["diameter_mm"], 3)
         row["solid_change_mm"] = round(a["solid_mm"] - b["solid_mm"], 3)
-        if ratio > 1.0 + 1e-6:
+        if p.status == "grown" and ratio > 1.0:
             row["doubling_days"] = round(float(interval_days * np.log(2.0) / np.log(ratio)), 1)
     return row

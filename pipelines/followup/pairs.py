@@ -158,7 +158,8 @@ def _fitting_pose(
     for _ in range(12):
         if float(_box_sdf(prior_grid, pose.to_prior(corners), 5.0).max()) <= 0:
             break
-        pose = dataclasses.replace(pose, translation_mm=tuple(0.6 * v for v in pose.translation_mm))
+        tx, ty, tz = (0.6 * v for v in pose.translation_mm)
+        pose = dataclasses.replace(pose, translation_mm=(tx, ty, tz))
     return pose
 
 
@@ -210,8 +211,7 @@ def _truth_table(
 ) -> list[dict[str, Any]]:
     rows = []
     for p in plans:
-        cur, prior = version(p, "current", pose), version(p, "prior", pose)
-        row = truth_row(pair_id, p, cur, prior, interval_days=interval_days)
+        row = truth_row(pair_id, p, pose, interval_days=interval_days)
         for scan, key in (("current", "cur"), ("prior", "prior")):
             lab, g = labels[scan]
             if p.radius.get(scan) is not None:
@@ -363,3 +363,205 @@ def make_phantom_pair(
         interval_days=interval,
         meta=meta,
     )
+
+
+# --- real-CT pairs ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RealHost:
+    """A real CT to make pairs from: canonical HU ``[z, y, x]`` (float32), lung labels, grid, stored orientation."""
+
+    name: str
+    hu: Array
+    lungs: Array
+    grid: Grid
+    orientation: str
+
+
+def load_host(path: str | Path, *, lung_mask: str | Path | None = None) -> RealHost:
+    """Read a CT (oblique scans refused) and its lungs (given mask, else the project's lung segmenter)."""
+    from pipelines.io import strip_image_suffix
+    from pipelines.phantom_insert import host_scan
+
+    _, code, ct, hu, lungs = host_scan(path, lung_mask)
+    grid = Grid(hu.shape, tuple(ct.GetSpacing()[::-1]), tuple(ct.GetOrigin()))  # type: ignore[arg-type]
+    return RealHost(strip_image_suffix(Path(path).name), hu, np.asarray(lungs, np.uint8), grid, code)
+
+
+def _edt_lungs(host: RealHost, pose: PoseChange) -> tuple[dict[int, Any], dict[int, Array]]:
+    """Per side, a lung signed-distance function (from the mask's distance map) and deep candidate points."""
+    g = host.grid
+    fns: dict[int, Any] = {}
+    cands: dict[int, Array] = {}
+    for side in (1, 2):
+        inside = ndimage.distance_transform_edt(host.lungs == side, sampling=g.spacing_zyx)
+
+        def fn(p: Array, inside: Array = inside) -> Array:
+            d, ok = g.sample_nearest(inside, p)
+            return np.where(ok & (d > 0), -d, 5.0)
+
+        fns[side] = _framed(fn, g, g, pose)
+        deep = np.argwhere(inside > 4.0)
+        pts = g.index_to_world(deep[:: max(1, len(deep) // 4000)]) if len(deep) else np.zeros((0, 3))
+        cands[side] = _in_both(pts, g, g, pose)
+    sides = [s for s in (1, 2) if len(cands[s])]
+    if not sides:
+        raise ValueError(f"{host.name}: no lung deep enough for nodules inside both scans")
+    for s in (1, 2):
+        if s not in sides:
+            fns[s], cands[s] = fns[sides[0]], cands[sides[0]]
+    return fns, cands
+
+
+def _added_noise(
+    shape: tuple[int, ...], spacing_zyx: Any, rng: np.random.Generator, *, sd_hu: float
+) -> Array:
+    noise = ndimage.gaussian_filter(
+        rng.standard_normal(shape, dtype=np.float32), [0.7 / s for s in spacing_zyx], truncate=3.0
+    )
+    return noise * (sd_hu / max(float(noise.std()), 1e-6))
+
+
+def make_real_pair(
+    host: RealHost | str | Path,
+    *,
+    seed: int,
+    pair_id: str | None = None,
+    counts: dict[str, int] | None = None,
+) -> FollowupPair:
+    """One follow-up pair from a real CT (see the module docstring); the same host and ``seed`` give the same pair.
+
+    The pose change is smaller than a phantom's (rotations +-2 degrees, translations +-4/6/6 mm, z scale
+    0.93-1.0 about the lungs' centre): a cropped scan has little room around its lungs.
+    """
+    from pipelines.phantom_insert import blend_nodules
+
+    h = host if isinstance(host, RealHost) else load_host(host)
+    g = h.grid
+    rng = np.random.default_rng(seed)
+    pose = sample_pose(
+        rng,
+        centre_xyz=_lung_anchor(h.lungs, g, apex=False),
+        max_rotation_deg=(2.0, 2.0, 2.0),
+        max_translation_mm=(4.0, 6.0, 6.0),
+    )
+    interval = int(rng.integers(80, 421))
+    plans = plan_nodules(rng, d_min=max(4.0, 1.5 * min(g.spacing_zyx)), counts=counts)
+    fns, cands = _edt_lungs(h, pose)
+    smooth = ndimage.gaussian_filter(np.asarray(h.hu, np.float32), 1.0)
+    empty = np.zeros((0, 3))
+    plans = _place(
+        plans, lungs=fns, candidates=cands, vessels=(empty, empty, np.zeros(0)), rng=rng, scan=(smooth, g)
+    )
+    sd = float(rng.uniform(8.0, 20.0))
+    prior_base = resample_to_prior(h.hu, g, g, pose, fill=-1024.0)
+    prior_base += _added_noise(prior_base.shape, g.spacing_zyx, rng, sd_hu=sd)
+    prior_code = _other_orientation(rng, h.orientation)
+    labels, images = {}, {}
+    for scan, arr in (("current", h.hu), ("prior", prior_base)):
+        nods, ids = _versions(plans, scan, pose)
+        new, lab = blend_nodules(arr, g, nods, rng, smooth=smooth if scan == "current" else None)
+        labels[scan] = (_truth_labels(lab, ids), g)
+        images[scan] = np.clip(np.round(new), -32768, 32767).astype(np.int16)
+    pid = pair_id or f"{h.name}_pair_{seed}"
+    geo = {
+        "shape_zyx": list(g.shape_zyx),
+        "spacing_zyx": list(g.spacing_zyx),
+        "origin_xyz": list(g.origin_xyz),
+    }
+    meta = {
+        "pair_seed": int(seed),
+        "source": h.name,
+        "current": {"orientation": h.orientation, **geo},
+        "prior": {"orientation": prior_code, **geo, "added_noise_hu": round(sd, 3)},
+    }
+    codes = {"current": h.orientation, "prior": prior_code}
+    disk = {k: to_disk_orientation(g.to_image(images[k]), codes[k]) for k in codes}
+    masks = {k: to_disk_orientation(g.to_image(labels[k][0]), codes[k]) for k in codes}
+    return FollowupPair(
+        pair_id=pid,
+        current=disk["current"],
+        prior=disk["prior"],
+        current_labels=masks["current"],
+        prior_labels=masks["prior"],
+        truth=_truth_table(pid, plans, pose, labels, interval),
+        pose=pose,
+        interval_days=interval,
+        meta=meta,
+    )
+
+
+# --- writing a set ---------------------------------------------------------------------------------------------
+
+PAIRS_COLUMNS = ("pair_id", "current", "prior", "interval_days", "current_labels", "prior_labels", "source")
+#: Version of the pair generator's output, written to ``pairs.json``.
+PAIRS_VERSION = 1
+
+
+def write_pair(out: Path, pair: FollowupPair) -> dict[str, Any]:
+    """Write one pair's four images under ``out`` (atomically); return its ``pairs.csv`` row (paths relative)."""
+    from pipelines.io import write_image
+
+    row: dict[str, Any] = {"pair_id": pair.pair_id, "interval_days": pair.interval_days}
+    row["source"] = pair.meta.get("source", "")
+    for key in ("current", "prior", "current_labels", "prior_labels"):
+        row[key] = f"{key}/{pair.pair_id}.nii.gz"
+        write_image(getattr(pair, key), out / row[key], compress=True)
+    return row
+
+
+def make_followup_pairs(
+    out_dir: str | Path,
+    *,
+    n_pairs: int,
+    seed: int = DEFAULT_SEED,
+    size: str = "small",
+    host: str | Path | None = None,
+    lung_mask: str | Path | None = None,
+) -> Path:
+    """Write ``n_pairs`` follow-up pairs with known truth in the layout of the module docstring.
+
+    Args:
+        out_dir: output folder (created).
+        n_pairs: pairs to make (at least 1).
+        seed: master seed; pair ``i`` uses :func:`pair_seed` ``(seed, i)``, recorded in ``pairs.json``.
+        size: phantom size, ``small`` or ``full`` (ignored with ``host``).
+        host: a real CT to make the pairs from instead of phantoms (each pair its own pose and nodules).
+        lung_mask: the host's lung mask (else segmented).
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    from pipelines.io import atomic_write_text
+    from pipelines.outputs import to_csv, write_json
+
+    if n_pairs < 1 or size not in SIZES:
+        raise ValueError(f"n_pairs must be at least 1 and size one of {SIZES}, not {n_pairs}, {size!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    real = load_host(host, lung_mask=lung_mask) if host is not None else None
+    rows, truth, metas = [], [], []
+    for i in range(n_pairs):
+        s = pair_seed(seed, i)
+        if real is None:
+            pair = make_phantom_pair(seed=s, size=size, pair_id=f"pair_s{seed}_{i:04d}")
+        else:
+            pair = make_real_pair(real, seed=s, pair_id=f"{real.name}_pair_s{seed}_{i:04d}")
+        rows.append(write_pair(out, pair))
+        truth.extend(pair.truth)
+        metas.append({"pair_id": pair.pair_id, "interval_days": pair.interval_days, **pair.meta})
+        metas[-1]["pose"] = pair.pose.as_dict()
+    atomic_write_text(out / "pairs.csv", to_csv(rows, PAIRS_COLUMNS))
+    atomic_write_text(out / "truth.csv", to_csv(truth, TRUTH_COLUMNS))
+    info = {
+        "pair_generator": PAIRS_VERSION,
+        "seed": int(seed),
+        "seed_rule": "pair i uses numpy SeedSequence([seed, i, 0x50414952]).generate_state(1)[0]",
+        "size": None if real is not None else size,
+        "host": None if host is None else str(host),
+        "pose_convention": "current_to_prior maps current-scan LPS mm to prior-scan LPS mm (p' = R S (p - c) + c + t)",
+        "pairs": metas,
+    }
+    write_json(out / "pairs.json", info)
+    return out
