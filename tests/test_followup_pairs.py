@@ -88,10 +88,14 @@ def _check_pair(root: Path, pair: dict[str, str], meta: dict, truth: list[dict[s
             continue
         # truth: the prior centre is the mapped current centre
         assert np.linalg.norm(pose.to_current(_centre(r, "prior")) - _centre(r, "cur")) < 0.5
-        # images: the nodule's density centroid in the prior is where the pose sends the current one
+        # images: the nodule's density centroid in the prior is where the pose sends the current one, to 0.5 mm
+        # where the centroid measures the nodule alone; the chest wall inside the grown mask of a juxta-pleural
+        # nodule, or a nodule of a few voxels, moves it by up to ~1 mm on 2.3-3.5 mm voxels
         c = _hu_centroid(imgs["current"], imgs["current_labels"], tid)
         p = _hu_centroid(imgs["prior"], imgs["prior_labels"], tid)
-        assert np.linalg.norm(pose.to_prior(c) - p) < 0.5, (r["status"], r["type"], r["cur_diameter_mm"])
+        clean = r["location"] != "juxta-pleural" and float(r["prior_diameter_mm"]) >= 7.0
+        tol = 0.5 if clean else 0.5 * max(imgs["prior"].GetSpacing())
+        assert np.linalg.norm(pose.to_prior(c) - p) < tol, (r["status"], r["type"], r["cur_diameter_mm"])
         ratio = float(r["volume_ratio"])
         mask_ratio = float(r["cur_mask_mm3"]) / float(r["prior_mask_mm3"])
         voxel = float(np.prod(imgs["prior_labels"].GetSpacing()))
@@ -142,3 +146,17 @@ def test_real_ct_pair_truth_matches_its_images(shared_data: Path, tmp_path: Path
     truth = _rows(root / "truth.csv")
     assert {"grown", "new"} <= {r["status"] for r in truth}
     _check_pair(root, pairs[0], meta["pairs"][0], truth)
+
+
+@pytest.mark.slow
+def test_phantom_pair_patient_is_the_generators():
+    """The pair's thorax is generate_case's for the same seed (the lungs agree outside its nodules)."""
+    from pipelines.followup.pairs import phantom_anatomy
+    from pipelines.phantom import generate_case
+
+    case = generate_case(seed=11, size="small", with_tissue=False)
+    lungs = sitk.GetArrayFromImage(sitk.DICOMOrient(case.lungs, "LPS"))
+    nodules = sitk.GetArrayFromImage(sitk.DICOMOrient(case.nodules, "LPS")) > 0
+    spec, _, _, mine, _ = phantom_anatomy(np.random.default_rng(11), size="small")
+    assert spec.grid == case.spec.grid
+    assert np.all((lungs == mine) | nodules)

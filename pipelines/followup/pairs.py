@@ -6,7 +6,7 @@ Two sources:
   same random draws as :func:`pipelines.phantom.generate_case`, so the same patient) is rendered once without
   noise, couch or nodules. The current scan is that anatomy; the prior is the same noiseless anatomy resampled
   (SimpleITK, linear) under a known :class:`~pipelines.followup.pair_truth.PoseChange` (rotation, couch height and
-  z shift, breath-hold scale) onto the prior's own grid (its own voxel size). Each scan then gets its own couch,
+  z shift, breath-hold scale) onto the prior's own grid (its own slice spacing and field of view). Each scan then gets its own couch,
   its nodules rendered at corresponding positions (the prior's centres mapped by the same pose change) and its
   own scanner model (kernel, dose, noise drawn independently) and on-disk orientation (always different from the
   current's). So nothing of the current's noise is in the prior.
@@ -113,11 +113,16 @@ def _box_sdf(grid: Grid, p: Array, margin: float) -> Array:
     return np.max(np.maximum(lo - p, p - (hi - margin)), axis=-1)
 
 
-def covering_grid(grid: Grid, spacing_zyx: tuple[float, float, float]) -> Grid:
-    """A grid of voxel size ``spacing_zyx`` (mm) over the same world box as ``grid`` (same origin)."""
-    ext = (np.asarray(grid.shape_zyx) - 1) * np.asarray(grid.spacing_zyx)
-    shape = tuple(int(v) for v in np.floor(ext / np.asarray(spacing_zyx) + 1e-6).astype(int) + 1)
-    return Grid(shape, tuple(float(s) for s in spacing_zyx), grid.origin_xyz)  # type: ignore[arg-type]
+def prior_grid_for(grid: Grid, *, dz_mm: float, xy_factor: float) -> Grid:
+    """The prior's grid: the current's in-plane matrix with voxels ``xy_factor`` times as wide (its own
+    reconstruction field of view, centred on the current's), and slices ``dz_mm`` apart over the current's z range."""
+    nz, ny, nx = grid.shape_zyx
+    dz, dy, dx = grid.spacing_zyx
+    sy, sx = dy * xy_factor, dx * xy_factor
+    ox = grid.origin_xyz[0] + 0.5 * ((nx - 1) * dx - (nx - 1) * sx)
+    oy = grid.origin_xyz[1] + 0.5 * ((ny - 1) * dy - (ny - 1) * sy)
+    nz_p = int(np.floor((nz - 1) * dz / dz_mm + 1e-6)) + 1
+    return Grid((nz_p, ny, nx), (float(dz_mm), sy, sx), (ox, oy, grid.origin_xyz[2]))
 
 
 def resample_to_prior(
@@ -300,10 +305,12 @@ def phantom_anatomy(
 
 
 def _prior_spec(rng: np.random.Generator, spec: ScanSpec, size: str) -> ScanSpec:
-    """The prior's own scanner (voxel size, kernel, dose, padding) over the current's world box, stored in
-    another orientation."""
+    """The prior's own scanner (slice spacing, field of view within +-5 %, kernel, dose, padding) over the
+    current's z range, stored in another orientation."""
     drawn = sample_scan(rng, size=size)
-    grid = covering_grid(spec.grid, drawn.grid.spacing_zyx)
+    grid = prior_grid_for(
+        spec.grid, dz_mm=drawn.grid.spacing_zyx[0], xy_factor=float(rng.uniform(0.95, 1.05))
+    )
     code = (
         drawn.orientation
         if drawn.orientation != spec.orientation
