@@ -225,6 +225,33 @@ def _truth_table(
     return rows
 
 
+def _assemble(
+    pid: str,
+    images: dict[str, Array],
+    labels: dict[str, tuple[Array, Grid]],
+    codes: dict[str, str],
+    *,
+    plans: list[PlannedNodule],
+    pose: PoseChange,
+    interval: int,
+    meta: dict[str, Any],
+) -> FollowupPair:
+    """The pair with each scan's image and truth labels (canonical arrays on its grid) stored as ``codes`` says."""
+    disk = {k: to_disk_orientation(labels[k][1].to_image(images[k]), codes[k]) for k in codes}
+    masks = {k: to_disk_orientation(labels[k][1].to_image(labels[k][0]), codes[k]) for k in codes}
+    return FollowupPair(
+        pair_id=pid,
+        current=disk["current"],
+        prior=disk["prior"],
+        current_labels=masks["current"],
+        prior_labels=masks["prior"],
+        truth=_truth_table(pid, plans, pose, labels, interval),
+        pose=pose,
+        interval_days=interval,
+        meta=meta,
+    )
+
+
 def _other_orientation(rng: np.random.Generator, code: str) -> str:
     return str(rng.choice([c for c in ORIENTATIONS if c != code]))
 
@@ -359,17 +386,8 @@ def make_phantom_pair(
     pid = pair_id or f"pair_{seed}"
     meta = {"pair_seed": int(seed), "source": f"phantom-{size}", "current": _spec_meta(spec)}
     meta["prior"] = _spec_meta(prior_spec)
-    return FollowupPair(
-        pair_id=pid,
-        current=to_disk_orientation(grid.to_image(images["current"]), spec.orientation),
-        prior=to_disk_orientation(pg.to_image(images["prior"]), prior_spec.orientation),
-        current_labels=to_disk_orientation(grid.to_image(labels["current"][0]), spec.orientation),
-        prior_labels=to_disk_orientation(pg.to_image(labels["prior"][0]), prior_spec.orientation),
-        truth=_truth_table(pid, plans, pose, labels, interval),
-        pose=pose,
-        interval_days=interval,
-        meta=meta,
-    )
+    codes = {"current": spec.orientation, "prior": prior_spec.orientation}
+    return _assemble(pid, images, labels, codes, plans=plans, pose=pose, interval=interval, meta=meta)
 
 
 # --- real-CT pairs ---------------------------------------------------------------------------------------------
@@ -484,19 +502,7 @@ def make_real_pair(
         "prior": {"orientation": prior_code, **geo, "added_noise_hu": round(sd, 3)},
     }
     codes = {"current": h.orientation, "prior": prior_code}
-    disk = {k: to_disk_orientation(g.to_image(images[k]), codes[k]) for k in codes}
-    masks = {k: to_disk_orientation(g.to_image(labels[k][0]), codes[k]) for k in codes}
-    return FollowupPair(
-        pair_id=pid,
-        current=disk["current"],
-        prior=disk["prior"],
-        current_labels=masks["current"],
-        prior_labels=masks["prior"],
-        truth=_truth_table(pid, plans, pose, labels, interval),
-        pose=pose,
-        interval_days=interval,
-        meta=meta,
-    )
+    return _assemble(pid, images, labels, codes, plans=plans, pose=pose, interval=interval, meta=meta)
 
 
 # --- writing a set ---------------------------------------------------------------------------------------------
