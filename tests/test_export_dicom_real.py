@@ -17,9 +17,9 @@ pytest.importorskip("highdicom")
 import pydicom  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
-from pipelines import io  # noqa: E402
 from pipelines.export.dicom_out import write_dicom_outputs  # noqa: E402
 from pipelines.export.dicom_source import DicomExportError, read_source_series  # noqa: E402
+from pipelines.imaging import io  # noqa: E402
 
 SERIES = "ct/totalseg_abdomen_ct_dicom"
 

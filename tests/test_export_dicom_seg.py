@@ -18,7 +18,6 @@ import export_fixtures as fx  # noqa: E402
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
 
-from pipelines import io  # noqa: E402
 from pipelines.export.dicom_out import write_dicom_outputs  # noqa: E402
 from pipelines.export.dicom_source import (  # noqa: E402
     DicomExportError,
@@ -26,6 +25,7 @@ from pipelines.export.dicom_source import (  # noqa: E402
     read_source_series,
     require_dicom_input,
 )
+from pipelines.imaging import io  # noqa: E402
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_dciodvfy_finds_no_errors(exported) -> None:
 
 
 def test_cli_help_does_not_import_dicom_libraries() -> None:
-    code = "import sys; from pipelines import cli; import pipelines.export.dicom_source; " \
+    code = "import sys; import pipelines.cli.main; import pipelines.export.dicom_source; " \
         "print(sorted(m for m in ('pydicom', 'highdicom') if m in sys.modules))"  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True

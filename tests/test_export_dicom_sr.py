@@ -15,9 +15,9 @@ import export_fixtures as fx  # noqa: E402
 import highdicom as hd  # noqa: E402
 import pydicom  # noqa: E402
 
-from pipelines import io  # noqa: E402
 from pipelines.export.dicom_out import write_dicom_outputs  # noqa: E402
 from pipelines.export.dicom_sr import lung_rads_code  # noqa: E402
+from pipelines.imaging import io  # noqa: E402
 
 #: nodules.csv column -> (SNOMED/DCM code value of the concept name, UCUM unit)
 EXPECTED = {

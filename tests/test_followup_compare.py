@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines import io, outputs
+from pipelines.batch import records
 from pipelines.followup.compare import FOLLOWUP_COLUMNS, FollowupError, compare_cases, write_followup
 from pipelines.followup.register import AffineMap
-from pipelines.lungrads import categorize_nodule
+from pipelines.imaging import filesys, io
+from pipelines.nodules.lungrads import categorize_nodule
+from pipelines.screening import outputs
 from tests.followup_phantom import grid, render, rotation
 
 A = rotation(2.0, -3.0, 4.0) @ np.diag([1.0, 1.0, 1.02])  # prior point y is current point A @ y + B
@@ -31,8 +33,8 @@ def _write_case(folder, scan, lungs, rows, *, scan_name):
     folder.mkdir(parents=True)
     io.write_image(scan, folder.parent / scan_name)
     io.write_image(lungs, folder / "lungs.nii.gz")
-    io.atomic_write_text(folder / "nodules.csv", outputs.to_csv(rows, outputs.NODULE_COLUMNS))
-    outputs.write_json(folder / "result.json", {"case_id": folder.name})
+    filesys.atomic_write_text(folder / "nodules.csv", records.to_csv(rows, outputs.NODULE_COLUMNS))
+    records.write_json(folder / "result.json", {"case_id": folder.name})
     return folder.parent / scan_name
 
 
@@ -127,8 +129,8 @@ def test_refusals_and_no_nodules(cases, tmp_path):
         compare_cases(current_dir, incomplete, current_scan=current_scan, prior_scan=prior_scan)
     empty = tmp_path / "empty"
     empty.mkdir()
-    io.atomic_write_text(empty / "nodules.csv", outputs.to_csv([], outputs.NODULE_COLUMNS))
-    outputs.write_json(empty / "result.json", {})
+    filesys.atomic_write_text(empty / "nodules.csv", records.to_csv([], outputs.NODULE_COLUMNS))
+    records.write_json(empty / "result.json", {})
     result = compare_cases(
         empty, prior_dir, current_scan=current_scan, prior_scan=prior_scan, interval_days=None
     )
@@ -145,10 +147,10 @@ def test_nodules_json_and_unassessable_current(cases, tmp_path):
     with open(current_dir / "nodules.csv", newline="") as f:
         nodules = [dict(row) for row in csv.DictReader(f)][:1]
     folder = tmp_path / "json_case"
-    outputs.write_json(
+    records.write_json(
         folder / "nodules.json", {"assessment": {"assessable": False, "reasons": ["cut"]}, "nodules": nodules}
     )
-    outputs.write_json(folder / "result.json", {})
+    records.write_json(folder / "result.json", {})
     io.write_image(io.read_image(current_dir / "lungs.nii.gz"), folder / "lungs.nii.gz")
     result = compare_cases(
         folder, prior_dir, current_scan=current_scan, prior_scan=prior_scan, interval_days=365

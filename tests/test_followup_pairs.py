@@ -152,7 +152,7 @@ def test_real_ct_pair_truth_matches_its_images(shared_data: Path, tmp_path: Path
 def test_phantom_pair_patient_is_the_generators():
     """The pair's thorax is generate_case's for the same seed (the lungs agree outside its nodules)."""
     from pipelines.followup.pairs import phantom_anatomy
-    from pipelines.phantom import generate_case
+    from pipelines.phantom.generate import generate_case
 
     case = generate_case(seed=11, size="small", with_tissue=False)
     lungs = sitk.GetArrayFromImage(sitk.DICOMOrient(case.lungs, "LPS"))

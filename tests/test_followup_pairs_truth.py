@@ -14,8 +14,8 @@ from pipelines.followup.pair_truth import (
     truth_row,
 )
 from pipelines.followup.pairs import pair_seed, resample_to_prior
-from pipelines.phantom_shapes import Grid
-from pipelines.phantom_write import case_seed
+from pipelines.phantom.shapes import Grid
+from pipelines.phantom.write import case_seed
 
 POSE = PoseChange(
     rotation_deg=(2.0, -1.5, 3.0),

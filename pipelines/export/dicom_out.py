@@ -46,7 +46,7 @@ def _check_nodule_ids(nodule_rows: Sequence[Mapping[str, Any]], nodule_frames: n
 
 
 def _save(dataset: Any, path: Path) -> Path:
-    from pipelines.io import atomic_write
+    from pipelines.imaging.filesys import atomic_write
 
     with atomic_write(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)

@@ -55,7 +55,7 @@ def _concept(triple: tuple[str, str, str]) -> hd.sr.CodedConcept:
 
 def lung_rads_code(category: str) -> hd.sr.CodedConcept:
     """The coded value of a Lung-RADS v2022 category (``"0"``, ``"1"``, ..., ``"4X"``)."""
-    from pipelines.lungrads import DESCRIPTORS
+    from pipelines.nodules.lungrads import DESCRIPTORS
 
     if category not in DESCRIPTORS:
         raise ValueError(f"unknown Lung-RADS category {category!r}; expected one of {sorted(DESCRIPTORS)}")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.io import atomic_write_text
+from pipelines.imaging.filesys import atomic_write_text
 
 SCHEMA_URL = (
     "https://raw.githubusercontent.com/Slicer/Slicer/main/Modules/Loadable/Markups/Resources/Schema/"

@@ -1,6 +1,6 @@
 """Compare a screened case with its prior: register, match, measure change, Lung-RADS v2022 with the prior.
 
-Reads two case folders in the layout of :mod:`pipelines.outputs` (``nodules.json``, else ``nodules.csv``;
+Reads two case folders in the layout of :mod:`pipelines.screening.outputs` (``nodules.json``, else ``nodules.csv``;
 ``lungs.nii.gz``; ``result.json`` marks a complete case) and the two scans they were screened from, then runs
 :func:`pipelines.followup.register.register_prior` -> :func:`pipelines.followup.match.match_distances` ->
 :func:`pipelines.followup.growth.measure_change` -> :func:`pipelines.followup.lungrads_prior.categorize_followup_scan`.
@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines import io, outputs
+from pipelines.batch import records
 from pipelines.followup import growth, lungrads_prior, match, register
+from pipelines.imaging import filesys, io
 
 __all__ = [
     "FOLLOWUP_COLUMNS",
@@ -116,7 +117,7 @@ class FollowupResult:
 
 
 def _unquote(value: Any) -> Any:
-    """A ``nodules.csv`` cell back as written (:func:`pipelines.outputs.csv_safe` prefixes some text with ``'``)."""
+    """A ``nodules.csv`` cell back as written (:func:`pipelines.batch.records.csv_safe` prefixes some text with ``'``)."""
     return value[1:] if isinstance(value, str) and value.startswith("'") else value
 
 
@@ -283,7 +284,7 @@ def _register(
         return None
     try:
         current_image, prior_image = _scan(current_scan), _scan(prior_scan)
-    except io.ImageReadError as err:
+    except filesys.ImageReadError as err:
         raise FollowupError(str(err)) from None
     try:
         return register.register_prior(
@@ -400,6 +401,6 @@ def write_followup(result: FollowupResult, case_dir: str | os.PathLike[str]) -> 
         the two paths.
     """
     folder = Path(case_dir)
-    table = io.atomic_write_text(folder / "followup.csv", outputs.to_csv(result.rows, FOLLOWUP_COLUMNS))
-    record = outputs.write_json(folder / "followup.json", result.to_dict())
+    table = filesys.atomic_write_text(folder / "followup.csv", records.to_csv(result.rows, FOLLOWUP_COLUMNS))
+    record = records.write_json(folder / "followup.json", result.to_dict())
     return table, record

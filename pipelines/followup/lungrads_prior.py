@@ -1,10 +1,10 @@
 """Lung-RADS v2022 categories of a follow-up screen: the rules that need a prior examination.
 
-:mod:`pipelines.lungrads` applies the baseline size and density rules; this module adds the rules that compare a
+:mod:`pipelines.nodules.lungrads` applies the baseline size and density rules; this module adds the rules that compare a
 nodule with its measurement on the prior scan. Each current nodule is **new** (no prior match), **growing**,
 or **stable** (not growing, decreased included); a prior nodule without a current match is **resolved** and
 takes no category. Rules, as in the v2022 assessment-category table (sizes are mean diameters in mm rounded
-half-up to one decimal, :func:`pipelines.lungrads.round_mean_diameter_mm`):
+half-up to one decimal, :func:`pipelines.nodules.lungrads.round_mean_diameter_mm`):
 
 * **Growth** is "an increase in mean diameter of > 1.5 mm within a 12-month interval": the difference of the
   two rounded diameters, so 1.5 mm is not growth and 1.6 mm is. An increase of > 1.5 mm over a longer interval
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pipelines.lungrads import (
+from pipelines.nodules.lungrads import (
     CATEGORY_ORDER,
     DESCRIPTORS,
     LUNG_RADS_VERSION,
@@ -92,7 +92,7 @@ class PriorMeasurement:
     """A matched nodule as measured on the prior scan.
 
     Attributes:
-        type: density type on the prior (one of :data:`pipelines.lungrads.NODULE_TYPES`).
+        type: density type on the prior (one of :data:`pipelines.nodules.lungrads.NODULE_TYPES`).
         diameter_mm: Lung-RADS mean diameter on the prior, mm.
         solid_component_mm: mean diameter of the solid component on the prior, mm (``None``: not measured; a
             solid nodule's solid component is its diameter, a ground-glass nodule's is 0).
@@ -229,7 +229,7 @@ def categorize_followup_nodule(
     """Lung-RADS v2022 category of one nodule of a follow-up screen (rules: module docstring).
 
     Args:
-        type: density type now, one of :data:`pipelines.lungrads.NODULE_TYPES`.
+        type: density type now, one of :data:`pipelines.nodules.lungrads.NODULE_TYPES`.
         diameter_mm: mean diameter now, mm (rounded to 0.1 mm here).
         solid_component_mm: solid component now, mm (part-solid; ``None``: taken equal to the total).
         prior: the matched prior measurement, or ``None`` for a new nodule.
@@ -237,7 +237,7 @@ def categorize_followup_nodule(
             growth graded as within 12 months).
 
     Returns:
-        the dict of :func:`pipelines.lungrads.categorize_nodule` with ``category`` the follow-up category and
+        the dict of :func:`pipelines.nodules.lungrads.categorize_nodule` with ``category`` the follow-up category and
         ``size_category`` the baseline size-and-type category, plus ``followup_status`` (``new``, ``growing``,
         ``stable``), ``prior_rule`` (the rule that fired, e.g. ``new_solid``, ``growing_solid``,
         ``stepped_4A_to_3``), ``diameter_change_mm`` and ``solid_change_mm`` (rounded sizes; ``None`` for a new
@@ -319,11 +319,11 @@ def categorize_followup_scan(
         priors: one per nodule, in the same order: its matched :class:`PriorMeasurement`, or ``None`` (new).
         interval_days: days from the prior to the current scan (``None``: unknown).
         resolved_ids: ids of prior nodules without a current match (recorded; they take no category).
-        incomplete_reason: as in :func:`pipelines.lungrads.categorize_scan`: the scan and every nodule become
+        incomplete_reason: as in :func:`pipelines.nodules.lungrads.categorize_scan`: the scan and every nodule become
             category 0, the follow-up category kept as ``followup_category``.
 
     Returns:
-        the dict shape of :func:`pipelines.lungrads.categorize_scan` (``category``, ``descriptor``,
+        the dict shape of :func:`pipelines.nodules.lungrads.categorize_scan` (``category``, ``descriptor``,
         ``management``, ``reason``, ``deciding_nodule_id``, ``deciding_nodule``, ``nodule_categories``,
         ``size_basis``, ``version``, ``reference``, ``note``) plus ``interval_days``, ``resolved_nodule_ids``
         and ``prior_applied`` (``True``).

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.phantom_nodules import Nodule, design_nodule
-from pipelines.phantom_shapes import Array
+from pipelines.phantom.nodules import Nodule, design_nodule
+from pipelines.phantom.shapes import Array
 
 STATUSES = ("new", "grown", "stable", "resolved")
 #: Type mixes (solid, part-solid, ground-glass, calcified) by status: calcified nodules neither grow nor resolve.

@@ -3,7 +3,7 @@
 Two sources:
 
 * **Phantom pairs** (:func:`make_phantom_pair`). The thorax of the phantom generator for the pair's seed (the
-  same random draws as :func:`pipelines.phantom.generate_case`, so the same patient) is rendered once without
+  same random draws as :func:`pipelines.phantom.generate.generate_case`, so the same patient) is rendered once without
   noise, couch or nodules. The current scan is that anatomy; the prior is the same noiseless anatomy resampled
   (SimpleITK, linear) under a known :class:`~pipelines.followup.pair_truth.PoseChange` (rotation, couch height and
   z shift, breath-hold scale) onto the prior's own grid (its own slice spacing and field of view). Each scan then gets its own couch,
@@ -11,7 +11,7 @@ Two sources:
   own scanner model (kernel, dose, noise drawn independently) and on-disk orientation (always different from the
   current's). So nothing of the current's noise is in the prior.
 * **Real-CT pairs** (:func:`make_real_pair`). The current scan is a real CT with nodules inserted as
-  ``insert-nodules`` does (:func:`pipelines.phantom_insert.blend_nodules`: synthetic nodules keep the scan's own
+  ``insert-nodules`` does (:func:`pipelines.phantom.insert.blend_nodules`: synthetic nodules keep the scan's own
   noise); the prior is the CT resampled under the pose change, plus independent correlated noise, with the prior
   nodules blended in and stored in a different orientation. Its noise is the host's noise resampled plus new
   noise: a single real scan cannot give independent noise.
@@ -49,10 +49,10 @@ from pipelines.followup.pair_truth import (
     truth_row,
     version,
 )
-from pipelines.phantom_anatomy import Thorax, lung_sdf, sample_thorax
-from pipelines.phantom_nodules import Nodule, place_nodules, render_nodules
-from pipelines.phantom_render import render_thorax
-from pipelines.phantom_scanner import (
+from pipelines.phantom.anatomy import Thorax, lung_sdf, sample_thorax
+from pipelines.phantom.nodules import Nodule, place_nodules, render_nodules
+from pipelines.phantom.render import render_thorax
+from pipelines.phantom.scanner import (
     ORIENTATIONS,
     ScanSpec,
     apply_scanner,
@@ -60,8 +60,8 @@ from pipelines.phantom_scanner import (
     sample_scan,
     to_disk_orientation,
 )
-from pipelines.phantom_shapes import Array, Grid, upsampled_noise
-from pipelines.phantom_vessels import build_vessels, paint_trees, sample_lung_points
+from pipelines.phantom.shapes import Array, Grid, upsampled_noise
+from pipelines.phantom.vessels import build_vessels, paint_trees, sample_lung_points
 
 #: Default master seed of follow-up pair sets. Pair seeds are derived with a tag of their own
 #: (:func:`pair_seed`), so no pair shares its patient with a case of ``sample-data`` for any master seed; the
@@ -406,8 +406,8 @@ class RealHost:
 
 def load_host(path: str | Path, *, lung_mask: str | Path | None = None) -> RealHost:
     """Read a CT (oblique scans refused) and its lungs (given mask, else the project's lung segmenter)."""
-    from pipelines.io import strip_image_suffix
-    from pipelines.phantom_insert import host_scan
+    from pipelines.imaging.filesys import strip_image_suffix
+    from pipelines.phantom.insert import host_scan
 
     _, code, ct, hu, lungs = host_scan(path, lung_mask)
     grid = Grid(hu.shape, tuple(ct.GetSpacing()[::-1]), tuple(ct.GetOrigin()))  # type: ignore[arg-type]
@@ -460,7 +460,7 @@ def make_real_pair(
     The pose change is smaller than a phantom's (rotations +-2 degrees, translations +-4/6/6 mm, z scale
     0.93-1.0 about the lungs' centre): a cropped scan has little room around its lungs.
     """
-    from pipelines.phantom_insert import blend_nodules
+    from pipelines.phantom.insert import blend_nodules
 
     h = host if isinstance(host, RealHost) else load_host(host)
     g = h.grid
@@ -514,7 +514,7 @@ PAIRS_VERSION = 1
 
 def write_pair(out: Path, pair: FollowupPair) -> dict[str, Any]:
     """Write one pair's four images under ``out`` (atomically); return its ``pairs.csv`` row (paths relative)."""
-    from pipelines.io import write_image
+    from pipelines.imaging.io import write_image
 
     row: dict[str, Any] = {"pair_id": pair.pair_id, "interval_days": pair.interval_days}
     row["source"] = pair.meta.get("source", "")
@@ -546,8 +546,8 @@ def make_followup_pairs(
     Returns:
         ``out_dir`` as a Path.
     """
-    from pipelines.io import atomic_write_text
-    from pipelines.outputs import to_csv, write_json
+    from pipelines.batch.records import to_csv, write_json
+    from pipelines.imaging.filesys import atomic_write_text
 
     if n_pairs < 1 or size not in SIZES:
         raise ValueError(f"n_pairs must be at least 1 and size one of {SIZES}, not {n_pairs}, {size!r}")
