@@ -53,6 +53,11 @@ def add_screen(sub: Any) -> None:
         help="reporting probability, in [0, 1]",
     )
     s.add_argument("--write-probability", action="store_true", help="also write probability.nii.gz per case")
+    s.add_argument(
+        "--dicom-out",
+        action="store_true",
+        help="DICOM input only: also write a DICOM SEG and SR per case (they carry the patient's identifiers)",
+    )
     s.add_argument("--no-report", action="store_true", help="no HTML report per case and no index.html")
     s.add_argument("--no-compress", action="store_true", help="write .nii instead of .nii.gz")
     s.add_argument("--overwrite", action="store_true", help="recompute cases that are already complete")
@@ -84,6 +89,8 @@ def cmd_screen(a: argparse.Namespace) -> int:
         settings["write_probability"] = True
     if a.no_compress:
         settings["compress"] = False
+    if a.dicom_out:
+        settings["dicom_out"] = True
     res = screen(
         a.inputs,
         a.out,

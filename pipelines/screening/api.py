@@ -121,6 +121,8 @@ def screen_overrides(
     paths = api_inputs.as_paths(inputs)
     if paths is not None and spacing_zyx is not None:
         raise ValueError("spacing_zyx applies to numpy array inputs only (files carry their own spacing)")
+    if overrides.get("settings#dicom_out"):
+        _check_dicom_inputs(paths)
     if paths is None:
         images = api_inputs.as_images(inputs, spacing_zyx=spacing_zyx)
         cases = [
@@ -139,6 +141,19 @@ def screen_overrides(
             "" if classifier_weights == "" else _path("classifier_weights", classifier_weights)
         )
     return overrides
+
+
+def _check_dicom_inputs(paths: Path | list[Path] | None) -> None:
+    """``dicom_out`` needs DICOM series: a NIfTI/MetaImage/NRRD file or an in-memory image is refused before any
+    work (a folder may mix formats: its other cases get a warning instead, :mod:`pipelines.screening.case_writer`)."""
+    from pipelines.export.dicom_source import DicomExportError, require_dicom_input
+
+    if paths is None:
+        raise DicomExportError(
+            "--dicom-out needs a DICOM series input; an in-memory image has no source series"
+        )
+    for p in paths if isinstance(paths, list) else [paths]:
+        require_dicom_input(p)
 
 
 def _path(name: str, value: Any) -> Path:

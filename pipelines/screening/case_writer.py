@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from collections.abc import Collection
@@ -13,12 +14,15 @@ import numpy as np
 import torch
 
 from pipelines.batch import records
+from pipelines.export.markups import write_markups
 from pipelines.imaging import discovery, filesys, io, writing
 from pipelines.imaging.preprocess import CaseGeometry
 from pipelines.nodules.record import Candidate
 from pipelines.screening import outputs
 from pipelines.screening.scoring import CaseResult
 from pipelines.screening.settings import ScreeningSettings
+
+log = logging.getLogger("lungscreen")
 
 
 def write_case(
@@ -86,8 +90,12 @@ def write_case(
         "warnings": warnings,
         **volumes,
     }
+    public = [_public(n) for n in result.nodules]
+    if settings.dicom_out:
+        warnings += _export_dicom(folder, case, geometry, result, public, category["category"])
     filesys.atomic_write_text(folder / "nodules.csv", records.to_csv(result.nodules, outputs.NODULE_COLUMNS))
-    records.write_json(folder / "nodules.json", {**meta, "nodules": [_public(n) for n in result.nodules]})
+    records.write_json(folder / "nodules.json", {**meta, "nodules": public})
+    write_markups(folder, public, category=category["category"])
     filesys.atomic_write_text(
         folder / "candidates.csv",
         records.to_csv(result.candidates, outputs.CANDIDATE_COLUMNS),
@@ -123,6 +131,39 @@ def write_case(
         "info": result.info,
     }
     return records.write_json(done, record)
+
+
+def _export_dicom(
+    folder: Path,
+    case: discovery.CaseInput,
+    geometry: CaseGeometry,
+    result: CaseResult,
+    rows: list[dict[str, Any]],
+    category: str,
+) -> list[str]:
+    """DICOM SEG + SR of a DICOM-series case into ``folder/dicom/`` (``dicom_out``); warnings for the case.
+
+    A case read from another format, or a series the export refuses (e.g. anonymised with blank UIDs), keeps its
+    screening outputs and gets a one-line warning (in ``summary.csv`` and the report) instead of the objects.
+    """
+    if not case.is_dicom:
+        return [f"no DICOM export: {case.path} is not a DICOM series (dicom_out needs DICOM input)"]
+    from pipelines.export.dicom_out import write_dicom_outputs
+    from pipelines.export.dicom_source import DicomExportError
+
+    try:
+        write_dicom_outputs(
+            folder,
+            source_files=case.dicom_files,
+            lungs=io.from_canonical(result.lung_mask, geometry.original, geometry.canonical),
+            nodules=io.from_canonical(result.nodule_mask, geometry.original, geometry.canonical),
+            nodule_rows=rows,
+            category=category,
+        )
+    except (DicomExportError, ImportError) as err:
+        log.warning("case %s: no DICOM export: %s", case.case_id, err)
+        return [f"no DICOM export: {' '.join(str(err).split())}"]
+    return []
 
 
 def _public(nodule: Candidate) -> dict[str, Any]:

@@ -87,6 +87,9 @@ class ScreeningSettings:
             peak RSS on CPU (v0.4.0): 2.1 GiB at 512x512x251, 2.75 GiB at 1000 slices; the limit (400 M
             voxels, ~1525 slices of 512x512) extrapolates to ~3.2 GiB (linear; not measured).
         write_probability: also write the probability map (``probability.nii.gz``).
+        dicom_out: also write a DICOM SEG (lungs, nodules) and a TID 1500 SR per DICOM-series case
+            (:mod:`pipelines.export`; the ``dicom`` extra). They carry the source's patient and study identifiers
+            so a PACS files them with the study: opt-in. A case read from another format gets a warning instead.
         report: write the per-case HTML report and the run's ``index.html``.
         compress: gzip written NIfTI files (level chosen by SimpleITK); ``False`` writes ``.nii``.
         channels_last: channels-last 3D memory format for the network on CUDA (ignored on CPU, where it is
@@ -149,6 +152,7 @@ class ScreeningSettings:
         stitch_device_max_voxels: an integer in [1, 1e10] voxels
         max_input_voxels: an integer in [1, 4e9] voxels
         write_probability: true or false
+        dicom_out: true or false
         report: true or false
         compress: true or false
         channels_last: true or false
@@ -186,6 +190,7 @@ class ScreeningSettings:
     stitch_device_max_voxels: int = _default("stitch_device_max_voxels")
     max_input_voxels: int = _default("max_input_voxels")
     write_probability: bool = _default("write_probability")
+    dicom_out: bool = _default("dicom_out")
     report: bool = _default("report")
     compress: bool = _default("compress")
     channels_last: bool = _default("channels_last")
@@ -308,6 +313,7 @@ RULES: dict[str, Rule] = {
     "stitch_device_max_voxels": Rule("int", Interval(1, 10_000_000_000, unit="voxels")),
     "max_input_voxels": Rule("int", Interval(1, 4_000_000_000, unit="voxels")),
     "write_probability": Rule("bool"),
+    "dicom_out": Rule("bool"),
     "report": Rule("bool"),
     "compress": Rule("bool"),
     "channels_last": Rule("bool"),
