@@ -128,8 +128,7 @@ class ScreeningEngine:
         with torch.no_grad():  # scoped: a global set_grad_enabled(False) leaked into later training
             prediction: Prediction = self.screener.predict(data)
             t = time.perf_counter()
-            result = self.screener.analyse(data, prediction)
-        result.info.update(self._shard)
+            result = self.screener.analyse(data, prediction, info=self._shard)
         timings = {**prediction.timings, "postprocess": time.perf_counter() - t, "preprocess": t_pre}
         return data, result, timings
 

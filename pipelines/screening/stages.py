@@ -186,7 +186,6 @@ class Screener:
                 info: dict[str, Any] = {"windows_run": 0, "windows_skipped": 0}
             else:
                 prob, info = self.probability(data)
-        info["backend"] = active_backend(self.network)
         timings = {"network": time.perf_counter() - t}
         fine = None
         if self.fine_preprocessing is not None and not skip:
@@ -213,10 +212,18 @@ class Screener:
         )
 
     @torch.no_grad()
-    def analyse(self, data: dict[str, Any], prediction: Prediction, *, classify: bool = True) -> CaseResult:
+    def analyse(
+        self,
+        data: dict[str, Any],
+        prediction: Prediction,
+        *,
+        classify: bool = True,
+        info: dict[str, Any] | None = None,
+    ) -> CaseResult:
         """Candidates, scores (network, shape, classifier), nodules with sizes, types and Lung-RADS inputs.
 
-        ``classify=False`` leaves the classifier out (the benchmark times it as a stage of its own).
+        ``classify=False`` leaves the classifier out (the benchmark times it as a stage of its own); ``info``
+        (e.g. the torchrun rank) is recorded in ``result.info`` with the window counts and the backend.
         """
         result = analyse_case(
             data,
@@ -226,7 +233,7 @@ class Screener:
             device=self.device,
             fine=prediction.fine,
         )
-        result.info.update(prediction.info)
+        result.info.update({**prediction.info, **(info or {}), "backend": active_backend(self.network)})
         if data.get("no_lung"):
             result.warnings.append("no lung tissue found: nothing screened")
         return result
