@@ -84,7 +84,7 @@ $LS train --dataset sample_data/train_mix2 --out runs/cpu8 --profile cpu --seed 
 cp runs/cpu8/models/model.pt monai_bundle/models/model.pt
 cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 
-# Tried after stage 7 and not shipped (validation in monai_bundle/docs/README.md), for the record:
+# Tried after stage 7 and not shipped (validation in docs/experiments.md), for the record:
 #   v0.4.0: seed 9, lr 3e-4, 4000 iterations on the same data (validation CPM 0.647 -> 0.627);
 #   v0.5.0: seed 10, stage 7's command from runs/cpu8's weights with
 #     train#paste_prob=0.8 train#paste_max_count=3 "train#paste_type_p=[0.35,0.25,0.3,0.1]"

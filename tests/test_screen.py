@@ -58,7 +58,8 @@ def test_rerun_skips_completed_cases_and_overwrite_recomputes(tmp_path: Path, we
     first = run_screen(inp, out, weights=weights)
     assert (first.succeeded, first.skipped, first.exit_code) == (3, 0, 0)
     cases_before = tree(out / "cases")
-    assert len(cases_before) == 3 * 6  # lungs, nodules, nodules.csv/json, candidates.csv, result.json
+    # lungs, nodules, nodules.csv/json/mrk.json, candidates.csv, result.json
+    assert len(cases_before) == 3 * 7
 
     second = run_screen(inp, out, weights=weights)
     assert (second.succeeded, second.skipped, second.failed, second.exit_code) == (0, 3, 0, 0)

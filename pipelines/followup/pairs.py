@@ -50,6 +50,7 @@ from pipelines.followup.pair_truth import (
     version,
 )
 from pipelines.phantom.anatomy import Thorax, lung_sdf, sample_thorax
+from pipelines.phantom.generate import fit_grid
 from pipelines.phantom.nodules import Nodule, place_nodules, render_nodules
 from pipelines.phantom.render import render_thorax
 from pipelines.phantom.scanner import (
@@ -290,22 +291,6 @@ def _in_both(points: Array, grid: Grid, prior_grid: Grid, pose: PoseChange, marg
 # --- phantom pairs ---------------------------------------------------------------------------------------------
 
 
-def _fit_grid(spec: ScanSpec, t: Thorax, rng: np.random.Generator, *, max_nz: int) -> tuple[ScanSpec, Thorax]:
-    """Slice count and patient z so the lungs are covered: the same draws as the phantom generator's."""
-    g = spec.grid
-    dz = g.spacing_zyx[0]
-    below, above = float(rng.uniform(8, 45)), float(rng.uniform(8, 40))
-    span = t.recess + t.lung_top + below + above
-    nz = int(min(np.ceil(span / dz), max_nz))
-    slack = nz * dz - span
-    shift = (
-        float(rng.uniform(min(slack, 0.0), max(slack, 0.0))) if slack < 0 else float(rng.uniform(0, slack))
-    )
-    t = dataclasses.replace(t, cz=g.origin_xyz[2] + below + t.recess + shift)
-    grid = Grid((nz, *g.shape_zyx[1:]), g.spacing_zyx, g.origin_xyz)  # type: ignore[arg-type]
-    return dataclasses.replace(spec, grid=grid), t
-
-
 def phantom_anatomy(
     rng: np.random.Generator, *, size: str
 ) -> tuple[ScanSpec, Thorax, Array, Array, tuple[Array, Array, Array]]:
@@ -318,7 +303,7 @@ def phantom_anatomy(
     """
     spec = sample_scan(rng, size=size)
     t = sample_thorax(rng, fov_mm=spec.fov_mm, z_center=0.0)
-    spec, t = _fit_grid(spec, t, rng, max_nz=140 if size == "small" else 320)
+    spec, t = fit_grid(spec, t, rng, max_nz=140 if size == "small" else 320)
     grid = spec.grid
     hu, lungs, _ = render_thorax(t, grid, upsampled_noise(grid, sigma_mm=float(rng.uniform(4, 9)), rng=rng))
     arteries, veins, bronchi = build_vessels(t, rng, n_points=3200 if size == "full" else 700)

@@ -59,7 +59,7 @@ class PhantomCase:
     tissue: sitk.Image | None = field(default=None, repr=False)
 
 
-def _fit_grid(spec: ScanSpec, t: Thorax, rng: np.random.Generator, *, max_nz: int) -> tuple[ScanSpec, Thorax]:
+def fit_grid(spec: ScanSpec, t: Thorax, rng: np.random.Generator, *, max_nz: int) -> tuple[ScanSpec, Thorax]:
     """Choose the slice count and place the patient along z so the lungs are covered (or cut if too long)."""
     g = spec.grid
     dz = g.spacing_zyx[0]
@@ -110,7 +110,7 @@ def generate_case(
     rng = np.random.default_rng(seed)
     spec = sample_scan(rng, size=size, modality=modality)
     t = sample_thorax(rng, fov_mm=spec.fov_mm, z_center=0.0)
-    spec, t = _fit_grid(spec, t, rng, max_nz=140 if size == "small" else 320)
+    spec, t = fit_grid(spec, t, rng, max_nz=140 if size == "small" else 320)
     grid = spec.grid
     hu, lungs, tissue = render_thorax(
         t, grid, upsampled_noise(grid, sigma_mm=float(rng.uniform(4, 9)), rng=rng)
