@@ -100,6 +100,21 @@ def test_a_prior_that_is_not_an_image_is_a_failure_row(followed: dict[str, Any])
     assert {r["case_id"]: r["status"] for r in _csv(out / "followup.csv")}["cur_b"] == "failed"
 
 
+@pytest.mark.slow
+def test_a_rerun_compares_again_without_stacking(followed: dict[str, Any]) -> None:
+    """Rerun into the same OUT: screenings skipped, the comparison redone, the baseline category kept."""
+    out, table = followed["out"], followed["root"] / "table" / "pairs.csv"
+    with pytest.MonkeyPatch.context() as mp, patched_network(mp, threshold=0.75):
+        res = screen_followup(table, out, weights="", progress=False, **{**FAST, "report": True, **NET})
+    assert (res.succeeded, res.failed) == (1, 1)
+    result = json.loads((out / "cases" / "cur" / "result.json").read_text())
+    assert (result["summary"]["lung_rads"], result["summary"]["baseline_lung_rads"]) == ("4B", "4A")
+    meta = json.loads((out / "cases" / "cur" / "nodules.json").read_text())
+    assert meta["baseline_lung_rads"]["category"] == "4A"
+    page = (out / "cases" / "cur" / "report.html").read_text()
+    assert page.count('id="followup"') == 1 and page.count("Lung-RADS without the prior") == 1
+
+
 def test_cli_prior_case_folder_chains_the_follow_up(
     followed: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
