@@ -33,6 +33,9 @@ REAL_NODULE_PHANTOMS ?= 0000 0001 0002 0003
 REAL_NODULE_N ?= 4
 REAL_NODULE_DATA ?= $(VAL_DATA)_real_nodules
 REAL_NODULE_OUT ?= $(VAL_OUT)_real_nodules
+# follow-up pairs with known truth (issue 22): phantom pairs and pairs made from REAL_CT (FOLLOWUP_DATA)_real
+FOLLOWUP_DATA ?= sample_data/followup
+FOLLOWUP_OUT ?= outputs/followup
 FULL ?= 0
 ifeq ($(FULL),1)
   TRAIN_N ?= 120
@@ -53,7 +56,7 @@ EVAL_SEED ?= 9000
 IN ?= $(DEMO_DATA)/images
 OUT ?= $(DEMO_OUT)
 
-.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate validate-real validate-real-nodules evaluate-real bench pipeline clean help
+.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate validate-real validate-real-nodules evaluate-real followup-data validate-followup bench pipeline clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -130,6 +133,17 @@ evaluate-real: install ## the reported real-CT figure: nodules inserted into the
 	for s in $(REAL_SEEDS); do test -f sample_data/inserted/s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/inserted/s$$s --n 3 --seed $$s || exit 1; done
 	$(LS) held-out-set $(REAL_DATA) $(foreach s,$(REAL_SEEDS),sample_data/inserted/s$(s):training)
 	$(MAKE) evaluate EVAL_DATA=$(REAL_DATA) EVAL_OUT=$(REAL_OUT)
+
+followup-data: install ## follow-up pairs with known truth: 20 small phantom pairs (seed 7700) and 6 pairs made from REAL_CT
+	test -f $(FOLLOWUP_DATA)/truth.csv || $(LS) followup-pairs $(FOLLOWUP_DATA) --n 20 --seed 7700 --size small
+	@if test -f $(REAL_CT); then test -f $(FOLLOWUP_DATA)_real/truth.csv || $(LS) followup-pairs $(FOLLOWUP_DATA)_real --n 6 --seed 7700 --host $(REAL_CT); else echo "followup-data: $(REAL_CT) not found, real-CT pairs skipped"; fi
+
+validate-followup: followup-data ## screen the follow-up pairs with --pairs and measure matching, volume change, new and growing nodules against their truth
+	$(LS) screen --pairs $(FOLLOWUP_DATA)/pairs.csv $(FOLLOWUP_OUT) --device auto $(SCREEN_ARGS)
+	$(BIN)/python -m pipelines.followup.evaluate $(FOLLOWUP_DATA) $(FOLLOWUP_OUT) --json $(FOLLOWUP_OUT)/followup_eval.json --md $(FOLLOWUP_OUT)/followup_eval.md --title "Phantom pairs (small, seed 7700)"
+	@if test -f $(FOLLOWUP_DATA)_real/truth.csv; then \
+	  $(LS) screen --pairs $(FOLLOWUP_DATA)_real/pairs.csv $(FOLLOWUP_OUT)_real --device auto $(SCREEN_ARGS) && \
+	  $(BIN)/python -m pipelines.followup.evaluate $(FOLLOWUP_DATA)_real $(FOLLOWUP_OUT)_real --json $(FOLLOWUP_OUT)_real/followup_eval.json --md $(FOLLOWUP_OUT)_real/followup_eval.md --title "Real-CT pairs (seed 7700)"; fi
 
 bench: install ## stage timings and the plain-MONAI baseline, same run; writes benchmarks/results/
 	$(LS) bench --out benchmarks/results

@@ -49,12 +49,13 @@ API: dict[str, tuple[str, str, list[str], Any]] = {
     "insert-nodules": ("pipelines.phantom.insert", "insert_nodules", ["ct.nii.gz", "o"], Path("o")),
     "calibrate-density": ("pipelines.realnodules.calibration", "calibrate", ["src"], "table"),
     "prepare-luna16": ("pipelines.evaluation.luna16", "prepare_luna16", ["--root", "r", "--annotations", "a", "--out", "o"], Path("o")),
+    "followup-pairs": ("pipelines.followup.pairs", "make_followup_pairs", ["o"], Path("o")),
 }  # fmt: skip
 #: commands whose options are checked elsewhere: held-out-set has none; nodule-bank's --split-file is checked by
 #: tests/test_nodule_bank.py::test_cli_builds_a_bank_and_names_refusals (it calls three functions)
 CHECKED_ELSEWHERE = {"held-out-set", "nodule-bank"}
 #: options that send the command to another API function (tested on their own below)
-ROUTED = {"insert-nodules": ("bank", "split", "labels")}
+ROUTED = {"insert-nodules": ("bank", "split", "labels"), "screen": ("prior", "pairs", "interval_days")}
 #: values for options whose type alone does not say what to give
 SPECIAL = {
     "--set": {
@@ -143,6 +144,31 @@ def test_insert_nodules_bank_options_reach_the_real_nodule_insertion(
     assert main(["insert-nodules", *required, "--split", "train", "--labels", "l.nii.gz"]) == 0
     assert (calls[-1]["split"], calls[-1]["labels_path"]) == ("train", Path("l.nii.gz"))
     assert main(["insert-nodules", "ct.nii.gz", "o", "--labels", "l.nii.gz"]) == 2  # labels need a bank
+
+
+def test_screen_follow_up_options_reach_the_follow_up_screening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--prior``/``--interval-days``/``--pairs`` send ``screen`` to :func:`pipelines.followup.run.screen_followup`
+    with every other screening option; without them ``screen()`` is called as before."""
+    calls: list[dict[str, Any]] = []
+
+    def fake(*args: Any, **kwargs: Any) -> ScreenResult:
+        calls.append({"args": args, **kwargs})
+        return ScreenResult(Path("out"), 1, 0, 0, 1)
+
+    monkeypatch.setattr("pipelines.followup.run.screen_followup", fake)
+    monkeypatch.chdir(tmp_path)
+    common = ["--device", "cpu", "--overlap", "0.5", "--weights", "w.pt", "--quiet"]
+    assert main(["screen", "cur.nii.gz", "out", "--prior", "old.nii.gz", *common]) == 0
+    assert calls[-1]["args"] == ([(Path("cur.nii.gz"), Path("old.nii.gz"), None)], Path("out"))
+    assert (calls[-1]["device"], calls[-1]["overlap"], calls[-1]["weights"]) == ("cpu", 0.5, [Path("w.pt")])
+    assert calls[-1]["progress"] is False
+    assert main(["screen", "cur.nii.gz", "out", "--prior", "cases/old", "--interval-days", "90"]) == 0
+    assert calls[-1]["args"][0] == [(Path("cur.nii.gz"), Path("cases/old"), 90.0)]
+    assert main(["screen", "--pairs", "pairs.csv", "out", "--no-report"]) == 0
+    assert calls[-1]["args"] == (Path("pairs.csv"), Path("out")) and calls[-1]["report"] is False
+    assert len(calls) == 3
 
 
 def test_every_command_has_a_handler() -> None:

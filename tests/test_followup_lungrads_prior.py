@@ -95,6 +95,14 @@ def test_growing_rules(nodule_type, d, solid, prior, expected, status):
     assert (result["category"], result["followup_status"]) == (expected, status), result["reason"]
 
 
+def test_calcified_is_category_1_and_its_status_still_reports_growth():
+    prior = PriorMeasurement("calcified", 9.9, None, "1")
+    grown = _cat("calcified", 12.6, None, prior=prior)
+    assert (grown["category"], grown["followup_status"], grown["prior_rule"]) == ("1", "growing", "calcified")
+    assert grown["diameter_change_mm"] == pytest.approx(2.7)
+    assert _cat("calcified", 11.4, None, prior=prior)["followup_status"] == "stable"  # +1.5: not growth
+
+
 def test_growth_window_12_months():
     prior = PriorMeasurement("solid", 5.0, None, "2")
     within = _cat("solid", 7.0, prior=prior, days=365.0)  # 11.99 months

@@ -185,6 +185,30 @@ def cmd_prepare_luna16(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_followup_pairs(sub: Any) -> None:
+    s = sub.add_parser(
+        "followup-pairs", help="make follow-up scan pairs with known truth (phantom or a real CT as host)"
+    )
+    s.add_argument(
+        "out", type=Path, help="folder to write (current/, prior/, *_labels/, pairs.csv, truth.csv)"
+    )
+    s.add_argument("--n", type=int, default=20, help="number of pairs (default 20)")
+    s.add_argument("--seed", type=int, default=7700, help="master seed (default 7700)")
+    s.add_argument(
+        "--size", choices=("small", "full"), default="small", help="phantom size (ignored with --host)"
+    )
+    s.add_argument("--host", type=Path, default=None, help="make the pairs from this real chest CT instead")
+    s.add_argument("--lungs", type=Path, default=None, help="lung mask of the host CT (else segmented)")
+
+
+def cmd_followup_pairs(a: argparse.Namespace) -> int:
+    from pipelines.followup.pairs import make_followup_pairs
+
+    out = make_followup_pairs(a.out, n_pairs=a.n, seed=a.seed, size=a.size, host=a.host, lung_mask=a.lungs)
+    print(f"wrote {a.n} follow-up pair(s) to {out} (pairs.csv, truth.csv)")
+    return 0
+
+
 COMMANDS = {
     "sample-data": Command(add_sample_data, cmd_sample_data),
     "held-out-set": Command(add_held_out_set, cmd_held_out_set),
@@ -192,4 +216,5 @@ COMMANDS = {
     "nodule-bank": Command(add_nodule_bank, cmd_nodule_bank),
     "calibrate-density": Command(add_calibrate_density, cmd_calibrate_density),
     "prepare-luna16": Command(add_prepare_luna16, cmd_prepare_luna16),
+    "followup-pairs": Command(add_followup_pairs, cmd_followup_pairs),
 }

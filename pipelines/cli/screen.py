@@ -70,12 +70,39 @@ def add_screen(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="any screening setting, e.g. lung_margin_mm=15 (JSON values; repeatable)",
     )
+    add_followup_options(s)
+
+
+def add_followup_options(s: Any) -> None:
+    """``--prior``, ``--interval-days`` and ``--pairs``: follow-up screening (:mod:`pipelines.followup.run`)."""
+    s.add_argument(
+        "--prior",
+        type=Path,
+        default=None,
+        help="compare with this prior: a scan (file or DICOM folder) or an earlier case folder (cases/<id>/)",
+    )
+    s.add_argument(
+        "--interval-days",
+        dest="interval_days",
+        type=float,
+        default=None,
+        help="days from the prior to the current scan (default: from the DICOM StudyDates)",
+    )
+    s.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        help="CSV table of follow-up pairs (current, prior, interval_days optional); then give OUT alone",
+    )
 
 
 def cmd_screen(a: argparse.Namespace) -> int:
     from pipelines.screening.api import screen
 
-    a.inputs, a.out = split_out(a.inputs)
+    if a.pairs is not None:  # follow-up pairs from a table: OUT alone
+        a.inputs, a.out = None, pairs_out(a.inputs)
+    else:
+        a.inputs, a.out = split_out(a.inputs)
     settings: dict[str, Any] = key_values(a.set or [])
     for name in ("device", "sw_batch_size", "overlap", "prob_threshold"):
         value = getattr(a, name)
@@ -91,6 +118,8 @@ def cmd_screen(a: argparse.Namespace) -> int:
         settings["compress"] = False
     if a.dicom_out:
         settings["dicom_out"] = True
+    if a.prior is not None or a.pairs is not None or a.interval_days is not None:
+        return cmd_followup(a, settings)
     res = screen(
         a.inputs,
         a.out,
@@ -110,6 +139,49 @@ def cmd_screen(a: argparse.Namespace) -> int:
     if res.index_html.exists():
         print(f"report: {res.index_html.resolve()}")
     return res.exit_code
+
+
+def cmd_followup(a: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """``screen --prior`` / ``screen --pairs``: :func:`pipelines.followup.run.screen_followup`."""
+    from pipelines.followup.run import screen_followup
+
+    usage = "lungscreen screen CURRENT OUT --prior PRIOR [--interval-days N], or lungscreen screen --pairs TABLE OUT"
+    if a.pairs is not None and (a.prior is not None or a.interval_days is not None):
+        raise UsageError(f"--pairs takes the priors and intervals from its table: {usage}")
+    if a.pairs is None and a.prior is None:
+        raise UsageError(f"--interval-days goes with --prior: {usage}")
+    if a.prior is not None and isinstance(a.inputs, list):
+        raise UsageError(f"--prior takes one current scan: {usage}")
+    pairs: Any = a.pairs if a.pairs is not None else [(a.inputs, a.prior, a.interval_days)]
+    res = screen_followup(
+        pairs,
+        a.out,
+        weights=a.weights,
+        classifier_weights=a.classifier_weights,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+        bundle_root=a.bundle_root,
+        **settings,
+    )
+    print(
+        f"{res.succeeded} compared with their prior, {res.failed} failed, of {res.total} pair(s); "
+        f"follow-up table: {res.output_dir / 'followup.csv'}"
+    )
+    if res.failed:
+        print(f"failures: {res.output_dir / 'failures.csv'}")
+    if res.index_html.exists():
+        print(f"report: {res.index_html.resolve()}")
+    return res.exit_code
+
+
+def pairs_out(inputs: list[Path]) -> Path:
+    """OUT of ``screen --pairs TABLE OUT`` (the scans come from the table)."""
+    if len(inputs) != 1:
+        raise UsageError("with --pairs give OUT alone: lungscreen screen --pairs TABLE OUT")
+    out = inputs[0]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"OUT {out} is an existing file, not a folder: lungscreen screen --pairs TABLE OUT")
+    return out
 
 
 def split_out(inputs: list[Path]) -> tuple[list[Path] | Path, Path]:

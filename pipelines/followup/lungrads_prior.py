@@ -252,8 +252,11 @@ def categorize_followup_nodule(
     solid_now = d if type == "solid" else base["solid_component_rounded_mm"]
     solid = min(d, d if solid_now is None else solid_now)
     extra: dict[str, Any] = {"diameter_change_mm": None, "solid_change_mm": None, "interval_months": months}
-    if type == "calcified":
-        status = "new" if prior is None else "stable"
+    if type == "calcified":  # benign calcification: category 1 whatever the change; the status still says it
+        status = "new"
+        if prior is not None:
+            extra["diameter_change_mm"] = diameter_change_mm(d, prior.diameter_mm)
+            status = "growing" if is_growth(d, prior.diameter_mm) else "stable"
         return {**_result(base, "1", status, "calcified", base["reason"]), **extra}
     if prior is None:
         category, rule, reason = _new_category(type, d, solid)

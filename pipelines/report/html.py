@@ -31,7 +31,7 @@ from pipelines.nodules.lungrads import REFERENCE as LUNG_RADS_REFERENCE
 from pipelines.report.images import crop_half_voxels, mip_figure_png, nodule_figure_png
 from pipelines.report.index import BADGE_COLORS, PAGE_CSS, write_index
 
-__all__ = ["NODULE_COLUMNS", "format_value", "write_case_report", "write_index"]
+__all__ = ["NODULE_COLUMNS", "category_box_html", "format_value", "write_case_report", "write_index"]
 
 FILES_DIR = "report_files"
 
@@ -308,6 +308,11 @@ def _category_box(category: Mapping[str, Any]) -> str:
         f'<div class="muted small">{_esc(category.get("reference", LUNG_RADS_REFERENCE))}</div></div></div>'
     )
     return "\n".join(lines)
+
+
+def category_box_html(category: Mapping[str, Any]) -> str:
+    """The Lung-RADS box of the case report (category badge, descriptor, management, reason, note) as HTML."""
+    return _category_box(category)
 
 
 def _format_extra(value: Any) -> str:
