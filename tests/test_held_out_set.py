@@ -12,7 +12,7 @@ from pipelines.phantom.write import held_out_set
 
 
 def _dataset(root: Path, uids: dict[str, list[str]]) -> Path:
-    """A write_dataset-shaped folder with dummy files: ``{split: [seriesuid, ...]}``."""
+    """A make_dataset-shaped folder with dummy files: ``{split: [seriesuid, ...]}``."""
     datalist: dict[str, list[dict[str, str]]] = {}
     ann, cases, series = ["seriesuid,coordX,coordY,coordZ,diameter_mm"], ["seriesuid,nodule_id,type"], []
     for split, names in uids.items():

@@ -130,15 +130,11 @@ def cmd_screen(a: argparse.Namespace) -> int:
         bundle_root=a.bundle_root,
         **settings,
     )
-    print(
+    return report(
+        res,
         f"{res.succeeded} succeeded, {res.failed} failed, {res.skipped} skipped (already done) of {res.total}; "
-        f"summary: {res.output_dir / 'summary.csv'}"
+        f"summary: {res.output_dir / 'summary.csv'}",
     )
-    if res.failed:
-        print(f"failures: {res.output_dir / 'failures.csv'}")
-    if res.index_html.exists():
-        print(f"report: {res.index_html.resolve()}")
-    return res.exit_code
 
 
 def cmd_followup(a: argparse.Namespace, settings: dict[str, Any]) -> int:
@@ -163,15 +159,21 @@ def cmd_followup(a: argparse.Namespace, settings: dict[str, Any]) -> int:
         bundle_root=a.bundle_root,
         **settings,
     )
-    print(
+    return report(
+        res,
         f"{res.succeeded} compared with their prior, {res.failed} failed, of {res.total} pair(s); "
-        f"follow-up table: {res.output_dir / 'followup.csv'}"
+        f"follow-up table: {res.output_dir / 'followup.csv'}",
     )
+
+
+def report(res: Any, headline: str) -> int:
+    """Print a run's outcome (the headline, where failures and the report are) and return its exit code."""
+    print(headline)
     if res.failed:
         print(f"failures: {res.output_dir / 'failures.csv'}")
     if res.index_html.exists():
         print(f"report: {res.index_html.resolve()}")
-    return res.exit_code
+    return int(res.exit_code)
 
 
 def pairs_out(inputs: list[Path]) -> Path:

@@ -51,13 +51,11 @@ from typing import Any
 from pipelines.nodules.lungrads import (
     CATEGORY_ORDER,
     DESCRIPTORS,
-    LUNG_RADS_VERSION,
     MANAGEMENT,
     NODULE_TYPES,
-    REFERENCE,
-    SIZE_BASIS,
     categorize_nodule,
     round_mean_diameter_mm,
+    scan_result,
 )
 
 __all__ = [
@@ -355,16 +353,7 @@ def categorize_followup_scan(
             result["followup_category"] = result["category"]
             result.update(category="0", descriptor=DESCRIPTORS["0"], management=MANAGEMENT["0"])
     return {
-        "category": category,
-        "descriptor": DESCRIPTORS[category],
-        "management": MANAGEMENT[category],
-        "reason": reason,
-        "deciding_nodule_id": None if deciding is None or category == "0" else deciding["nodule_id"],
-        "deciding_nodule": None if category == "0" else deciding,
-        "nodule_categories": per_nodule,
-        "size_basis": SIZE_BASIS,
-        "version": LUNG_RADS_VERSION,
-        "reference": REFERENCE,
+        **scan_result(category, reason, deciding, per_nodule),
         "note": NOTE,
         "interval_days": interval_days,
         "resolved_nodule_ids": list(resolved_ids),

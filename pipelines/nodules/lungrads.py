@@ -229,6 +229,14 @@ def categorize_scan(nodules: Sequence[Mapping[str, Any]], *, incomplete_reason: 
             )
         for result in per_nodule:
             result.update(category="0", descriptor=DESCRIPTORS["0"], management=MANAGEMENT["0"])
+    return scan_result(category, reason, deciding, per_nodule)
+
+
+def scan_result(
+    category: str, reason: str, deciding: dict[str, Any] | None, per_nodule: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The scan-level Lung-RADS record: ``category`` with its descriptor and management, the ``reason``, the
+    deciding nodule (none for category 0), every nodule's result and the rule set's provenance."""
     return {
         "category": category,
         "descriptor": DESCRIPTORS[category],

@@ -186,7 +186,7 @@ def _make_case(
     return cid, write_case(out, cid, case.image, case.lungs, case.nodules, fmt=fmt), case.nodules_table
 
 
-def write_dataset(
+def make_dataset(
     out_dir: str | Path,
     *,
     n: int,
@@ -262,7 +262,7 @@ def save_preview(
     """Montage PNG of axial slices through nodules (lung window for CT), each nodule outlined and captioned.
 
     Args:
-        dataset_dir: a folder written by :func:`write_dataset`.
+        dataset_dir: a folder written by :func:`make_dataset`.
         png_path: output PNG path.
         max_panels: number of slices shown.
         dpi: resolution of the PNG (64 keeps a 12-panel montage under ~500 KB).
@@ -317,7 +317,7 @@ def save_preview(
 
 
 def merge_datasets(sources: list[str | Path], out_dir: str | Path) -> Path:
-    """Merge datasets in the :func:`write_dataset` layout into ``out_dir`` (tables and datalist only).
+    """Merge datasets in the :func:`make_dataset` layout into ``out_dir`` (tables and datalist only).
 
     Images stay where they are: the merged ``datalist.json`` holds absolute paths, each source keeps its own
     training/validation/test split, and ``annotations.csv``, ``cases.csv`` and ``seriesuids.csv`` are
@@ -359,7 +359,7 @@ SPLITS = ("training", "validation", "test")
 def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str | Path) -> Path:
     """Gather the given splits of datasets into one evaluation folder (the settings-choosing validation set).
 
-    ``sources`` pairs a dataset folder (:func:`write_dataset` layout) with the splits to take from it. The
+    ``sources`` pairs a dataset folder (:func:`make_dataset` layout) with the splits to take from it. The
     images, labels and lung masks are linked (symbolic links, nothing copied) into ``out_dir/images``,
     ``labels`` and ``lungs`` (links left there by an earlier, different selection are removed; other files are
     never touched); ``annotations.csv``, ``cases.csv`` and ``seriesuids.csv`` keep only those
@@ -420,38 +420,3 @@ def held_out_set(sources: list[tuple[str | Path, tuple[str, ...]]], out_dir: str
     if version is not None:
         _write_generator_stamp(out, version)
     return out
-
-
-def make_dataset(
-    out_dir: str | Path,
-    *,
-    n: int,
-    seed: int,
-    size: str = "small",
-    modality: str = "ct",
-    fmt: str = "nii",
-    preview: bool = False,
-    splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
-    workers: int = 1,
-    first: int = 0,
-) -> Path:
-    """Write ``n`` synthetic cases in the LUNA16-like layout described in :mod:`pipelines.phantom.write`.
-
-    ``workers`` > 1 generates cases in parallel processes (same bytes as serial); ``first`` skips to case
-    ``first`` of the dataset of ``seed``.
-
-    Returns:
-        ``out_dir`` as a Path.
-    """
-    return write_dataset(
-        out_dir,
-        n=n,
-        seed=seed,
-        size=size,
-        modality=modality,
-        fmt=fmt,
-        preview=preview,
-        splits=splits,
-        workers=workers,
-        first=first,
-    )
