@@ -104,6 +104,7 @@ def test_marks_cover_each_component_above_the_floor_on_the_finer_grid():
     prob = np.full((30, 40, 50), 0.01, np.float32)
     prob[10:13, 20:23, 5:8] = 0.3  # above the floor 0.25
     prob[20:22, 5:7, 40:42] = 0.2  # below it
+    prob[2:4, 30:32, 30:32] = 0.9  # above it, but 8 voxels: smaller than a 3 mm ball (14), no candidate
     hu = np.full(prob.shape, BG, np.float32)
     settings = _settings(fine_floor=0.25, second_look=False)
     fine_shape = (43, 57, 71)
@@ -117,6 +118,11 @@ def test_marks_cover_each_component_above_the_floor_on_the_finer_grid():
             got.min() == max(0, int(np.floor(a * r)) - grow) and got.max() == int(np.ceil(b * r)) + grow - 1
         )
     assert not fine_window_marks(np.full(prob.shape, 0.01, np.float32), fine_shape, settings, hu=hu).any()
+    every_size = fine_window_marks(prob, fine_shape, settings, hu=hu, min_voxels=1)
+    assert (
+        every_size[int(3 * ratio[0]), int(31 * ratio[1]), int(31 * ratio[2])]
+        and every_size.sum() > marks.sum()
+    )
 
 
 def test_a_second_look_spot_below_the_floor_is_marked_when_the_second_look_is_on():

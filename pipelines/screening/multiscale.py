@@ -152,10 +152,13 @@ def fine_window_marks(
     *,
     hu: Volume,
     lungs: np.ndarray | None = None,
+    min_voxels: int | None = None,
 ) -> np.ndarray:
     """Where the finer grid runs with ``fine_scope="candidates"``: ``[z, y, x]`` bool on the finer grid.
 
-    Marks the box of every 26-connected component of ``probability >= settings.fine_floor`` and, when
+    Marks the box of every 26-connected component of ``probability >= settings.fine_floor`` as big as a
+    candidate (the volume of a ball of ``settings.min_diameter_mm``, as candidates and candidate-scoped mirroring
+    count it) and, when
     ``settings.second_look`` is on and the floor lies above ``second_look_min_probability``, the ball box of
     every second-look spot (:func:`pipelines.nodules.second_look.find_spots`; below that probability the spots lie
     within 2 voxels of a component already), each grown by :data:`MARK_MARGIN_MM`. Both grids cover the same
@@ -169,6 +172,7 @@ def fine_window_marks(
         settings: ``fine_floor``, ``fine_spacing_mm`` and the second look's settings.
         hu: HU on the network grid (for the second look), read box by box.
         lungs: lung labels on the network grid (second-look spots inside the lungs only), or None.
+        min_voxels: the smallest component marked, in first-pass voxels (None: a ``min_diameter_mm`` ball's).
     """
     prob = np.asarray(probability, dtype=np.float32)
     coarse = np.asarray(prob.shape, float)
@@ -176,11 +180,14 @@ def fine_window_marks(
     ratio = np.asarray(fine_shape, float) / coarse
     spacing = float(settings.target_spacing_mm)
     boxes: list[tuple[np.ndarray, np.ndarray]] = []
+    if min_voxels is None:
+        min_voxels = int(4 / 3 * math.pi * (settings.min_diameter_mm / 2 / spacing) ** 3)
     hot = prob >= settings.fine_floor
     if hot.any():
-        labels, _ = ndimage.label(hot, structure=np.ones((3, 3, 3), bool))
-        for box in ndimage.find_objects(labels):
-            if box is not None:
+        labels, n = ndimage.label(hot, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labels[hot], minlength=n + 1)
+        for box, size in zip(ndimage.find_objects(labels), sizes[1:], strict=True):
+            if box is not None and size >= max(1, min_voxels):
                 boxes.append((np.asarray([b.start for b in box]), np.asarray([b.stop for b in box])))
     if settings.second_look and settings.fine_floor > settings.second_look_min_probability:
         for spot in find_spots(
