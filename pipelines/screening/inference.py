@@ -84,6 +84,12 @@ class LungGatedNetwork(torch.nn.Module):
     passed through ``network`` as ``[b, 1, z, y, x]``. Output is the logit ``[B, 1, z, y, x]`` in float32.
     With ``mirror_axes`` (letters of ``"zyx"``) the logit is the mean over the window and its mirror images along
     every combination of those axes (nnU-Net's mirroring; ``2**len(mirror_axes)`` network passes).
+
+    With ``marked`` (a ``[1, 1, z, y, x]`` bool tensor on the padded grid; the sliding window then passes each
+    window's slices, ``with_coord=True``) a window runs only when it also holds a marked voxel; the others get
+    the same ``-20`` and count as skipped (``windows_unmarked`` of them for want of a mark). Blended by the
+    sliding window, the logit inside the marks is the one of running every window: each window that covers a
+    marked voxel holds that mark.
     """
 
     def __init__(
@@ -93,14 +99,17 @@ class LungGatedNetwork(torch.nn.Module):
         enabled: bool = True,
         channels_last: bool = False,
         mirror_axes: str = "",
+        marked: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.enabled = enabled
         self.channels_last = channels_last
         self.flips = mirror_flips(mirror_axes)
+        self.marked = marked
         self.windows_run = 0
         self.windows_skipped = 0
+        self.windows_unmarked = 0
 
     def _run(self, image: torch.Tensor) -> torch.Tensor:
         out = _forward(self.network, image, self.channels_last)
@@ -108,17 +117,29 @@ class LungGatedNetwork(torch.nn.Module):
             out = out + _forward(self.network, image.flip(dims), self.channels_last).flip(dims)
         return out / (1 + len(self.flips))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coords: list[list[slice]] | None = None) -> torch.Tensor:
         image, lungs = x[:, :1], x[:, 1:2]
-        if not self.enabled:
+        if not self.enabled and self.marked is None:
             self.windows_run += x.shape[0]
             return self._run(image)
-        keep = lungs.flatten(1).amax(dim=1) > 0
+        keep = (
+            lungs.flatten(1).amax(dim=1) > 0
+            if self.enabled
+            else torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        )
+        if self.marked is not None:
+            assert coords is not None, "a marked gate needs the window slices (with_coord=True)"
+            holds = torch.tensor([bool(self.marked[tuple(c)].any()) for c in coords], device=x.device)
+            self.windows_unmarked += int((keep & ~holds).sum())
+            keep = keep & holds
         out = torch.full_like(image, -20.0, dtype=torch.float32)
         n = int(keep.sum())
         self.windows_run += n
         self.windows_skipped += x.shape[0] - n
-        if n:
+        if n == 1 and self.marked is not None and image.device.type == "cpu":
+            # batch 1 takes PyTorch's slow CPU conv3d path: 2 is faster (marked gates often leave one)
+            out[keep] = self._run(image[keep].expand(2, *image.shape[1:]))[:1]
+        elif n:
             out[keep] = self._run(image[keep])
         return out
 
@@ -238,6 +259,7 @@ def sliding_window_probability(
     device: torch.device,
     channels_last: bool = False,
     compile_network: bool = False,
+    window_marks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Nodule probability on the network grid.
 
@@ -251,9 +273,13 @@ def sliding_window_probability(
             slower on CPU, where it is never switched on by default).
         compile_network: wrap the network in ``torch.compile`` (off by default: the first scan pays the
             compilation, and every new window batch size recompiles).
+        window_marks: ``[z, y, x]`` bool on the same grid, or None (every window): only windows holding a
+            marked voxel run (:class:`LungGatedNetwork`), and only those are mirrored; the others keep the
+            background logit ``-20``. Inside the marks the probability is the one of running every window.
 
     Returns:
-        ``[z, y, x]`` float32 probabilities on the CPU, and counters (windows run/skipped, stitch device).
+        ``[z, y, x]`` float32 probabilities on the CPU, and counters (windows run/skipped, of the skipped
+        ``windows_unmarked`` for want of a mark, windows mirrored, stitch device).
     """
     lung = (
         torch.ones_like(image) if lungs is None else (torch.as_tensor(lungs).reshape(image.shape) > 0).float()
@@ -269,27 +295,58 @@ def sliding_window_probability(
     if channels_last:
         network = network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     net = compiled(network) if compile_network else network
+    marks = None if window_marks is None else torch.as_tensor(window_marks).to(x.device).bool()
     scoped = settings.mirror_scope == "candidates" and bool(settings.mirror_axes)
     gated = LungGatedNetwork(
         net,
         enabled=settings.skip_empty_windows and lungs is not None,
         channels_last=channels_last,
         mirror_axes="" if scoped else settings.mirror_axes,
+        marked=None if marks is None else _padded_like(marks[None, None], x, inferer),
     )
     with precision(device, autocast_dtype(settings, device)):
-        logits = inferer(x, gated)
+        inferer.with_coord = marks is not None
+        try:
+            logits = inferer(x, gated)
+        finally:
+            inferer.with_coord = False
         assert isinstance(logits, torch.Tensor)
         mirrored = gated.windows_run if settings.mirror_axes and not scoped else 0
         if scoped:
-            logits, mirrored = _mirror_candidates(logits, x, net, inferer, settings, channels_last)
+            logits, mirrored = _mirror_candidates(
+                logits, x, net, inferer, settings, channels_last, within=marks
+            )
     prob = torch.sigmoid(logits[0, 0].float() / float(settings.logit_temperature)).cpu()
     info = {
         "windows_run": gated.windows_run,
         "windows_skipped": gated.windows_skipped,
+        "windows_unmarked": gated.windows_unmarked,
         "windows_mirrored": mirrored,
         "stitch_device": str(inferer.device),
     }
     return prob, info
+
+
+def window_count(shape_zyx: tuple[int, ...], roi_size: tuple[int, ...], overlap: float) -> int:
+    """How many windows MONAI's sliding window takes over a grid of ``shape_zyx`` (padded up to the window)."""
+    import math
+
+    n = 1
+    for size, roi in zip(shape_zyx, roi_size, strict=True):
+        size = max(int(size), int(roi))
+        step = int(roi) if size == roi else max(1, int(int(roi) * (1 - float(overlap))))
+        n *= math.ceil((size - int(roi)) / step) + 1
+    return n
+
+
+def _padded_like(t: torch.Tensor, x: torch.Tensor, inferer: SlidingWindowInferer) -> torch.Tensor:
+    """``t`` (``[1, 1, z, y, x]`` on the grid of ``x``) padded as MONAI pads a grid smaller than the window, so
+    that the window slices it hands to the network index ``t`` too (no copy when nothing is padded)."""
+    from monai.utils import ensure_tuple_rep
+
+    roi = tuple(int(r) for r in ensure_tuple_rep(inferer.roi_size, x.ndim - 2))
+    pad, _ = _roi_padding(tuple(x.shape[2:]), roi)
+    return torch.nn.functional.pad(t, pad) if any(pad) else t
 
 
 def _mirror_candidates(
@@ -299,8 +356,13 @@ def _mirror_candidates(
     inferer: SlidingWindowInferer,
     settings: ScreeningSettings,
     channels_last: bool,
+    *,
+    within: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Candidate-scoped mirroring (``mirror_scope="candidates"``): the blended logit and the windows mirrored."""
+    """Candidate-scoped mirroring (``mirror_scope="candidates"``): the blended logit and the windows mirrored.
+
+    ``within`` (``[z, y, x]`` bool, the window marks of the pass) restricts the candidates' marks to it.
+    """
     import math
 
     flips = mirror_flips(settings.mirror_axes)
@@ -311,6 +373,8 @@ def _mirror_candidates(
         temperature=settings.logit_temperature,
         min_voxels=int(4 / 3 * math.pi * radius_vox**3),
     )
+    if within is not None:
+        marked &= within.to(marked.device)
     if not bool(marked.any()):
         return logits, 0
     # MONAI pads a grid smaller than the window before slicing it; pad the same way here, so that the window

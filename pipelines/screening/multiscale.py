@@ -16,6 +16,9 @@ less context) and its own false positives, so it only adds to the first pass:
 Every score still gets the shape term and the classifier afterwards, measured on the first grid. The geometry,
 the transforms and the network are the bundle's own: ``fine_preprocessing`` is the bundle's resampling and
 HU scaling with ``settings#fine_spacing_mm`` (``configs/inference.json``).
+
+With ``fine_scope="candidates"`` the finer grid runs only its windows that hold a mark of the first pass
+(:func:`fine_window_marks`): where a small nodule could be.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ from scipy import ndimage
 from pipelines.imaging.io import spacing_zyx
 from pipelines.imaging.preprocess import CaseGeometry
 from pipelines.nodules.record import Candidate
+from pipelines.nodules.second_look import Volume, find_spots
+from pipelines.screening.settings import ScreeningSettings
+
+#: Each first-pass mark is grown by this much (mm) on the finer grid: a fine candidate a little larger than the
+#: first pass's component, or around a second-look spot's centre, stays inside the windows that run.
+MARK_MARGIN_MM = 4.0
 
 
 def fine_case(data: dict[str, Any], fine_preprocessing: Any) -> dict[str, Any]:
@@ -134,3 +143,70 @@ def merge_scales(
         next_id += 1
         cands.append(row)
     return cands, mask, prob
+
+
+def fine_window_marks(
+    probability: np.ndarray,
+    fine_shape_zyx: tuple[int, ...],
+    settings: ScreeningSettings,
+    *,
+    hu: Volume,
+    lungs: np.ndarray | None = None,
+    min_voxels: int | None = None,
+) -> np.ndarray:
+    """Where the finer grid runs with ``fine_scope="candidates"``: ``[z, y, x]`` bool on the finer grid.
+
+    Marks the box of every 26-connected component of ``probability >= settings.fine_floor`` as big as a
+    candidate (the volume of a ball of ``settings.min_diameter_mm``, as candidates and candidate-scoped mirroring
+    count it) and, when
+    ``settings.second_look`` is on and the floor lies above ``second_look_min_probability``, the ball box of
+    every second-look spot (:func:`pipelines.nodules.second_look.find_spots`; below that probability the spots lie
+    within 2 voxels of a component already), each grown by :data:`MARK_MARGIN_MM`. Both grids cover the same
+    lung crop, so a first-pass voxel box ``[a, b)`` maps to ``[a * r, b * r)`` with ``r`` the ratio of the
+    grids' shapes per axis.
+
+    Args:
+        probability: first-pass ``[z, y, x]`` probability on the network grid (isotropic,
+            ``settings.target_spacing_mm`` nominal).
+        fine_shape_zyx: shape of the finer grid over the same crop.
+        settings: ``fine_floor``, ``fine_spacing_mm`` and the second look's settings.
+        hu: HU on the network grid (for the second look), read box by box.
+        lungs: lung labels on the network grid (second-look spots inside the lungs only), or None.
+        min_voxels: the smallest component marked, in first-pass voxels (None: a ``min_diameter_mm`` ball's).
+    """
+    prob = np.asarray(probability, dtype=np.float32)
+    coarse = np.asarray(prob.shape, float)
+    fine_shape = tuple(int(n) for n in fine_shape_zyx)
+    ratio = np.asarray(fine_shape, float) / coarse
+    spacing = float(settings.target_spacing_mm)
+    boxes: list[tuple[np.ndarray, np.ndarray]] = []
+    if min_voxels is None:
+        min_voxels = int(4 / 3 * math.pi * (settings.min_diameter_mm / 2 / spacing) ** 3)
+    hot = prob >= settings.fine_floor
+    if hot.any():
+        labels, n = ndimage.label(hot, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labels[hot], minlength=n + 1)
+        for box, size in zip(ndimage.find_objects(labels), sizes[1:], strict=True):
+            if box is not None and size >= max(1, min_voxels):
+                boxes.append((np.asarray([b.start for b in box]), np.asarray([b.stop for b in box])))
+    if settings.second_look and settings.fine_floor > settings.second_look_min_probability:
+        for spot in find_spots(
+            hu,
+            prob,
+            lungs,
+            spacing,
+            min_probability=settings.second_look_min_probability,
+            min_response_hu=settings.second_look_min_response_hu,
+            max_probability=settings.fine_floor,
+        ):
+            at = np.asarray(spot.index_zyx, int)
+            reach = math.ceil(spot.diameter_mm / 2 / spacing)
+            boxes.append((at - reach, at + reach + 1))
+    marks = np.zeros(fine_shape, dtype=bool)
+    grow = math.ceil(MARK_MARGIN_MM / float(settings.fine_spacing_mm or spacing))
+    upper = np.asarray(fine_shape)
+    for lo, hi in boxes:
+        start = np.clip(np.floor(lo * ratio).astype(int) - grow, 0, upper)
+        stop = np.clip(np.ceil(hi * ratio).astype(int) + grow, 0, upper)
+        marks[tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))] = True
+    return marks

@@ -32,7 +32,12 @@ from pipelines.imaging.discovery import CaseInput, check_size
 from pipelines.screening.assessability import screenable
 from pipelines.screening.backend import active_backend, network_backend
 from pipelines.screening.ensemble import load_network_weights, weight_files
-from pipelines.screening.inference import load_weights, select_device, sliding_window_probability
+from pipelines.screening.inference import (
+    load_weights,
+    select_device,
+    sliding_window_probability,
+    window_count,
+)
 from pipelines.screening.scoring import CaseResult, analyse_case
 from pipelines.screening.settings import ScreeningSettings
 
@@ -189,17 +194,55 @@ class Screener:
         timings = {"network": time.perf_counter() - t}
         fine = None
         if self.fine_preprocessing is not None and not skip:
-            from pipelines.screening.multiscale import fine_case
-
             t = time.perf_counter()
             with timer("sliding_window_fine"):
-                fine_data = fine_case(data, self.fine_preprocessing)
-                fine = (fine_data, self.probability(fine_data)[0])
+                fine = self._fine_pass(data, prob, info)
             timings["network_fine"] = time.perf_counter() - t
         return Prediction(prob, info, fine, timings)
 
-    def probability(self, data: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The network's probability on ``data``'s network grid (sliding window, the settings' mirroring)."""
+    def _fine_pass(
+        self, data: dict[str, Any], prob: torch.Tensor, info: dict[str, Any]
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """The finer grid's case and probability; its window counts go to ``info`` as ``fine_windows_*``.
+
+        With ``fine_scope="candidates"`` only windows holding a first-pass mark run
+        (:func:`pipelines.screening.multiscale.fine_window_marks`); with no mark at all, none does and the
+        probability is the background's everywhere.
+        """
+        from pipelines.screening.multiscale import fine_case, fine_window_marks
+        from pipelines.screening.scoring import NetworkHU
+
+        fine_data = fine_case(data, self.fine_preprocessing)
+        marks = None
+        if self.settings.fine_scope == "candidates":
+            lungs = data.get("lungs")
+            marks = fine_window_marks(
+                prob.numpy(),
+                tuple(fine_data["image"].shape[1:]),
+                self.settings,
+                hu=NetworkHU(data, self.settings),
+                lungs=None if lungs is None else torch.as_tensor(lungs).reshape(prob.shape).numpy(),
+            )
+        if marks is not None and not marks.any():
+            background = torch.sigmoid(torch.tensor(-20.0) / float(self.settings.logit_temperature))
+            fine_prob = torch.full(tuple(fine_data["image"].shape[1:]), float(background))
+            n = window_count(fine_prob.shape, self.settings.roi_size, self.settings.overlap)
+            fine_info: dict[str, Any] = {"windows_run": 0, "windows_skipped": n, "windows_unmarked": n}
+        else:
+            fine_prob, fine_info = self.probability(fine_data, window_marks=marks)
+        info["fine_scope"] = self.settings.fine_scope
+        for key in ("windows_run", "windows_skipped", "windows_unmarked", "windows_mirrored"):
+            if key in fine_info:
+                info[f"fine_{key}"] = fine_info[key]
+        return fine_data, fine_prob
+
+    def probability(
+        self, data: dict[str, Any], *, window_marks: Any = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The network's probability on ``data``'s network grid (sliding window, the settings' mirroring).
+
+        ``window_marks`` (``[z, y, x]`` bool on that grid): only windows holding a mark run.
+        """
         return sliding_window_probability(
             data["image"],
             data.get("lungs"),
@@ -209,6 +252,7 @@ class Screener:
             device=self.device,
             channels_last=self.settings.channels_last and self.device.type == "cuda",
             compile_network=self.settings.compile and self.backend == "torch",
+            window_marks=None if window_marks is None else torch.as_tensor(window_marks),
         )
 
     @torch.no_grad()
