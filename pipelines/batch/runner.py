@@ -108,6 +108,7 @@ def run_cases(
     overwrite: bool = False,
     progress: bool = True,
     sharded: bool = True,
+    pipelined: bool = True,
 ) -> dict[str, int]:
     """Run ``stages`` over ``cases`` into ``output_dir``; return counts (succeeded, failed, skipped, total).
 
@@ -121,6 +122,8 @@ def run_cases(
         overwrite: recompute cases that are already complete.
         progress: show a progress bar.
         sharded: split the cases over torchrun ranks (rank 0 writes the run tables).
+        pipelined: prepare the next case and write the previous one in threads while a case is computed; False
+            runs prepare, compute and write one case after another (the baseline of the batch benchmark).
 
     Raises:
         pipelines.batch.runstate.OutputDirError: OUT unusable (before any work).
@@ -139,7 +142,8 @@ def run_cases(
     counts = {"succeeded": 0, "failed": 0, "skipped": len(skipped), "total": len(cases)}
     interrupted = False
     try:
-        _pipeline(todo, stages, output_dir, case_fp, counts, progress=progress)
+        run = _pipeline if pipelined else _sequential
+        run(todo, stages, output_dir, case_fp, counts, progress=progress)
     except KeyboardInterrupt:
         interrupted = True
     _barrier(world, interrupted=interrupted)
@@ -193,6 +197,31 @@ def _pipeline(
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
         writer.shutdown(wait=True)
+        bar.close()
+
+
+def _sequential(
+    todo: list[Any],
+    stages: CaseStages,
+    output_dir: Path,
+    case_fp: dict[str, str],
+    counts: dict[str, int],
+    *,
+    progress: bool,
+) -> None:
+    """Each case prepared, computed and written before the next one starts (one thread)."""
+    bar = progress_bar(len(todo), enabled=progress)
+    try:
+        for case in todo:
+            try:
+                computed = stages.compute(case, stages.prepare(case))
+                stages.write(case, computed, fingerprint=case_fp[case.case_id])
+                records.clear_failure(output_dir, case.case_id)
+                counts["succeeded"] += 1
+            except Exception as err:  # noqa: BLE001 - one bad case must never stop the batch
+                _fail(output_dir, case, err, counts)
+            bar.update(1)
+    finally:
         bar.close()
 
 

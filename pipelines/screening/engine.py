@@ -41,6 +41,7 @@ class ScreeningEngine:
         bundle_version: recorded with every output.
         progress: show a progress bar.
         input_roots: the folders the cases came from; the output may not lie inside any of them.
+        pipelined: read the next case and write the previous one in threads (:func:`pipelines.batch.runner.run_cases`).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ScreeningEngine:
         progress: bool = True,
         input_roots: Sequence[str | os.PathLike[str]] = (),
         fine_preprocessing: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        pipelined: bool = True,
     ) -> None:
         self.input_roots = [Path(r) for r in input_roots]
         cases = [c if isinstance(c, discovery.CaseInput) else _as_case(c, i) for i, c in enumerate(dataset)]
@@ -81,6 +83,7 @@ class ScreeningEngine:
         self.overwrite = overwrite
         self.bundle_version = bundle_version
         self.progress = progress
+        self.pipelined = pipelined
         self.stats: dict[str, int] = {}
         # a done case is skipped only if it was screened with these settings, weights and bundle version
         self.fingerprint = records.run_fingerprint(
@@ -110,6 +113,7 @@ class ScreeningEngine:
                 input_roots=self.input_roots,
                 overwrite=self.overwrite,
                 progress=self.progress,
+                pipelined=self.pipelined,
             )
         finally:
             self.stats = counts
