@@ -118,18 +118,17 @@ def cmd_screen(a: argparse.Namespace) -> int:
         settings["compress"] = False
     if a.dicom_out:
         settings["dicom_out"] = True
-    if a.prior is not None or a.pairs is not None or a.interval_days is not None:
-        return cmd_followup(a, settings)
-    res = screen(
-        a.inputs,
-        a.out,
-        weights=a.weights,
-        classifier_weights=a.classifier_weights,
-        overwrite=a.overwrite,
-        progress=not a.quiet,
-        bundle_root=a.bundle_root,
+    options: dict[str, Any] = {
+        "weights": a.weights,
+        "classifier_weights": a.classifier_weights,
+        "overwrite": a.overwrite,
+        "progress": not a.quiet,
+        "bundle_root": a.bundle_root,
         **settings,
-    )
+    }
+    if a.prior is not None or a.pairs is not None or a.interval_days is not None:
+        return cmd_followup(a, options)
+    res = screen(a.inputs, a.out, **options)
     return report(
         res,
         f"{res.succeeded} succeeded, {res.failed} failed, {res.skipped} skipped (already done) of {res.total}; "
@@ -137,7 +136,7 @@ def cmd_screen(a: argparse.Namespace) -> int:
     )
 
 
-def cmd_followup(a: argparse.Namespace, settings: dict[str, Any]) -> int:
+def cmd_followup(a: argparse.Namespace, options: dict[str, Any]) -> int:
     """``screen --prior`` / ``screen --pairs``: :func:`pipelines.followup.run.screen_followup`."""
     from pipelines.followup.run import screen_followup
 
@@ -149,16 +148,7 @@ def cmd_followup(a: argparse.Namespace, settings: dict[str, Any]) -> int:
     if a.prior is not None and isinstance(a.inputs, list):
         raise UsageError(f"--prior takes one current scan: {usage}")
     pairs: Any = a.pairs if a.pairs is not None else [(a.inputs, a.prior, a.interval_days)]
-    res = screen_followup(
-        pairs,
-        a.out,
-        weights=a.weights,
-        classifier_weights=a.classifier_weights,
-        overwrite=a.overwrite,
-        progress=not a.quiet,
-        bundle_root=a.bundle_root,
-        **settings,
-    )
+    res = screen_followup(pairs, a.out, **options)
     return report(
         res,
         f"{res.succeeded} compared with their prior, {res.failed} failed, of {res.total} pair(s); "
