@@ -99,3 +99,49 @@ def test_run_tables_of_hostile_file_names(tmp_path: Path, monkeypatch: pytest.Mo
     assert all(_number(r["coordX"]) for r in submission)  # negative LPS coordinates stay numbers
     # the case folders keep their real names; only the table cells are neutralised
     assert (out / "cases" / "=HYPERLINK(1)" / "result.json").is_file()
+
+
+def test_csv_rows_text_quotes_and_neutralises() -> None:
+    from pipelines.imaging.filesys import csv_rows_text
+
+    text = csv_rows_text([["=1+1", "a,b", -3.5, "-3.5"]], ["id", "name", "x", "y"])
+    assert list(csv.reader(_io.StringIO(text))) == [
+        ["id", "name", "x", "y"],
+        ["'=1+1", "a,b", "-3.5", "-3.5"],
+    ]
+
+
+def test_dataset_tables_of_hostile_case_ids(tmp_path: Path) -> None:
+    """annotations.csv, cases.csv and seriesuids.csv of a dataset whose case id came from a hostile host name."""
+    from pipelines.phantom.write import write_tables
+
+    ids = ["=HYPERLINK(1)", "plain"]
+    nodule = {"nodule_id": 1, "center_lps_mm": [-10.0, 5.0, -20.0], "diameter_mm": 6.0, "type": "@solid"}
+    nodule |= {"location": "-pleural", "solid_component_mm": 6.0, "mean_hu": -20.0}
+    entries = {c: {"image": f"images/{c}.nii.gz", "label": f"labels/{c}.nii.gz"} for c in ids}
+    write_tables(tmp_path, ids, {c: [dict(nodule)] for c in ids}, entries, seed=1, splits=(1.0, 0.0, 0.0))
+    for name in ("annotations.csv", "cases.csv"):
+        rows = _rows((tmp_path / name).read_text())
+        assert rows and all(_safe(cell) for row in rows for cell in row.values()), name
+    assert {r["seriesuid"] for r in _rows((tmp_path / "annotations.csv").read_text())} == {
+        "'=HYPERLINK(1)",
+        "plain",
+    }
+    assert (tmp_path / "seriesuids.csv").read_text().splitlines() == ["'=HYPERLINK(1)", "plain"]
+
+
+def test_prepared_luna16_tables_of_a_hostile_seriesuid(tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from pipelines.evaluation.luna16 import prepare_luna16
+
+    (tmp_path / "subset0").mkdir()
+    img = sitk.GetImageFromArray(np.zeros((8, 16, 16), np.int16))
+    sitk.WriteImage(img, str(tmp_path / "subset0" / "=cmd.mhd"))
+    ann = tmp_path / "annotations.csv"
+    ann.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n=cmd,8,8,4,3.0\n")
+    prepare_luna16(root=tmp_path, annotations=ann, out=tmp_path / "out", excluded=ann)
+    for name in ("nodules.csv", "annotations_excluded.csv"):
+        rows = _rows((tmp_path / "out" / name).read_text())
+        assert [r["seriesuid"] for r in rows] == ["'=cmd"], name
+        assert _number(rows[0]["coordX"])

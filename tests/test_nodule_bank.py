@@ -280,6 +280,7 @@ def test_insert_real_nodules_writes_a_labelled_case(crops: Path, tmp_path: Path)
     assert len(real) == len(rows) and {r["patient_id"] for r in real} <= {"P-0001", "P-0002"}
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels" / "ct_real_s3.nii.gz")))
     assert labels.max() == len(rows)
+    assert [r["diameter_mm"] for r in real] == [f"{float(r['diameter_mm']):.2f}" for r in real]
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "images" / "ct_real_s3.nii.gz")))
     assert np.median(image[labels == 1]) > -300
 
@@ -303,3 +304,32 @@ def test_bundle_train_config_hands_the_bank_to_the_paste(crops: Path, tmp_path: 
     )
     plain = [t for t in default.parser.get_parsed_content("train#random") if isinstance(t, RandPasteNodulesd)]
     assert plain[0].bank is None and plain[0].real_share == 0.0
+
+
+def test_real_nodule_tables_of_a_hostile_host_name(crops: Path, tmp_path: Path) -> None:
+    """A host scan named like a formula, with a comma: every table cell stays text and parses back."""
+    from pipelines.realnodules.insert import insert_real_nodules
+
+    hu = np.full((40, 80, 80), 40, np.int16)
+    lungs = np.zeros(hu.shape, np.uint8)
+    lungs[4:36, 8:72, 8:38], lungs[4:36, 8:72, 42:72] = 1, 2
+    hu[lungs > 0] = -850
+    for name, arr in (("=x,y.nii.gz", hu), ("lungs.nii.gz", lungs)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((0.8, 0.8, 1.5))
+        sitk.WriteImage(img, str(tmp_path / name))
+    out = insert_real_nodules(
+        tmp_path / "=x,y.nii.gz",
+        tmp_path / "set",
+        crops,
+        n=2,
+        seed=3,
+        split="all",
+        lung_mask_path=tmp_path / "lungs.nii.gz",
+    )
+    with (out / "real_nodules.csv").open() as f:
+        real = list(csv.DictReader(f))
+    assert real and {r["seriesuid"] for r in real} == {"'=x,y_real_s3"}
+    assert all(float(r["diameter_mm"]) > 0 for r in real)
+    with (out / "annotations.csv").open() as f:
+        assert {r["seriesuid"] for r in csv.DictReader(f)} == {"'=x,y_real_s3"}

@@ -18,7 +18,6 @@ import io as _io
 import json
 import logging
 import os
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.imaging import filesys
+from pipelines.imaging.filesys import csv_safe
 
 FAILURE_COLUMNS = ("case_id", "input", "reason")
 
@@ -137,21 +137,6 @@ def to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
     for row in rows:
         writer.writerow({k: csv_safe(_fmt(row.get(k))) for k in columns})
     return buf.getvalue()
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-_PLAIN_NUMBER = re.compile(r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|nan)$")
-
-
-def csv_safe(value: Any) -> Any:
-    """A CSV cell that no spreadsheet evaluates: text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
-    return gets a leading ``'`` (OWASP's rule against CSV injection). Numbers (``-512.3`` as a number or as
-    plain numeric text) and all other values are returned unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(value):
-        return "'" + value
-    return value
 
 
 def _fmt(value: Any) -> Any:

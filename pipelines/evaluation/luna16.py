@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.evaluation.froc import Finding, read_findings_csv
-from pipelines.imaging.filesys import atomic_write, atomic_write_text
+from pipelines.imaging.filesys import atomic_write, atomic_write_text, csv_safe
 from pipelines.imaging.io import write_image
 
 PathLike = str | os.PathLike[str]
@@ -244,4 +244,4 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows([csv_safe(v) for v in row] for row in rows)

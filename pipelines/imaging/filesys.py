@@ -8,12 +8,15 @@ write succeeded, so an interrupted run never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 
@@ -153,3 +156,27 @@ def first_line(msg: str) -> str:
         if line:
             return line[:200]
     return " ".join(msg.split())[:200]
+
+
+# --------------------------------------------------------------------------------------------- CSV cells
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|nan)$")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell that no spreadsheet evaluates: text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's rule against CSV injection). Numbers (``-512.3`` as a number or as
+    plain numeric text) and all other values are returned unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def csv_rows_text(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+    """CSV text (``\\n`` line ends, quoted where needed) of ``rows``, every cell passed through :func:`csv_safe`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if header:
+        writer.writerow([csv_safe(h) for h in header])
+    writer.writerows([csv_safe(v) for v in row] for row in rows)
+    return buf.getvalue()

@@ -15,7 +15,6 @@ Layout of ``OUT``::
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.imaging.filesys import atomic_write_text
+from pipelines.imaging.filesys import atomic_write_text, csv_rows_text, csv_safe
 from pipelines.imaging.io import write_image
 
 CASES_COLUMNS = (
@@ -63,15 +62,6 @@ def split_ids(ids: list[str], *, seed: int, splits: tuple[float, float, float]) 
     test = sorted(ids[i] for i in order[n_val : n_val + n_test])
     train = sorted(ids[i] for i in order[n_val + n_test :])
     return {"training": train, "validation": val, "test": test}
-
-
-def _csv_text(rows: list[list[Any]], header: list[str] | tuple[str, ...] | None) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if header:
-        w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def _fmt(v: float) -> str:
@@ -165,10 +155,11 @@ def write_tables(
                 ]
             )
     atomic_write_text(
-        out / "annotations.csv", _csv_text(ann, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+        out / "annotations.csv",
+        csv_rows_text(ann, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]),
     )
-    atomic_write_text(out / "seriesuids.csv", "".join(f"{c}\n" for c in ids))
-    atomic_write_text(out / "cases.csv", _csv_text(cases, CASES_COLUMNS))
+    atomic_write_text(out / "seriesuids.csv", "".join(f"{csv_safe(c)}\n" for c in ids))
+    atomic_write_text(out / "cases.csv", csv_rows_text(cases, CASES_COLUMNS))
     parts = split_ids(ids, seed=seed, splits=splits)
     datalist = {k: [entries[c] for c in v] for k, v in parts.items()}
     atomic_write_text(out / "datalist.json", json.dumps(datalist, indent=2) + "\n")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.imaging.filesys import atomic_write_text, strip_image_suffix
+from pipelines.imaging.filesys import atomic_write_text, csv_rows_text, strip_image_suffix
 from pipelines.imaging.io import read_image, to_canonical
 from pipelines.realnodules.bank import NoduleBank, PathLike, load_bank
 from pipelines.realnodules.paste import RealNodule, insert_real_into_array, reader_category
@@ -123,11 +123,11 @@ def insert_real_nodules(
         imgs.append(sitk.DICOMOrient(img, code) if code != "LPS" else img)
     entry = write_case(out, case_id, imgs[0], imgs[1], imgs[2], fmt="nii")
     write_tables(out, [case_id], {case_id: rows}, {case_id: entry}, seed=seed, splits=(1.0, 0.0, 0.0))
-    lines = [",".join(REAL_COLUMNS)]
-    for r in rows:
-        if "real" in r:
-            m = r["real"]
-            vals = [case_id, r["nodule_id"], m["file"], m["patient_id"], m["texture"], m["calcification"]]
-            lines.append(",".join(str(v) for v in vals) + f",{r['diameter_mm']:.2f}")
-    atomic_write_text(out / "real_nodules.csv", "\n".join(lines) + "\n")
+    table = [
+        [case_id, r["nodule_id"], r["real"]["file"], r["real"]["patient_id"], r["real"]["texture"]]
+        + [r["real"]["calcification"], f"{r['diameter_mm']:.2f}"]
+        for r in rows
+        if "real" in r
+    ]
+    atomic_write_text(out / "real_nodules.csv", csv_rows_text(table, REAL_COLUMNS))
     return out
