@@ -101,3 +101,11 @@ def test_readme_python_api_import_gives_the_function():
     """`from pipelines import screen` (README) must give the function, not the submodule of the same name."""
     code = "from pipelines import screen; import inspect; assert inspect.isfunction(screen), screen"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_package_exports_screen_followup():
+    code = (
+        "import sys, inspect; from pipelines import screen_followup; assert inspect.isfunction(screen_followup);"
+        "from pipelines.followup.run import screen_followup as f; assert f is screen_followup"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
