@@ -190,3 +190,32 @@ def test_prior_from_row_and_bad_input():
         _cat("solid", 5.0, prior=PriorMeasurement("solid", 5.0), days=-1)
     with pytest.raises(ValueError):
         _cat("blob", 5.0)
+
+
+BECAME_SOLID = [
+    # (d now, solid now (solid: the whole), prior, expected, status)
+    # part-solid 12 mm with a 2.4 mm solid part -> solid 12 mm: solid part +9.6 mm, >= 4 mm -> 4B
+    (12.0, PriorMeasurement("part-solid", 12.0, 2.4, "3"), "4B", "growing"),
+    # ground-glass 5 mm -> solid 3.9 mm: new solid component < 4 mm -> 4A
+    (3.9, PriorMeasurement("ground-glass", 5.0, None, "2"), "4A", "growing"),
+    (4.0, PriorMeasurement("ground-glass", 5.0, None, "2"), "4B", "growing"),
+    # the solid part grew by exactly 1.5 mm: not growth; size rules of a solid nodule (6 to < 8 mm: 3)
+    (6.5, PriorMeasurement("part-solid", 7.0, 5.0, "3"), "3", "stable"),
+    (6.6, PriorMeasurement("part-solid", 7.0, 5.0, "3"), "4B", "growing"),
+    # solid component not measured on the prior: no transition rule; the total decides (stable here)
+    (7.0, PriorMeasurement("part-solid", 7.0, None, "3"), "3", "stable"),
+]
+
+
+@pytest.mark.parametrize(("d", "prior", "expected", "status"), BECAME_SOLID)
+def test_subsolid_that_became_solid_is_graded_by_its_solid_component(d, prior, expected, status):
+    result = _cat("solid", d, None, prior, days=180)
+    assert (result["category"], result["followup_status"]) == (expected, status), result["reason"]
+    if status == "growing":
+        assert result["prior_rule"] == "subsolid_became_solid"
+        assert result["solid_change_mm"] > 1.5
+
+
+def test_solid_on_both_scans_keeps_the_solid_rules():
+    result = _cat("solid", 7.0, None, PriorMeasurement("solid", 6.9, None, "4A"), days=100)
+    assert result["prior_rule"] == "stepped_4A_to_3" and result["category"] == "3"

@@ -19,6 +19,13 @@ half-up to one decimal, :func:`pipelines.nodules.lungrads.round_mean_diameter_mm
   component grew by > 1.5 mm, or a ground-glass nodule gained one) < 4 mm 4A, >= 4 mm 4B; part-solid whose
   total grew but whose solid component did not: baseline size rules; ground-glass < 30 mm 2, >= 30 mm 3 (v2022
   makes a *slowly* growing >= 30 mm ground-glass nodule 2; telling slow from not is left to the reader, so 3).
+* **Subsolid turned solid**: a nodule that was part-solid or ground-glass on the prior and is solid now has a
+  solid component equal to its whole: when that whole exceeds the prior's solid component by > 1.5 mm (a
+  ground-glass prior's solid component is 0), the part-solid rule for a new or growing solid component applies
+  (< 4 mm 4A, >= 4 mm 4B; never below the solid rules' category), rule ``subsolid_became_solid``. The lexicon
+  names no separate rule for this transition; reading it as solid-component growth is the conservative choice
+  (a subsolid nodule that solidifies is a sign of invasion), and a density type that flips between scans
+  without real change is then reported as growing rather than stable.
 * **Stable or decreased** (stepped management): a category 4A nodule stable or decreased at the 3-month
   follow-up becomes 3, a category 3 nodule at the 6-month follow-up becomes 2 (the prior's category is the one
   recorded for the prior nodule; "at the 3-/6-month follow-up" is read as an interval of at least 3 / 6 months,
@@ -261,8 +268,11 @@ def categorize_followup_nodule(
         return {**_result(base, category, "new", rule, reason), **extra}
     extra["diameter_change_mm"] = diameter_change_mm(d, prior.diameter_mm)
     prior_solid = _prior_solid(prior)
-    if type == "part-solid" and prior_solid is not None:
+    if type in ("part-solid", "solid") and prior_solid is not None:
         extra["solid_change_mm"] = diameter_change_mm(solid, prior_solid)
+    if type == "solid" and prior.type in ("part-solid", "ground-glass") and prior_solid is not None:
+        if is_growth(d, prior_solid):
+            return {**_became_solid(base, d, prior, prior_solid, months), **extra}
     if prior_solid is None:  # not measured on the prior: the total's growth stands for it (conservative)
         solid_grew = type == "part-solid" and is_growth(d, prior.diameter_mm)
     else:  # a ground-glass nodule that gained a solid component, or a solid component grown by > 1.5 mm
@@ -282,6 +292,19 @@ def categorize_followup_nodule(
         return {**_result(base, category, "growing", rule, reason), **extra}
     category, rule, reason = _stable_category(type, base["category"], prior, months)
     return {**_result(base, category, "stable", rule, reason), **extra}
+
+
+def _became_solid(
+    base: dict, d: float, prior: PriorMeasurement, prior_solid: float, months: float | None
+) -> dict:
+    """A subsolid nodule on the prior that is solid now, its solid part grown by > 1.5 mm (module docstring)."""
+    category = "4A" if d < 4.0 else "4B"
+    solid_rule = "4A" if d < 8.0 else "4B"
+    category = max(category, solid_rule, base["category"], key=_rank)
+    reason = f"{prior.type} on the prior (solid component {prior_solid:.1f} mm), solid now, {d:.1f} mm"
+    if months is not None and months > GROWTH_WINDOW_MONTHS:
+        reason += f"; over {months:.1f} months (> 12 months)"
+    return _result(base, category, "growing", "subsolid_became_solid", reason)
 
 
 def optional_float(value: Any) -> float | None:
