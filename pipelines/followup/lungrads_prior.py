@@ -43,6 +43,10 @@ follow-up), and "slow growth over multiple screening exams" (4B).
 
 Reference: Christensen J, Prosper AE, Wu CC, et al. ACR Lung-RADS v2022: Assessment Categories and
 Management Recommendations. J Am Coll Radiol. 2024;21(3):473-488 (also Chest 2024;165(3):738-753).
+The new and growing thresholds above were checked row by row against the published v1.1 assessment table (whose
+new/growing rows v2022 kept unchanged) and against v2022's growth ("> 1.5 mm within a 12-month interval") and
+size-threshold definitions; the stepped management (4A -> 3 at 3 months, 3 -> 2 at 6 months) is v2022's
+addition and replaced v1.1's "category 3 or 4 nodules unchanged for >= 3 months" (2).
 
 This is not a medical device; a radiologist assigns the category.
 """
