@@ -92,6 +92,8 @@ def test_bench_measures_every_stage_of_both_paths(bench_result: tuple[dict, Path
     assert entry["screen"]["runs"][0]["import_seconds"] >= 0 and entry["baseline"]["import_seconds"] >= 0
     assert entry["screen"]["max_peak_rss_bytes"] > 50 * 2**20  # torch alone is more than 50 MiB
     assert entry["stages"]["windows_run"] >= 1
+    fine = entry["stages"]["fine"]  # the second grid's windows are counted too
+    assert fine["spacing_mm"] == TINY["fine_spacing_mm"] and fine["windows_run"] >= 1
     # our network grid is the lung crop, the baseline's the whole 128x128x120 mm volume
     assert np.prod(entry["stages"]["network_shape_zyx"]) < np.prod(entry["baseline"]["network_shape_zyx"])
     assert not result["weights"]["trained"] or Path(result["weights"]["network"]).is_file()
@@ -113,6 +115,7 @@ def test_bench_writes_json_and_markdown(bench_result: tuple[dict, Path]) -> None
     assert "(`second_look` off; median of 1)" in text
     assert "| sw_batch_size | lung gating |" in text and "SimpleITK gzip level 1" in text
     assert "MONAI Spacing (bilinear)" in text
+    assert "second grid at 2.9 mm" in text
 
 
 def test_match_centres_is_one_to_one_within_radius() -> None:

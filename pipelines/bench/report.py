@@ -182,6 +182,12 @@ def _notes(entry: dict[str, Any]) -> list[str]:
                 f"- ours: test-time mirroring along {mirror['axes']!r}, scope {mirror.get('scope')!r}: "
                 f"{st.get('windows_mirrored', 0)} of {st['windows_run']} windows mirrored"
             )
+        fine = st.get("fine") or {}
+        if fine:
+            notes.append(
+                f"- ours: second grid at {fine['spacing_mm']} mm, scope {fine['scope']!r}: {fine['windows_run']} "
+                f"windows run, {fine['windows_skipped']} skipped, {fine['windows_mirrored']} mirrored"
+            )
     if "network_shape_zyx" in base:
         notes.append(f"- baseline: network grid {base['network_shape_zyx']} (z, y, x) at 1 mm (whole volume)")
     for key in ("stages", "screen", "baseline"):

@@ -60,8 +60,21 @@ def task_stages(spec: Spec) -> dict[str, Any]:
         "windows_skipped": info["windows_skipped"],
         "windows_mirrored": info.get("windows_mirrored", 0),
         "mirror": {"axes": settings.mirror_axes, "scope": settings.mirror_scope},
+        "fine": _fine_counts(info, settings),
         "network_shape_zyx": list(data["image"].shape[1:]),
         "candidates": len(result.candidates),
+    }
+
+
+def _fine_counts(info: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """The second grid's spacing, scope and window counts (empty when it is off)."""
+    if not settings.fine_spacing_mm:
+        return {}
+    keys = ("windows_run", "windows_skipped", "windows_unmarked", "windows_mirrored")
+    return {
+        "spacing_mm": settings.fine_spacing_mm,
+        "scope": info.get("fine_scope", settings.fine_scope),
+        **{key: info.get(f"fine_{key}", 0) for key in keys},
     }
 
 
