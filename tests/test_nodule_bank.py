@@ -251,26 +251,30 @@ def test_cli_builds_a_bank_and_names_refusals(
     assert (tmp_path / "split.csv").read_text().startswith("patient_id,split,subsolid,nodules\n")
 
 
-def test_insert_real_nodules_writes_a_labelled_case(crops: Path, tmp_path: Path) -> None:
-    from pipelines.realnodules.insert import insert_real_nodules
-
+def _host_scan(folder: Path, name: str) -> Path:
+    """A 40x80x80 chest-like host (two lungs at -850 HU in 40 HU tissue) and its lung mask ``lungs.nii.gz``."""
     hu = np.full((40, 80, 80), 40, np.int16)
     lungs = np.zeros(hu.shape, np.uint8)
     lungs[4:36, 8:72, 8:38], lungs[4:36, 8:72, 42:72] = 1, 2
     hu[lungs > 0] = -850
-    for name, arr in (("ct.nii.gz", hu), ("lungs.nii.gz", lungs)):
+    for file, arr in ((name, hu), ("lungs.nii.gz", lungs)):
         img = sitk.GetImageFromArray(arr)
         img.SetSpacing((0.8, 0.8, 1.5))
-        sitk.WriteImage(img, str(tmp_path / name))
-    out = insert_real_nodules(
-        tmp_path / "ct.nii.gz",
-        tmp_path / "set",
-        crops,
-        n=2,
-        seed=3,
-        split="all",
-        lung_mask_path=tmp_path / "lungs.nii.gz",
-    )
+        sitk.WriteImage(img, str(folder / file))
+    return folder / name
+
+
+def _inserted(crops: Path, folder: Path, name: str) -> Path:
+    """Two bank nodules (seed 3) inserted into :func:`_host_scan` ``name``; the dataset folder."""
+    from pipelines.realnodules.insert import insert_real_nodules
+
+    host = _host_scan(folder, name)
+    lungs = folder / "lungs.nii.gz"
+    return insert_real_nodules(host, folder / "set", crops, n=2, seed=3, split="all", lung_mask_path=lungs)
+
+
+def test_insert_real_nodules_writes_a_labelled_case(crops: Path, tmp_path: Path) -> None:
+    out = _inserted(crops, tmp_path, "ct.nii.gz")
     with (out / "cases.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["type"] for r in rows] and {r["type"] for r in rows} <= {"Solid", "Non-Solid/GGO"}
@@ -308,25 +312,7 @@ def test_bundle_train_config_hands_the_bank_to_the_paste(crops: Path, tmp_path: 
 
 def test_real_nodule_tables_of_a_hostile_host_name(crops: Path, tmp_path: Path) -> None:
     """A host scan named like a formula, with a comma: every table cell stays text and parses back."""
-    from pipelines.realnodules.insert import insert_real_nodules
-
-    hu = np.full((40, 80, 80), 40, np.int16)
-    lungs = np.zeros(hu.shape, np.uint8)
-    lungs[4:36, 8:72, 8:38], lungs[4:36, 8:72, 42:72] = 1, 2
-    hu[lungs > 0] = -850
-    for name, arr in (("=x,y.nii.gz", hu), ("lungs.nii.gz", lungs)):
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing((0.8, 0.8, 1.5))
-        sitk.WriteImage(img, str(tmp_path / name))
-    out = insert_real_nodules(
-        tmp_path / "=x,y.nii.gz",
-        tmp_path / "set",
-        crops,
-        n=2,
-        seed=3,
-        split="all",
-        lung_mask_path=tmp_path / "lungs.nii.gz",
-    )
+    out = _inserted(crops, tmp_path, "=x,y.nii.gz")
     with (out / "real_nodules.csv").open() as f:
         real = list(csv.DictReader(f))
     assert real and {r["seriesuid"] for r in real} == {"'=x,y_real_s3"}
