@@ -109,3 +109,22 @@ def test_package_exports_screen_followup():
         "from pipelines.followup.run import screen_followup as f; assert f is screen_followup"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_missing_bundle_is_one_line_naming_it(tmp_path):
+    """No bundle where LUNGSCREEN_BUNDLE points: the settings module cannot even be imported; the CLI still says
+    so in one line (exit 2) instead of a traceback from its own error handler."""
+    import os
+
+    env = {
+        **os.environ,
+        "LUNGSCREEN_BUNDLE": str(tmp_path / "nowhere"),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "screen", str(tmp_path / "in"), str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(err) == 1, run.stderr
+    assert "nowhere is not a lungscreen bundle" in err[0] and "Traceback" not in run.stderr

@@ -55,9 +55,13 @@ def one_line(err: BaseException) -> str:
 def is_usage_error(err: BaseException) -> bool:
     """A bad setting, override or device: the message says it all, a traceback adds nothing."""
     from pipelines.bundle import OverrideError, unwrap_config_error
-    from pipelines.export.dicom_source import DicomExportError
-    from pipelines.screening.inference import DeviceError
-    from pipelines.screening.settings import SettingsError
+
+    try:  # these modules read the bundle when imported: without a bundle the error is that, not a usage error
+        from pipelines.export.dicom_source import DicomExportError
+        from pipelines.screening.inference import DeviceError
+        from pipelines.screening.settings import SettingsError
+    except Exception:
+        return False
 
     return isinstance(
         unwrap_config_error(err), SettingsError | OverrideError | DeviceError | DicomExportError
