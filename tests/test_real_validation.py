@@ -51,3 +51,51 @@ def test_threshold_summary_counts_real_nodules_and_false_marks(tmp_path: Path) -
         "calcified": {"n": 1, "found": 1},
     }
     assert s["by_size"]["0-4 mm"] == {"n": 1, "found": 0}
+
+
+def test_hosts_are_told_apart() -> None:
+    from pipelines.realnodules.validation import host_group
+
+    assert host_group("totalseg_chest_ct_crop_1p5mm_real_s301") == "totalseg_chest_ct_crop_1p5mm"
+    assert host_group("phantom_s7000_0003_real_s10003") == "phantom_s7000"
+    assert host_group("phantom_s7000_0003") == "phantom_s7000"
+    assert host_group("my_scan_real_s3") == "my_scan"
+
+
+def test_threshold_summary_of_a_subset_divides_by_its_own_scans(tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    (data / "seriesuids.csv").write_text("ct_real_s1\nphantom_s7_0000_real_s2\n")
+    _write(
+        data / "annotations.csv",
+        "seriesuid,coordX,coordY,coordZ,diameter_mm",
+        ["ct_real_s1,0,0,0,8.0", "phantom_s7_0000_real_s2,0,0,0,6.0"],
+    )
+    _write(
+        data / "cases.csv",
+        "seriesuid,nodule_id,type,location,diameter_mm,solid_component_mm,coordX,coordY,coordZ,mean_hu",
+        [
+            "ct_real_s1,1,Solid,real-parenchymal,8.0,0,0,0,0,-100",
+            "phantom_s7_0000_real_s2,1,Solid,real-x,6.0,0,0,0,0,0",
+        ],
+    )
+    _write(
+        out / "submission.csv",
+        "seriesuid,coordX,coordY,coordZ,probability",
+        [
+            "ct_real_s1,0,0,0,0.95",
+            "phantom_s7_0000_real_s2,60,0,0,0.99",
+            "phantom_s7_0000_real_s2,90,0,0,0.97",
+        ],
+    )
+    ct = threshold_summary(data, out, threshold=0.88, scans={"ct_real_s1"})
+    assert (ct["scans"], ct["real_nodules"], ct["sensitivity"], ct["false_nodules_per_scan"]) == (
+        1,
+        1,
+        1.0,
+        0.0,
+    )
+    assert ct["cpm"] == 1.0
+    both = threshold_summary(data, out, threshold=0.88)
+    assert (both["scans"], both["false_nodules_per_scan"], both["sensitivity"]) == (2, 1.0, 0.5)

@@ -5,14 +5,18 @@
 threshold (``settings#prob_threshold``): sensitivity overall, for nodules of at least 4 mm and per readers'
 rating (``cases.csv`` type: LIDC texture or ``calcified``) and size, and false nodules per scan, over the
 real nodules only (the phantom hosts' own generator nodules are matched, so hitting one is no false positive,
-but they are not counted). Run as ``python -m pipelines.realnodules.validation DATA SCREEN_OUT``.
+but they are not counted). The same figures per host (``by_host``: the real chest CT apart from the phantoms, whose
+false marks would otherwise hide the real CT's) follow. Run as
+``python -m pipelines.realnodules.validation DATA SCREEN_OUT``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +33,28 @@ def _types(cases_csv: Path) -> dict[tuple[str, int], dict[str, str]]:
         return {(r["seriesuid"], int(r["nodule_id"])): r for r in csv.DictReader(f)}
 
 
-def threshold_summary(data: PathLike, screen_out: PathLike, *, threshold: float) -> dict[str, Any]:
+def host_group(seriesuid: str) -> str:
+    """The host a case of ``insert-nodules`` was made from: its scan id before ``_real_s<seed>``, a phantom's case
+    number dropped (``phantom_s7000_0003_real_s10003`` -> ``phantom_s7000``; ``ct_real_s301`` -> ``ct``)."""
+    stem = seriesuid.rsplit("_real_s", 1)[0]
+    return re.sub(r"^(phantom_s\d+)_\d+$", r"\1", stem)
+
+
+def threshold_summary(
+    data: PathLike, screen_out: PathLike, *, threshold: float, scans: Collection[str] | None = None
+) -> dict[str, Any]:
     """Figures at ``threshold`` for dataset ``data`` (annotations/cases/seriesuids) screened into ``screen_out``.
+
+    ``scans``: only these series (their nodules, marks and number as the false-positive divisor).
 
     Returns:
         ``{"threshold", "scans", "cpm", "false_nodules_per_scan", "sensitivity", "sensitivity_ge4mm",
         "by_type": {type: {"n", "found"}}, "by_size": {...}}`` over the nodules whose type is not ``generator``.
     """
     root, out = Path(data), Path(screen_out)
-    uids = froc.read_seriesuids(root / "seriesuids.csv")
-    nodules = froc.read_findings_csv(root / "annotations.csv")
-    marks = froc.read_marks_csv(out / "submission.csv")
+    uids = [u for u in froc.read_seriesuids(root / "seriesuids.csv") if scans is None or u in scans]
+    nodules = [n for n in froc.read_findings_csv(root / "annotations.csv") if n.seriesuid in uids]
+    marks = [m for m in froc.read_marks_csv(out / "submission.csv") if m.seriesuid in uids]
     match = froc.match_marks(nodules=nodules, marks=marks, seriesuids=uids)
     kinds = _types(root / "cases.csv")
     per_scan: dict[str, int] = {}
@@ -88,7 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m pipelines.realnodules.validation DATA SCREEN_OUT", file=sys.stderr)
         return 2
-    summary = threshold_summary(args[0], args[1], threshold=ScreeningSettings().prob_threshold)
+    threshold = ScreeningSettings().prob_threshold
+    summary = threshold_summary(args[0], args[1], threshold=threshold)
+    hosts: dict[str, list[str]] = {}
+    for uid in froc.read_seriesuids(Path(args[0]) / "seriesuids.csv"):
+        hosts.setdefault(host_group(uid), []).append(uid)
+    summary["by_host"] = {
+        host: threshold_summary(args[0], args[1], threshold=threshold, scans=set(uids))
+        for host, uids in sorted(hosts.items())
+    }
     text = json.dumps(summary, indent=1)
     atomic_write_text(Path(args[1]) / "real_nodules.json", text + "\n")
     print(text)
