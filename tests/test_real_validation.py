@@ -13,29 +13,34 @@ def _write(path: Path, header: str, rows: list[str]) -> None:
     path.write_text("\n".join([header, *rows]) + "\n")
 
 
-def test_threshold_summary_counts_real_nodules_and_false_marks(tmp_path: Path) -> None:
+CASES_HEADER = "seriesuid,nodule_id,type,location,diameter_mm,solid_component_mm,coordX,coordY,coordZ,mean_hu"
+
+
+def _dataset(
+    tmp_path: Path, uids: list[str], annotations: list[str], cases: list[str], marks: list[str]
+) -> tuple[Path, Path]:
+    """A real-nodule set (seriesuids, annotations, cases) and its screening's submission.csv."""
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     out.mkdir()
-    (data / "seriesuids.csv").write_text("a\nb\n")
-    _write(
-        data / "annotations.csv",
-        "seriesuid,coordX,coordY,coordZ,diameter_mm",
+    (data / "seriesuids.csv").write_text("".join(f"{u}\n" for u in uids))
+    _write(data / "annotations.csv", "seriesuid,coordX,coordY,coordZ,diameter_mm", annotations)
+    _write(data / "cases.csv", CASES_HEADER, cases)
+    _write(out / "submission.csv", "seriesuid,coordX,coordY,coordZ,probability", marks)
+    return data, out
+
+
+def test_threshold_summary_counts_real_nodules_and_false_marks(tmp_path: Path) -> None:
+    data, out = _dataset(
+        tmp_path,
+        ["a", "b"],
         ["a,0,0,0,8.0", "a,50,0,0,3.5", "b,0,0,0,6.0", "b,40,40,0,5.0"],
-    )
-    _write(
-        data / "cases.csv",
-        "seriesuid,nodule_id,type,location,diameter_mm,solid_component_mm,coordX,coordY,coordZ,mean_hu",
         [
             "a,1,Solid,real-parenchymal,8.0,0,0,0,0,-100",
             "a,2,Non-Solid/GGO,real-parenchymal,3.5,0,50,0,0,-600",
             "b,1,calcified,real-juxta-pleural,6.0,0,0,0,0,300",
             "b,2,generator,generator,5.0,0,40,40,0,0",
         ],
-    )
-    _write(
-        out / "submission.csv",
-        "seriesuid,coordX,coordY,coordZ,probability",
         ["a,0.5,0,0,0.95", "a,50,0,0,0.5", "b,0,0,1,0.9", "b,40,40,0,0.99", "b,-80,0,0,0.93", "a,90,9,9,0.2"],
     )
     s = threshold_summary(data, out, threshold=0.88)
@@ -63,31 +68,13 @@ def test_hosts_are_told_apart() -> None:
 
 
 def test_threshold_summary_of_a_subset_divides_by_its_own_scans(tmp_path: Path) -> None:
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    out.mkdir()
-    (data / "seriesuids.csv").write_text("ct_real_s1\nphantom_s7_0000_real_s2\n")
-    _write(
-        data / "annotations.csv",
-        "seriesuid,coordX,coordY,coordZ,diameter_mm",
-        ["ct_real_s1,0,0,0,8.0", "phantom_s7_0000_real_s2,0,0,0,6.0"],
-    )
-    _write(
-        data / "cases.csv",
-        "seriesuid,nodule_id,type,location,diameter_mm,solid_component_mm,coordX,coordY,coordZ,mean_hu",
-        [
-            "ct_real_s1,1,Solid,real-parenchymal,8.0,0,0,0,0,-100",
-            "phantom_s7_0000_real_s2,1,Solid,real-x,6.0,0,0,0,0,0",
-        ],
-    )
-    _write(
-        out / "submission.csv",
-        "seriesuid,coordX,coordY,coordZ,probability",
-        [
-            "ct_real_s1,0,0,0,0.95",
-            "phantom_s7_0000_real_s2,60,0,0,0.99",
-            "phantom_s7_0000_real_s2,90,0,0,0.97",
-        ],
+    ct_id, ph_id = "ct_real_s1", "phantom_s7_0000_real_s2"
+    data, out = _dataset(
+        tmp_path,
+        [ct_id, ph_id],
+        [f"{ct_id},0,0,0,8.0", f"{ph_id},0,0,0,6.0"],
+        [f"{ct_id},1,Solid,real-parenchymal,8.0,0,0,0,0,-100", f"{ph_id},1,Solid,real-x,6.0,0,0,0,0,0"],
+        [f"{ct_id},0,0,0,0.95", f"{ph_id},60,0,0,0.99", f"{ph_id},90,0,0,0.97"],
     )
     ct = threshold_summary(data, out, threshold=0.88, scans={"ct_real_s1"})
     assert (ct["scans"], ct["real_nodules"], ct["sensitivity"], ct["false_nodules_per_scan"]) == (
