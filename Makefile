@@ -118,7 +118,7 @@ validate: install ## evaluate on the validation set that chooses settings (never
 validate-real: install ## validation on real CT: nodules inserted into the chest CT of ../shared/data with seeds 201-206 (guards against fitting the phantom generator)
 	$(MAKE) evaluate-real REAL_SEEDS="$(VAL_REAL_SEEDS)" REAL_DATA=$(VAL_DATA)_real REAL_OUT=$(VAL_OUT)_real
 
-validate-real-nodules: install ## real nodules of the bank's validation split (LIDC-IDRI patients never trained on) inserted into the real chest CT (REAL_NODULE_SEEDS) and 4 validation phantoms; FROC/CPM, and sensitivity and false nodules per scan at the reporting threshold by size and texture
+validate-real-nodules: install ## real nodules of the bank's validation split (LIDC-IDRI patients never trained on) inserted into the real chest CT (REAL_NODULE_SEEDS) and 4 validation phantoms; FROC/CPM, and sensitivity and false nodules per scan at the reporting threshold by size, texture and host (the real CT apart from the phantoms)
 	test -f $(REAL_BANK) || $(LS) nodule-bank $(LIDC_VOIS) $(REAL_BANK)
 	@test -f $(REAL_CT) || { echo "validate-real-nodules: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }
 	for s in $(REAL_NODULE_SEEDS); do test -f sample_data/real_nodules/ct_s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/real_nodules/ct_s$$s --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed $$s || exit 1; done
