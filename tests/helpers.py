@@ -253,20 +253,22 @@ def run_screen(inputs: Any, out: Path, **settings: Any) -> Any:
     return screen(inputs, out, **kw)
 
 
-def read_failures(out: Path) -> dict[str, dict[str, str]]:
-    """``failures.csv`` as ``{case_id: row}``."""
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts of text."""
     import csv
 
-    with open(out / "failures.csv", newline="") as fh:
-        return {r["case_id"]: r for r in csv.DictReader(fh)}
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_failures(out: Path) -> dict[str, dict[str, str]]:
+    """``failures.csv`` as ``{case_id: row}``."""
+    return {r["case_id"]: r for r in read_rows(out / "failures.csv")}
 
 
 def read_summary(out: Path) -> dict[str, dict[str, str]]:
     """``summary.csv`` as ``{case_id: row}``."""
-    import csv
-
-    with open(out / "summary.csv", newline="") as fh:
-        return {r["case_id"]: r for r in csv.DictReader(fh)}
+    return {r["case_id"]: r for r in read_rows(out / "summary.csv")}
 
 
 def read_result(out: Path, case_id: str) -> dict[str, Any]:

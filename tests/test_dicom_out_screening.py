@@ -7,7 +7,6 @@ fires on it, and the objects read back agree with what the same case wrote as NI
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from helpers import (
     chest_hu,
     lung_centre_zyx,
     patched_network,
+    read_rows,
     run_screen,
     to_image,
     write_case,
@@ -38,11 +38,6 @@ def _chest_with_ball() -> sitk.Image:
     centre = lung_centre_zyx(SHAPE, side="right")
     hu = chest_hu(SHAPE, spacing_zyx=SPACING, sphere=(centre, 7.0, 150))
     return to_image(hu, spacing_xyz=SPACING, origin=(-70.0, -60.0, 100.0))
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +63,7 @@ def screened(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_dicom_case_gets_seg_and_sr_that_agree_with_its_nifti_outputs(screened: dict[str, Any]) -> None:
     assert (screened["res"].succeeded, screened["res"].failed) == (2, 0)
     case = screened["out"] / "cases" / "series"
-    nodules = _rows(case / "nodules.csv")
+    nodules = read_rows(case / "nodules.csv")
     assert len(nodules) == 1  # the planted ball
     lungs_nii = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lungs.nii.gz")))
     nodules_nii = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "nodules.nii.gz")))
@@ -99,7 +94,7 @@ def test_every_case_gets_slicer_markups_in_lps(screened: dict[str, Any]) -> None
         doc = json.loads((case / "nodules.mrk.json").read_text())
         markup = doc["markups"][0]
         assert markup["coordinateSystem"] == "LPS"
-        rows = _rows(case / "nodules.csv")
+        rows = read_rows(case / "nodules.csv")
         points = markup["controlPoints"]
         assert len(points) == len(rows) == 1
         want = [float(rows[0][f"center_lps_{a}_mm"]) for a in "xyz"]
@@ -109,7 +104,7 @@ def test_every_case_gets_slicer_markups_in_lps(screened: dict[str, Any]) -> None
 def test_a_nifti_case_in_the_folder_keeps_its_outputs_and_gets_a_warning(screened: dict[str, Any]) -> None:
     case = screened["out"] / "cases" / "plain"
     assert not (case / "dicom").exists() and (case / "nodules.nii.gz").is_file()
-    summary = {r["case_id"]: r for r in _rows(screened["out"] / "summary.csv")}
+    summary = {r["case_id"]: r for r in read_rows(screened["out"] / "summary.csv")}
     assert "no DICOM export" in summary["plain"]["warnings"] and summary["plain"]["status"] == "ok"
     assert "no DICOM export" not in summary["series"]["warnings"]
 

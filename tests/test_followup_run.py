@@ -4,7 +4,6 @@ row, and a chained follow-up that takes an earlier case folder as its prior."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,16 @@ from typing import Any
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import FAST, ThresholdNet, chest_hu, lung_centre_zyx, patched_network, to_image, write_case
+from helpers import (
+    FAST,
+    ThresholdNet,
+    chest_hu,
+    lung_centre_zyx,
+    patched_network,
+    read_rows,
+    to_image,
+    write_case,
+)
 
 from pipelines.cli.main import main
 from pipelines.followup.run import PairInput, read_pairs_table, screen_followup
@@ -28,11 +36,6 @@ def _scan(radius_mm: float, seed: int) -> sitk.Image:
         SHAPE, spacing_zyx=SPACING, sphere=(lung_centre_zyx(SHAPE), radius_mm, BALL_HU), noise_hu=5, seed=seed
     )
     return to_image(hu, spacing_xyz=SPACING)
-
-
-def _csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +60,13 @@ def followed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_pairs_table_compares_and_updates_the_case(followed: dict[str, Any]) -> None:
     res, out = followed["res"], followed["out"]
     assert (res.succeeded, res.failed, res.total, res.exit_code) == (1, 1, 2, 1)
-    run = {r["case_id"]: r for r in _csv(out / "followup.csv")}
+    run = {r["case_id"]: r for r in read_rows(out / "followup.csv")}
     assert (
         run["cur"]["status"] == "ok"
         and run["cur"]["growing"] == "1"
         and float(run["cur"]["interval_days"]) == 200
     )
-    (row,) = _csv(out / "cases" / "cur" / "followup.csv")
+    (row,) = read_rows(out / "cases" / "cur" / "followup.csv")
     assert (row["followup_status"], row["prior_nodule_id"], row["prior_rule"]) == (
         "growing",
         "1",
@@ -72,7 +75,7 @@ def test_pairs_table_compares_and_updates_the_case(followed: dict[str, Any]) -> 
     assert float(row["diameter_now_mm"]) - float(row["diameter_then_mm"]) > 1.5
     assert float(row["volume_now_mm3"]) > float(row["volume_then_mm3"])
     # the case carries the follow-up category (4B: a growing solid nodule >= 8 mm) and keeps the baseline one
-    (nodule,) = _csv(out / "cases" / "cur" / "nodules.csv")
+    (nodule,) = read_rows(out / "cases" / "cur" / "nodules.csv")
     assert (nodule["lung_rads"], nodule["size_category"]) == ("4B", "4A")
     meta = json.loads((out / "cases" / "cur" / "nodules.json").read_text())
     assert meta["lung_rads"]["category"] == "4B" and meta["lung_rads"]["prior_applied"] is True
@@ -80,7 +83,7 @@ def test_pairs_table_compares_and_updates_the_case(followed: dict[str, Any]) -> 
     assert meta["nodules"][0]["followup_status"] == "growing"
     result = json.loads((out / "cases" / "cur" / "result.json").read_text())
     assert (result["summary"]["lung_rads"], result["summary"]["baseline_lung_rads"]) == ("4B", "4A")
-    summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
+    summary = {r["case_id"]: r for r in read_rows(out / "summary.csv")}
     assert summary["cur"]["lung_rads"] == "4B"
     page = (out / "cases" / "cur" / "report.html").read_text()
     assert page.count('id="followup"') == 1 and "report_files/followup_001.png" in page
@@ -90,14 +93,14 @@ def test_pairs_table_compares_and_updates_the_case(followed: dict[str, Any]) -> 
 
 def test_a_prior_that_is_not_an_image_is_a_failure_row(followed: dict[str, Any]) -> None:
     out = followed["out"]
-    failures = {r["case_id"]: r for r in _csv(out / "failures.csv")}
+    failures = {r["case_id"]: r for r in read_rows(out / "failures.csv")}
     assert set(failures) == {"cur_b"}
     assert "broken.nii.gz" in failures["cur_b"]["reason"] and "\n" not in failures["cur_b"]["reason"]
-    summary = {r["case_id"]: r for r in _csv(out / "summary.csv")}
+    summary = {r["case_id"]: r for r in read_rows(out / "summary.csv")}
     assert summary["cur_b"]["status"] == "failed" and summary["cur_b"]["lung_rads"] == ""
     assert not (out / "cases" / "cur_b" / "result.json").exists()  # no category without the prior asked for
     assert not (out / "cases" / "cur_b" / "followup.csv").exists()
-    assert {r["case_id"]: r["status"] for r in _csv(out / "followup.csv")}["cur_b"] == "failed"
+    assert {r["case_id"]: r["status"] for r in read_rows(out / "followup.csv")}["cur_b"] == "failed"
 
 
 @pytest.mark.slow
@@ -133,7 +136,7 @@ def test_cli_prior_case_folder_chains_the_follow_up(
         )  # fmt: skip
     assert code == 0
     assert not (out / "priors").exists()
-    (row,) = _csv(out / "cases" / "later" / "followup.csv")
+    (row,) = read_rows(out / "cases" / "later" / "followup.csv")
     assert (row["followup_status"], row["prior_nodule_id"], float(row["interval_days"])) == (
         "stable",
         "1",
