@@ -22,7 +22,7 @@ half-up to one decimal, :func:`pipelines.nodules.lungrads.round_mean_diameter_mm
 * **Subsolid turned solid**: a nodule that was part-solid or ground-glass on the prior and is solid now has a
   solid component equal to its whole: when that whole exceeds the prior's solid component by > 1.5 mm (a
   ground-glass prior's solid component is 0), the part-solid rule for a new or growing solid component applies
-  (< 4 mm 4A, >= 4 mm 4B; never below the solid rules' category), rule ``subsolid_became_solid``. The lexicon
+  (< 4 mm 4A, >= 4 mm 4B; never below the size rules' category), rule ``subsolid_became_solid``. The lexicon
   names no separate rule for this transition; reading it as solid-component growth is the conservative choice
   (a subsolid nodule that solidifies is a sign of invasion), and a density type that flips between scans
   without real change is then reported as growing rather than stable.
@@ -302,9 +302,8 @@ def _became_solid(
     base: dict, d: float, prior: PriorMeasurement, prior_solid: float, months: float | None
 ) -> dict:
     """A subsolid nodule on the prior that is solid now, its solid part grown by > 1.5 mm (module docstring)."""
-    category = "4A" if d < 4.0 else "4B"
-    solid_rule = "4A" if d < 8.0 else "4B"
-    category = max(category, solid_rule, base["category"], key=_rank)
+    # at least the growing-solid category (4A below 8 mm, 4B from 8 mm): the 4 mm cut always reaches it
+    category = max("4A" if d < 4.0 else "4B", base["category"], key=_rank)
     reason = f"{prior.type} on the prior (solid component {prior_solid:.1f} mm), solid now, {d:.1f} mm"
     if months is not None and months > GROWTH_WINDOW_MONTHS:
         reason += f"; over {months:.1f} months (> 12 months)"
