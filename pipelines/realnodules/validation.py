@@ -53,8 +53,9 @@ def threshold_summary(
     """
     root, out = Path(data), Path(screen_out)
     uids = [u for u in froc.read_seriesuids(root / "seriesuids.csv") if scans is None or u in scans]
-    nodules = [n for n in froc.read_findings_csv(root / "annotations.csv") if n.seriesuid in uids]
-    marks = [m for m in froc.read_marks_csv(out / "submission.csv") if m.seriesuid in uids]
+    kept = set(uids)
+    nodules = [n for n in froc.read_findings_csv(root / "annotations.csv") if n.seriesuid in kept]
+    marks = [m for m in froc.read_marks_csv(out / "submission.csv") if m.seriesuid in kept]
     match = froc.match_marks(nodules=nodules, marks=marks, seriesuids=uids)
     kinds = _types(root / "cases.csv")
     per_scan: dict[str, int] = {}
