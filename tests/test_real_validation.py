@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.realnodules.validation import threshold_summary
+from pipelines.evaluation.operating_point import threshold_summary
 
 
 def _write(path: Path, header: str, rows: list[str]) -> None:
