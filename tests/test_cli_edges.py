@@ -55,7 +55,10 @@ API: dict[str, tuple[str, str, list[str], Any]] = {
 #: tests/test_nodule_bank.py::test_cli_builds_a_bank_and_names_refusals (it calls three functions)
 CHECKED_ELSEWHERE = {"held-out-set", "nodule-bank"}
 #: options that send the command to another API function (tested on their own below)
-ROUTED = {"insert-nodules": ("bank", "split", "labels"), "screen": ("prior", "pairs", "interval_days")}
+ROUTED = {
+    "insert-nodules": ("bank", "split", "labels", "exclude_patients"),
+    "screen": ("prior", "pairs", "interval_days"),
+}
 #: values for options whose type alone does not say what to give
 SPECIAL = {
     "--set": {
@@ -144,6 +147,15 @@ def test_insert_nodules_bank_options_reach_the_real_nodule_insertion(
     assert main(["insert-nodules", *required, "--split", "train", "--labels", "l.nii.gz"]) == 0
     assert (calls[-1]["split"], calls[-1]["labels_path"]) == ("train", Path("l.nii.gz"))
     assert main(["insert-nodules", "ct.nii.gz", "o", "--labels", "l.nii.gz"]) == 2  # labels need a bank
+    assert calls[-1]["exclude_patients"] == set()
+    (tmp_path / "a.csv").write_text("seriesuid,patient_id\ns1,LIDC-IDRI-0001\ns1,LIDC-IDRI-0002\n")
+    (tmp_path / "b.csv").write_text("patient_id,file\nLIDC-IDRI-0002,x.nii.gz\nLIDC-IDRI-0007,y.nii.gz\n")
+    assert main(["insert-nodules", *required, "--exclude-patients", "a.csv", "b.csv"]) == 0
+    assert calls[-1]["exclude_patients"] == {"LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0007"}
+    (tmp_path / "c.csv").write_text("file\nx.nii.gz\n")
+    assert main(["insert-nodules", *required, "--exclude-patients", "c.csv"]) == 2  # names the table
+    assert main(["insert-nodules", *required, "--exclude-patients", "missing.csv"]) == 2
+    assert main(["insert-nodules", "ct.nii.gz", "o", "--exclude-patients", "a.csv"]) == 2  # needs a bank
 
 
 def test_screen_follow_up_options_reach_the_follow_up_screening(

@@ -319,3 +319,26 @@ def test_real_nodule_tables_of_a_hostile_host_name(crops: Path, tmp_path: Path) 
     assert all(float(r["diameter_mm"]) > 0 for r in real)
     with (out / "annotations.csv").open() as f:
         assert {r["seriesuid"] for r in csv.DictReader(f)} == {"'=x,y_real_s3"}
+
+
+def test_insert_real_nodules_draws_no_excluded_patient(crops: Path, tmp_path: Path) -> None:
+    from pipelines.realnodules.insert import insert_real_nodules
+
+    host = _host_scan(tmp_path, "ct.nii.gz")
+    lungs = tmp_path / "lungs.nii.gz"
+    out = insert_real_nodules(
+        host,
+        tmp_path / "set",
+        crops,
+        n=3,
+        seed=3,
+        split="all",
+        lung_mask_path=lungs,
+        exclude_patients={"P-0001"},
+    )
+    with (out / "real_nodules.csv").open() as f:
+        assert {r["patient_id"] for r in csv.DictReader(f)} == {"P-0002"}
+    with pytest.raises(ValueError, match="outside the 2 excluded patients"):
+        insert_real_nodules(
+            host, tmp_path / "none", crops, n=1, seed=3, split="all", exclude_patients=["P-0001", "P-0002"]
+        )

@@ -83,6 +83,31 @@ def add_insert_nodules(sub: Any) -> None:
         help="the bank split to draw from",
     )
     s.add_argument("--labels", type=Path, default=None, help="nodule labels already in the scan (phantoms)")
+    s.add_argument(
+        "--exclude-patients",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="draw no nodule of the patients in these tables' patient_id column (e.g. other sets' real_nodules.csv)",
+    )
+
+
+def _patients_in(tables: list[Path]) -> set[str]:
+    """The ``patient_id`` values of every table in ``tables`` (a table without that column is a usage error)."""
+    import csv
+
+    found: set[str] = set()
+    for path in tables:
+        try:
+            with path.open(newline="") as f:
+                rows = csv.DictReader(f)
+                if "patient_id" not in (rows.fieldnames or []):
+                    raise UsageError(f"{path}: no patient_id column")
+                found.update(r["patient_id"].strip() for r in rows if r["patient_id"].strip())
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read ({e.strerror or e})") from e
+    return found
 
 
 def cmd_insert_nodules(a: argparse.Namespace) -> int:
@@ -98,13 +123,14 @@ def cmd_insert_nodules(a: argparse.Namespace) -> int:
             split=a.split,
             lung_mask_path=a.lungs,
             labels_path=a.labels,
+            exclude_patients=_patients_in(a.exclude_patients),
         )
         print(f"wrote {out}")
         return 0
     from pipelines.phantom.insert import insert_nodules
 
-    if a.labels is not None:
-        raise UsageError("--labels is for --bank insertions")
+    if a.labels is not None or a.exclude_patients:
+        raise UsageError("--labels and --exclude-patients are for --bank insertions")
     out = insert_nodules(a.ct, a.out, n=a.n, seed=a.seed, lung_mask_path=a.lungs)
     print(f"wrote {out}")
     return 0

@@ -12,6 +12,7 @@ per LIDC texture; ``real_nodules.csv`` lists each inserted nodule's bank file, p
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -82,22 +83,30 @@ def insert_real_nodules(
     split: str = "validation",
     lung_mask_path: PathLike | None = None,
     labels_path: PathLike | None = None,
+    exclude_patients: Collection[str] = (),
 ) -> Path:
     """Insert ``n`` real nodules of the bank's ``split`` into the scan at ``ct_path``; write ``out_dir``.
 
     The case id is the file name without extension plus ``_real_s{seed}``; the image keeps the scan's own
-    orientation, spacing and origin.
+    orientation, spacing and origin. ``exclude_patients``: no nodule of these patients is drawn (a check set
+    that shares no patient with the sets a setting was chosen on).
 
     Raises:
-        ValueError: an oblique scan, or a bank split without nodules.
+        ValueError: an oblique scan, or a bank split without nodules (after the exclusion).
     """
     from pipelines.phantom.insert import host_scan
     from pipelines.phantom.write import write_case, write_tables
 
     bank = bank if isinstance(bank, NoduleBank) else load_bank(bank)
     indices = bank.indices(split)
+    if len(exclude_patients):
+        excluded = set(exclude_patients)
+        indices = indices[
+            np.asarray([str(bank.table["patient_id"][i]) not in excluded for i in indices], bool)
+        ]
     if not len(indices):
-        raise ValueError(f"the nodule bank has no nodules in split {split!r}")
+        left = f" outside the {len(set(exclude_patients))} excluded patients" if len(exclude_patients) else ""
+        raise ValueError(f"the nodule bank has no nodules in split {split!r}{left}")
     original, code, ct, hu, lungs = host_scan(
         ct_path, None if lung_mask_path is None else Path(lung_mask_path)
     )
