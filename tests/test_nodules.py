@@ -361,3 +361,23 @@ def test_lobulated_nodule_is_not_split() -> None:
     for blob in (body | lobe, elongated):
         _, nodules = extract_nodules(blob.astype(np.float32), _lung(shape), spacing, split_touching=True)
         assert len(nodules) == 1
+
+
+def test_lung_zones_of_several_nodules_equal_one_at_a_time() -> None:
+    from pipelines.nodules.extract import lung_z_extent, lung_zone, lung_zones
+
+    lungs = np.zeros((30, 8, 8), np.uint8)
+    lungs[3:28, :, :4] = 1  # right lung: slices 3..27
+    lungs[10:22, :, 4:] = 2  # left lung: slices 10..21
+    assert lung_z_extent(lungs, (1,)) == (3, 27) and lung_z_extent(lungs, (2,)) == (10, 21)
+    assert lung_z_extent(lungs, (3,)) is None
+    nodules = [
+        {"canonical_index_zyx": [25.0, 4, 2], "lung_side": "right"},  # (25-3)/24 = 0.92 -> upper
+        {"canonical_index_zyx": [12.0, 4, 6], "lung_side": "left"},  # (12-10)/11 = 0.18 -> lower
+        {"canonical_index_zyx": [15.5, 4, 4], "lung_side": "unknown"},  # both lungs: (15.5-3)/24 -> middle
+        {"canonical_index_zyx": [18.0, 4, 6], "lung_side": "left"},  # 8/11 = 0.73 -> upper
+    ]
+    zones = lung_zones(lungs, nodules)
+    assert zones == ["upper", "lower", "middle", "upper"]
+    assert zones == [lung_zone(lungs, n["canonical_index_zyx"], n["lung_side"]) for n in nodules]
+    assert lung_zones(np.zeros_like(lungs), nodules[:1]) == [""]

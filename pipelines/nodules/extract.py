@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,26 +122,53 @@ def _lung_side(lung_labels_zyx: np.ndarray | None, box: tuple[slice, ...], compo
     return "right" if votes[0] > votes[1] else "left"
 
 
+def lung_z_extent(lung_labels_zyx: np.ndarray, labels: Sequence[int]) -> tuple[int, int] | None:
+    """First and last canonical slice (z toward Superior) holding a voxel of ``labels``; None when none does."""
+    per_slice = np.asarray(lung_labels_zyx).reshape(lung_labels_zyx.shape[0], -1)
+    present = np.zeros(per_slice.shape[0], bool)
+    for label in labels:  # one comparison per label: several times faster than np.isin on a full scan
+        present |= (per_slice == label).any(axis=1)
+    rows = np.flatnonzero(present)
+    return None if rows.size == 0 else (int(rows[0]), int(rows[-1]))
+
+
+def _zone(extent: tuple[int, int] | None, centre_z: float) -> str:
+    if extent is None:
+        return ""
+    height = max(float(extent[1] - extent[0]), 1.0)
+    fraction = (float(centre_z) - float(extent[0])) / height
+    return "upper" if fraction >= 2.0 / 3.0 else ("middle" if fraction >= 1.0 / 3.0 else "lower")
+
+
+def _side_labels(side: str) -> tuple[int, ...]:
+    return {"right": (1,), "left": (2,)}.get(side, (1, 2))
+
+
 def lung_zone(lung_labels_zyx: np.ndarray, centre_zyx: Sequence[float], side: str) -> str:
     """``upper``, ``middle`` or ``lower``: the third of its lung's height that holds a nodule's centre.
 
     A coarse stand-in for the lobe (no lobe segmentation here): the lung of ``side`` (label 1 right, 2 left;
     both for ``unknown``) spans z0..z1 on the canonical grid (z toward Superior), split into equal thirds.
-    ``""`` when that lung is empty.
+    ``""`` when that lung is empty. For several nodules of one scan use :func:`lung_zones`.
 
     Args:
         lung_labels_zyx: lung labels ``[z, y, x]`` (canonical grid).
         centre_zyx: the nodule centre, continuous voxel index ``[z, y, x]`` on that grid.
         side: ``right``, ``left`` or ``unknown``.
     """
-    labels = {"right": (1,), "left": (2,)}.get(side, (1, 2))
-    per_slice = np.asarray(lung_labels_zyx).reshape(lung_labels_zyx.shape[0], -1)
-    rows = np.flatnonzero(np.isin(per_slice, labels).any(axis=1))
-    if rows.size == 0:
-        return ""
-    height = max(float(rows[-1] - rows[0]), 1.0)
-    fraction = (float(centre_zyx[0]) - float(rows[0])) / height
-    return "upper" if fraction >= 2.0 / 3.0 else ("middle" if fraction >= 1.0 / 3.0 else "lower")
+    return _zone(lung_z_extent(lung_labels_zyx, _side_labels(side)), float(centre_zyx[0]))
+
+
+def lung_zones(lung_labels_zyx: np.ndarray, nodules: Sequence[Mapping[str, Any]]) -> list[str]:
+    """:func:`lung_zone` of each nodule (``canonical_index_zyx``, ``lung_side``), each lung's extent found once."""
+    extents: dict[tuple[int, ...], tuple[int, int] | None] = {}
+    zones = []
+    for n in nodules:
+        labels = _side_labels(str(n.get("lung_side", "")))
+        if labels not in extents:
+            extents[labels] = lung_z_extent(lung_labels_zyx, labels)
+        zones.append(_zone(extents[labels], float(n["canonical_index_zyx"][0])))
+    return zones
 
 
 def peak_centre(

@@ -42,7 +42,7 @@ def write_case(
     ``fingerprint`` (:func:`pipelines.batch.records.run_fingerprint`) is recorded in ``result.json``: a rerun skips the
     case only if its own fingerprint is the same.
     """
-    from pipelines.nodules.extract import lung_zone
+    from pipelines.nodules.extract import lung_zones
     from pipelines.nodules.lungrads import assign_categories
     from pipelines.screening.assessability import assess_case
 
@@ -58,8 +58,8 @@ def write_case(
         dicom_files=case.dicom_files, geometry=geometry, lung_labels_zyx=result.lung_mask
     )
     category = assign_categories(result.nodules, incomplete_reason=assessment.reason or None)
-    for n in result.nodules:
-        n["lung_zone"] = lung_zone(result.lung_mask, n["canonical_index_zyx"], str(n.get("lung_side", "")))
+    for n, zone in zip(result.nodules, lung_zones(result.lung_mask, result.nodules)):
+        n["lung_zone"] = zone
     writing.write_mask(result.lung_mask, geometry, folder / f"lungs{ext}", compress=settings.compress)
     writing.write_mask(
         writing.smallest_label_dtype(result.nodule_mask),
