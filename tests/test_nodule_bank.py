@@ -342,3 +342,19 @@ def test_insert_real_nodules_draws_no_excluded_patient(crops: Path, tmp_path: Pa
         insert_real_nodules(
             host, tmp_path / "none", crops, n=1, seed=3, split="all", exclude_patients=["P-0001", "P-0002"]
         )
+
+
+def test_inserted_real_nodules_stay_inside_the_field_of_view(crops: Path) -> None:
+    """A cropped scan whose lungs run into the image's edges: no nodule is cut by the edge."""
+    bank = build_bank(crops)
+    hu = np.full((24, 40, 40), -850.0, np.float32)
+    lungs = np.ones(hu.shape, np.uint8)  # lung everywhere, up to every edge of the image
+    for seed in range(6):
+        _, labels, placed = insert_real_into_array(
+            hu, lungs, np.zeros(hu.shape, np.int32), (1.5, 1.0, 1.0), bank, [0, 1],
+            np.random.default_rng(seed), n=2, pleural_share=0.0,
+        )  # fmt: skip
+        assert placed
+        for k in range(1, int(labels.max()) + 1):
+            idx = np.argwhere(labels == k)
+            assert idx.min() > 0 and (idx.max(axis=0) < np.asarray(labels.shape) - 1).all()

@@ -265,3 +265,22 @@ def test_placement_keeps_nodules_out_of_dense_structures_given_the_scan():
     seen = place((hu, grid))
     assert len(seen) >= 6
     assert all(visible_fraction(n, hu, grid) >= MIN_VISIBLE for n in seen)
+
+
+def test_inserted_nodules_stay_inside_the_field_of_view():
+    """Lungs that run into every edge of the image (a cropped scan): no generated nodule is cut by the edge."""
+    from pipelines.phantom.insert import insert_into_array
+    from pipelines.phantom.shapes import Grid
+
+    grid = Grid((16, 40, 40), (1.5, 1.0, 1.0), (0.0, 0.0, 0.0))
+    hu = np.full(grid.shape_zyx, -850.0, np.float32)
+    lungs = np.ones(grid.shape_zyx, np.uint8)
+    lungs[:, :, 20:] = 2
+    placed = 0
+    for seed in range(20):  # without the edge as the lung's border, 4 of 46 nodules touched it
+        _, labels, nodules = insert_into_array(hu, lungs, grid, n=3, seed=seed)
+        placed += len(nodules)
+        for k in range(1, int(labels.max()) + 1):
+            idx = np.argwhere(labels == k)
+            assert idx.min() > 0 and (idx.max(axis=0) < np.asarray(labels.shape) - 1).all()
+    assert placed >= 20

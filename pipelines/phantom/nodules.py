@@ -163,7 +163,9 @@ def place_nodules(
         candidates: per side, points ``[m, 3]`` sampled uniformly inside the lung.
         vessels: ``(starts, ends, radii)`` of vessel segments (LPS mm) to attach juxta-vascular nodules to.
         scan: ``(hu [z, y, x], grid)`` the nodules will be painted into; with it a position is kept only
-            where :func:`visible_fraction` reaches ``min_visible`` (without it, only the lung decides).
+            where :func:`visible_fraction` reaches ``min_visible`` and the whole nodule, with
+            :data:`FIELD_MARGIN_MM` to spare, lies inside the grid (a lung cut by a cropped scan's field of view
+            has no border there to stop it); without it, only the lung decides.
     """
     placed: list[Nodule] = []
     starts, ends, radii = vessels
@@ -187,11 +189,24 @@ def place_nodules(
                 continue
             if not _fits(n, lung, tol=0.3 if n.location == "juxta-pleural" else -1.0):
                 continue
-            if scan is not None and visible_fraction(n, *scan) < min_visible:
+            if scan is not None and not (
+                inside_field(n, scan[1]) and visible_fraction(n, *scan) >= min_visible
+            ):
                 continue
             placed.append(n)
             break
     return placed
+
+
+#: A placed nodule keeps this much room (mm) beyond its largest radius from the edge of the image.
+FIELD_MARGIN_MM = 2.0
+
+
+def inside_field(n: Nodule, grid: Grid, margin_mm: float = FIELD_MARGIN_MM) -> bool:
+    """Whether the ball of ``n.r_max + margin_mm`` around ``n.center`` lies inside ``grid``'s field of view."""
+    centre = np.asarray(grid.world_to_index_zyx(np.asarray(n.center, float)), float)
+    room = (float(n.r_max) + margin_mm) / np.asarray(grid.spacing_zyx, float)
+    return bool(np.all(centre - room >= -0.5) and np.all(centre + room <= np.asarray(grid.shape_zyx) - 0.5))
 
 
 def _push_to_pleura(c: Array, radius: float, lung: SdfFn) -> Array:

@@ -173,6 +173,16 @@ def reader_category(texture: str, calcification: str) -> str:
     return texture.strip() or "unrated"
 
 
+def _distance_to_edge_mm(shape: Sequence[int], spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Per voxel, the distance (mm) from its centre to the nearest face of the image (half a voxel at the rim)."""
+    out = np.full(tuple(shape), np.inf, np.float32)
+    for axis, (n, sp) in enumerate(zip(shape, spacing_zyx)):
+        i = np.arange(n, dtype=np.float32)
+        d = (np.minimum(i, n - 1 - i) + 0.5) * float(sp)
+        out = np.minimum(out, d.reshape([-1 if a == axis else 1 for a in range(len(shape))]))
+    return out
+
+
 def insert_real_into_array(
     hu: np.ndarray,
     lungs: np.ndarray,
@@ -199,12 +209,13 @@ def insert_real_into_array(
         Nodules with no place where most of them shows (:data:`~pipelines.phantom.nodules.MIN_VISIBLE`) are
         skipped. Orientation is random; the size is the nodule's own (no scale jitter).
     """
-    from pipelines.phantom.nodules import MIN_VISIBLE
+    from pipelines.phantom.nodules import FIELD_MARGIN_MM, MIN_VISIBLE
 
     out_hu = np.array(hu, dtype=np.float32)
     out_lab = np.array(labels, dtype=np.int32)
     sp = tuple(float(s) for s in spacing_zyx)
     depth = ndimage.distance_transform_edt(np.asarray(lungs) > 0, sampling=sp)
+    edge = _distance_to_edge_mm(out_hu.shape, sp)
     away = ndimage.distance_transform_edt(out_lab == 0, sampling=sp) if out_lab.any() else None
     pool = list(rng.permutation(np.asarray(indices)))
     placed: list[RealNodule] = []
@@ -215,6 +226,7 @@ def insert_real_into_array(
         nod.location = "juxta-pleural" if pleural else "parenchymal"
         band = max(0.6, 0.5 * max(sp))
         ok = np.abs(depth - 0.9 * nod.r_max) <= band if pleural else depth >= nod.r_max + 2.0
+        ok &= edge >= nod.r_max + FIELD_MARGIN_MM  # a lung cut by the field of view has no border there
         if away is not None:
             ok &= away > nod.r_max + 5.0
         cand = np.flatnonzero(ok)
