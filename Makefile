@@ -33,6 +33,10 @@ REAL_NODULE_PHANTOMS ?= 0000 0001 0002 0003
 REAL_NODULE_N ?= 4
 REAL_NODULE_DATA ?= $(VAL_DATA)_real_nodules
 REAL_NODULE_OUT ?= $(VAL_OUT)_real_nodules
+# the reported real-nodule figure: validation-split nodules of patients in none of the scans above
+REAL_NODULE_TEST_SEEDS ?= 401 402 403 404 405 406 407 408
+REAL_NODULE_TEST_DATA ?= sample_data/test_real_nodules
+REAL_NODULE_TEST_OUT ?= outputs/test_real_nodules
 # follow-up pairs with known truth (issue 22): phantom pairs and pairs made from REAL_CT (FOLLOWUP_DATA)_real
 FOLLOWUP_DATA ?= sample_data/followup
 FOLLOWUP_OUT ?= outputs/followup
@@ -56,7 +60,7 @@ EVAL_SEED ?= 9000
 IN ?= $(DEMO_DATA)/images
 OUT ?= $(DEMO_OUT)
 
-.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate validate-real validate-real-nodules evaluate-real followup-data validate-followup bench pipeline clean help
+.PHONY: install demo test test-slow lint format sample-data train screen evaluate validate validate-real real-nodule-data validate-real-nodules evaluate-real-nodules evaluate-real followup-data validate-followup bench pipeline clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -118,15 +122,23 @@ validate: install ## evaluate on the validation set that chooses settings (never
 validate-real: install ## validation on real CT: nodules inserted into the chest CT of ../shared/data with seeds 201-206 (guards against fitting the phantom generator)
 	$(MAKE) evaluate-real REAL_SEEDS="$(VAL_REAL_SEEDS)" REAL_DATA=$(VAL_DATA)_real REAL_OUT=$(VAL_OUT)_real
 
-validate-real-nodules: install ## real nodules of the bank's validation split (LIDC-IDRI patients never trained on) inserted into the real chest CT (REAL_NODULE_SEEDS) and 4 validation phantoms; FROC/CPM, and sensitivity and false nodules per scan at the reporting threshold by size, texture and host (the real CT apart from the phantoms)
+real-nodule-data: install ## the real-nodule validation scans: the bank's validation split inserted into the real chest CT (REAL_NODULE_SEEDS) and 4 validation phantoms
 	test -f $(REAL_BANK) || $(LS) nodule-bank $(LIDC_VOIS) $(REAL_BANK)
-	@test -f $(REAL_CT) || { echo "validate-real-nodules: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }
+	@test -f $(REAL_CT) || { echo "real-nodule-data: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }
 	for s in $(REAL_NODULE_SEEDS); do test -f sample_data/real_nodules/ct_s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/real_nodules/ct_s$$s --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed $$s || exit 1; done
 	test -f sample_data/val/datalist.json || $(LS) sample-data sample_data/val --n 10 --seed 7000 --size full --workers $(WORKERS)
 	for c in $(REAL_NODULE_PHANTOMS); do test -f sample_data/real_nodules/ph_$$c/datalist.json || $(LS) insert-nodules sample_data/val/images/phantom_s7000_$$c.nii.gz sample_data/real_nodules/ph_$$c --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed 1$$c --lungs sample_data/val/lungs/phantom_s7000_$$c.nii.gz --labels sample_data/val/labels/phantom_s7000_$$c.nii.gz || exit 1; done
+
+validate-real-nodules: real-nodule-data ## real LIDC-IDRI nodules of the bank's validation split (patients never trained on) in the real chest CT and 4 validation phantoms; FROC/CPM, and sensitivity and false nodules per scan at the reporting threshold by size, texture and host (the real CT apart from the phantoms)
 	$(LS) held-out-set $(REAL_NODULE_DATA) $(foreach s,$(REAL_NODULE_SEEDS),sample_data/real_nodules/ct_s$(s):training) $(foreach c,$(REAL_NODULE_PHANTOMS),sample_data/real_nodules/ph_$(c):training)
 	$(MAKE) evaluate EVAL_DATA=$(REAL_NODULE_DATA) EVAL_OUT=$(REAL_NODULE_OUT)
 	$(BIN)/python -m pipelines.realnodules.validation $(REAL_NODULE_DATA) $(REAL_NODULE_OUT)
+
+evaluate-real-nodules: real-nodule-data ## the reported real-nodule figure: validation-split nodules of patients in none of validate-real-nodules' scans (--exclude-patients), in the real chest CT (REAL_NODULE_TEST_SEEDS)
+	for s in $(REAL_NODULE_TEST_SEEDS); do test -f sample_data/real_nodules/test_ct_s$$s/datalist.json || $(LS) insert-nodules $(REAL_CT) sample_data/real_nodules/test_ct_s$$s --bank $(REAL_BANK) --split validation --n $(REAL_NODULE_N) --seed $$s --exclude-patients $(foreach s,$(REAL_NODULE_SEEDS),sample_data/real_nodules/ct_s$(s)/real_nodules.csv) $(foreach c,$(REAL_NODULE_PHANTOMS),sample_data/real_nodules/ph_$(c)/real_nodules.csv) || exit 1; done
+	$(LS) held-out-set $(REAL_NODULE_TEST_DATA) $(foreach s,$(REAL_NODULE_TEST_SEEDS),sample_data/real_nodules/test_ct_s$(s):training)
+	$(MAKE) evaluate EVAL_DATA=$(REAL_NODULE_TEST_DATA) EVAL_OUT=$(REAL_NODULE_TEST_OUT)
+	$(BIN)/python -m pipelines.realnodules.validation $(REAL_NODULE_TEST_DATA) $(REAL_NODULE_TEST_OUT)
 
 evaluate-real: install ## the reported real-CT figure: nodules inserted into the chest CT of ../shared/data with seeds 101-106 (lung Dice there is against our own lung mask)
 	@test -f $(REAL_CT) || { echo "evaluate-real: $(REAL_CT) not found (set SHARED_DATA or REAL_CT: README, Optional real data)"; exit 1; }
