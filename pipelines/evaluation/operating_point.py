@@ -33,7 +33,7 @@ import numpy as np
 
 from pipelines.evaluation import froc
 
-PathLike = str | Path
+PathLike = froc.PathLike
 SIZE_BINS = ((0.0, 4.0), (4.0, 6.0), (6.0, 10.0), (10.0, 100.0))
 
 
@@ -128,25 +128,40 @@ def reweighted(score: float, blobness: float, delta: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+_Row = tuple[str, tuple[float, float, float], float, float]  # series, centre (LPS mm), final score, blobness
+
+
+def _candidate_rows(out: Path, scans: Collection[str] | None) -> list[_Row]:
+    rows: list[_Row] = []
+    for table in sorted(out.glob("cases/*/candidates.csv")):
+        uid = table.parent.name
+        if scans is not None and uid not in scans:
+            continue
+        with table.open(newline="") as f:
+            for r in csv.DictReader(f):
+                centre = (
+                    float(r["center_lps_x_mm"]),
+                    float(r["center_lps_y_mm"]),
+                    float(r["center_lps_z_mm"]),
+                )
+                rows.append((uid, centre, float(r["probability"]), float(r["blobness"])))
+    return rows
+
+
+def _marks(rows: Sequence[_Row], delta: float) -> list[froc.Mark]:
+    return [
+        froc.Mark(uid, centre, reweighted(p, blob, delta) if delta else p, i)
+        for i, (uid, centre, p, blob) in enumerate(rows)
+    ]
+
+
 def rescored_marks(
     screen_out: PathLike, *, blobness_weight: float, scans: Collection[str] | None = None
 ) -> list[froc.Mark]:
     """Every candidate of ``screen_out/cases/*/candidates.csv`` as a mark scored under ``blobness_weight``."""
     out = Path(screen_out)
     delta = float(blobness_weight) - used_blobness_weight(out)
-    marks: list[froc.Mark] = []
-    for table in sorted(out.glob("cases/*/candidates.csv")):
-        uid = table.parent.name
-        if scans is not None and uid not in scans:
-            continue
-        with table.open(newline="") as f:
-            for row in csv.DictReader(f):
-                centre = tuple(float(row[f"center_lps_{a}_mm"]) for a in "xyz")
-                p = float(row["probability"])
-                if delta:
-                    p = reweighted(p, float(row["blobness"]), delta)
-                marks.append(froc.Mark(uid, centre, p, len(marks)))  # type: ignore[arg-type]
-    return marks
+    return _marks(_candidate_rows(out, scans), delta)
 
 
 def sweep(
@@ -158,9 +173,11 @@ def sweep(
     scans: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`threshold_summary` for every (weight, threshold) pair; rows carry ``blobness_weight`` too."""
+    used = used_blobness_weight(screen_out)
+    candidates = _candidate_rows(Path(screen_out), scans)  # read once, re-scored per weight
     rows = []
     for w in blobness_weights:
-        marks = rescored_marks(screen_out, blobness_weight=w, scans=scans)
+        marks = _marks(candidates, float(w) - used)
         for t in thresholds:
             s = threshold_summary(data, screen_out, threshold=t, scans=scans, marks=marks)
             rows.append({"blobness_weight": float(w), **s})
