@@ -34,13 +34,16 @@ class OverrideError(ValueError):
 
 
 def bundle_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The bundle folder: ``root`` if given, else ``$LUNGSCREEN_BUNDLE``, else ``monai_bundle/`` of this checkout."""
+    """The bundle folder: ``root`` if given, else ``$LUNGSCREEN_BUNDLE``, else ``monai_bundle/`` of this checkout
+    (an editable install), else the copy an installed wheel carries (``pipelines/_bundle``, see ``setup.py``)."""
     if root is not None:
         path = Path(root)
     elif os.environ.get(BUNDLE_ENV):
         path = Path(os.environ[BUNDLE_ENV])
     else:
-        path = Path(__file__).resolve().parents[1] / "monai_bundle"
+        here = Path(__file__).resolve().parent
+        checkout = here.parent / "monai_bundle"
+        path = checkout if (checkout / "configs" / "metadata.json").is_file() else here / "_bundle"
     if not (path / "configs" / "metadata.json").is_file():
         raise FileNotFoundError(
             f"{path} is not a lungscreen bundle (no configs/metadata.json); set --bundle-root"
