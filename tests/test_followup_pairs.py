@@ -146,6 +146,13 @@ def test_real_ct_pair_truth_matches_its_images(shared_data: Path, tmp_path: Path
     truth = _rows(root / "truth.csv")
     assert {"grown", "new"} <= {r["status"] for r in truth}
     _check_pair(root, pairs[0], meta["pairs"][0], truth)
+    # the prior's field of view is what the moved CT covers: no band of fill air at any face (before: up to whole
+    # face planes at -1024 HU, where the detector marked bone beside them as calcified nodules)
+    prior = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(root / pairs[0]["prior"])), "LPS"))
+    for axis in range(3):
+        for plane in (0, -1):
+            assert np.mean(np.take(prior, plane, axis=axis) <= -1020) < 0.25, (axis, plane)
+    assert meta["pairs"][0]["prior"]["shape_zyx"] != meta["pairs"][0]["current"]["shape_zyx"]
 
 
 @pytest.mark.slow

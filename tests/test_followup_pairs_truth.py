@@ -101,3 +101,25 @@ def test_pair_seeds_are_their_own():
     cases = {case_seed(s, i) for s in (7, 1000, 7000, 7700, 9000) for i in range(50)}
     assert len(seeds) == 250 and not seeds & cases
     assert pair_seed(7700, 3) == pair_seed(7700, 3)
+
+
+def test_covered_prior_grid_has_no_fill_and_stays_on_the_lattice():
+    from pipelines.followup.pairs import covered_prior_grid
+
+    grid = Grid((40, 36, 44), (2.0, 1.5, 1.5), (-30.0, -25.0, 100.0))
+    centre = tuple(float(v) for v in grid.index_to_world(np.asarray([20.0, 18.0, 22.0])[None])[0])
+    assert (
+        covered_prior_grid(grid, PoseChange((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), centre))
+        == grid
+    )
+    pose = PoseChange((1.5, -2.0, 2.0), (3.0, -5.0, 6.0), (0.99, 0.99, 0.96), centre)
+    ones = np.ones(grid.shape_zyx, np.float32)
+    whole = resample_to_prior(ones, grid, grid, pose, fill=0.0)
+    assert (whole < 1.0 - 1e-4).any()  # the whole grid would carry fill bands
+    covered = covered_prior_grid(grid, pose)
+    assert covered.spacing_zyx == grid.spacing_zyx
+    assert (resample_to_prior(ones, grid, covered, pose, fill=0.0) >= 1.0 - 1e-4).all()
+    lo = grid.world_to_index_zyx(np.asarray(covered.origin_xyz))
+    np.testing.assert_allclose(lo, np.round(lo), atol=1e-9)  # a sub-box of the same voxel lattice
+    assert np.all(np.round(lo) >= 0) and np.all(np.round(lo) + covered.shape_zyx <= grid.shape_zyx)
+    assert np.prod(covered.shape_zyx) > 0.6 * np.prod(grid.shape_zyx)  # peeled, not collapsed
