@@ -146,9 +146,12 @@ evaluate-real: install ## the reported real-CT figure: nodules inserted into the
 	$(LS) held-out-set $(REAL_DATA) $(foreach s,$(REAL_SEEDS),sample_data/inserted/s$(s):training)
 	$(MAKE) evaluate EVAL_DATA=$(REAL_DATA) EVAL_OUT=$(REAL_OUT)
 
+# succeeds when the pair set in $1 was written by this version of the pair generator (else it is made again)
+PAIRS_CURRENT = $(BIN)/python -m pipelines.followup.pairs --is-current
+
 followup-data: install ## follow-up pairs with known truth: 20 small phantom pairs (seed 7700) and 6 pairs made from REAL_CT
-	test -f $(FOLLOWUP_DATA)/truth.csv || $(LS) followup-pairs $(FOLLOWUP_DATA) --n 20 --seed 7700 --size small
-	@if test -f $(REAL_CT); then test -f $(FOLLOWUP_DATA)_real/truth.csv || $(LS) followup-pairs $(FOLLOWUP_DATA)_real --n 6 --seed 7700 --host $(REAL_CT); else echo "followup-data: $(REAL_CT) not found, real-CT pairs skipped"; fi
+	$(PAIRS_CURRENT) $(FOLLOWUP_DATA) || $(LS) followup-pairs $(FOLLOWUP_DATA) --n 20 --seed 7700 --size small
+	@if test -f $(REAL_CT); then $(PAIRS_CURRENT) $(FOLLOWUP_DATA)_real || $(LS) followup-pairs $(FOLLOWUP_DATA)_real --n 6 --seed 7700 --host $(REAL_CT); else echo "followup-data: $(REAL_CT) not found, real-CT pairs skipped"; fi
 
 validate-followup: followup-data ## screen the follow-up pairs with --pairs and measure matching, volume change, new and growing nodules against their truth
 	$(LS) screen --pairs $(FOLLOWUP_DATA)/pairs.csv $(FOLLOWUP_OUT) --device auto $(SCREEN_ARGS)

@@ -167,3 +167,16 @@ def test_phantom_pair_patient_is_the_generators():
     spec, _, _, mine, _ = phantom_anatomy(np.random.default_rng(11), size="small")
     assert spec.grid == case.spec.grid
     assert np.all((lungs == mine) | nodules)
+
+
+def test_is_current_tells_a_set_of_another_generator_version(tmp_path: Path):
+    from pipelines.followup.pairs import PAIRS_VERSION, is_current
+
+    assert not is_current(tmp_path / "missing")
+    (tmp_path / "truth.csv").write_text("pair_id\n")
+    (tmp_path / "pairs.json").write_text(json.dumps({"pair_generator": PAIRS_VERSION}))
+    assert is_current(tmp_path)
+    (tmp_path / "pairs.json").write_text(json.dumps({"pair_generator": PAIRS_VERSION - 1}))
+    assert not is_current(tmp_path)
+    (tmp_path / "pairs.json").write_text("{")
+    assert not is_current(tmp_path)

@@ -33,6 +33,7 @@ Layout written by :func:`make_followup_pairs`::
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -604,3 +605,24 @@ def make_followup_pairs(
     }
     write_json(out / "pairs.json", info)
     return out
+
+
+def is_current(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a complete pair set (``truth.csv``, ``pairs.json``) of this generator version."""
+    root = Path(folder)
+    try:
+        meta = json.loads((root / "pairs.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (root / "truth.csv").is_file() and meta.get("pair_generator") == PAIRS_VERSION
+
+
+if (
+    __name__ == "__main__"
+):  # ``python -m pipelines.followup.pairs --is-current DIR``: exit 0 when current (Makefile)
+    import sys
+
+    args = sys.argv[1:]
+    if len(args) != 2 or args[0] != "--is-current":
+        sys.exit("usage: python -m pipelines.followup.pairs --is-current DIR")
+    sys.exit(0 if is_current(args[1]) else 1)
