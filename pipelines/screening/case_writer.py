@@ -11,6 +11,7 @@ from typing import Any
 
 import monai
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from pipelines.batch import records
@@ -60,13 +61,13 @@ def write_case(
     category = assign_categories(result.nodules, incomplete_reason=assessment.reason or None)
     for n, zone in zip(result.nodules, lung_zones(result.lung_mask, result.nodules)):
         n["lung_zone"] = zone
-    writing.write_mask(result.lung_mask, geometry, folder / f"lungs{ext}", compress=settings.compress)
-    writing.write_mask(
-        writing.smallest_label_dtype(result.nodule_mask),
-        geometry,
-        folder / f"nodules{ext}",
-        compress=settings.compress,
+    # the masks on the input's own grid, made once: written here and, with dicom_out, exported as a SEG
+    lungs_image = io.from_canonical(result.lung_mask, geometry.original, geometry.canonical)
+    nodules_image = io.from_canonical(
+        writing.smallest_label_dtype(result.nodule_mask), geometry.original, geometry.canonical
     )
+    io.write_image(lungs_image, folder / f"lungs{ext}", compress=settings.compress)
+    io.write_image(nodules_image, folder / f"nodules{ext}", compress=settings.compress)
     if settings.write_probability and result.probability is not None:
         writing.write_probability(
             result.probability.full(), geometry, folder / f"probability{ext}", compress=settings.compress
@@ -92,7 +93,7 @@ def write_case(
     }
     public = [_public(n) for n in result.nodules]
     if settings.dicom_out:
-        warnings += _export_dicom(folder, case, geometry, result, public, category["category"])
+        warnings += _export_dicom(folder, case, (lungs_image, nodules_image), public, category["category"])
     filesys.atomic_write_text(folder / "nodules.csv", records.to_csv(result.nodules, outputs.NODULE_COLUMNS))
     records.write_json(folder / "nodules.json", {**meta, "nodules": public})
     write_markups(folder, public, category=category["category"])
@@ -136,12 +137,13 @@ def write_case(
 def _export_dicom(
     folder: Path,
     case: discovery.CaseInput,
-    geometry: CaseGeometry,
-    result: CaseResult,
+    masks: tuple[sitk.Image, sitk.Image],
     rows: list[dict[str, Any]],
     category: str,
 ) -> list[str]:
     """DICOM SEG + SR of a DICOM-series case into ``folder/dicom/`` (``dicom_out``); warnings for the case.
+
+    ``masks``: the lung and nodule labels on the input's own grid (as written beside them).
 
     A case read from another format, or a series the export refuses (e.g. anonymised with blank UIDs), keeps its
     screening outputs and gets a one-line warning (in ``summary.csv`` and the report) instead of the objects.
@@ -155,8 +157,8 @@ def _export_dicom(
         write_dicom_outputs(
             folder,
             source_files=case.dicom_files,
-            lungs=io.from_canonical(result.lung_mask, geometry.original, geometry.canonical),
-            nodules=io.from_canonical(result.nodule_mask, geometry.original, geometry.canonical),
+            lungs=masks[0],
+            nodules=masks[1],
             nodule_rows=rows,
             category=category,
         )
