@@ -14,8 +14,8 @@ Two sources:
   ``insert-nodules`` does (:func:`pipelines.phantom.insert.blend_nodules`: synthetic nodules keep the scan's own
   noise); the prior is the CT resampled under the pose change, plus independent correlated noise, with the prior
   nodules blended in and stored in a different orientation. Its field of view is the part of the CT's grid that
-  the moved CT covers entirely (:func:`covered_prior_grid`), so it has no band of fill air at its faces. Its noise is the host's noise resampled plus new
-  noise: a single real scan cannot give independent noise.
+  the moved CT covers entirely (:func:`covered_prior_grid`), so it has no band of fill air at its faces. Its
+  noise is the host's noise resampled plus new noise: a single real scan cannot give independent noise.
 
 The breath-hold change is an affine scale of the whole scan about the lung apex (phantom) or the lungs' centre
 (real CT), not a lung-only deformation. Arrays are ``[z, y, x]`` on canonical LPS grids until written; all
@@ -433,13 +433,10 @@ def covered_prior_grid(grid: Grid, pose: PoseChange) -> Grid:
     return Grid(shape, grid.spacing_zyx, tuple(float(v) for v in origin))  # type: ignore[arg-type]
 
 
-def _edt_lungs(
-    host: RealHost, pose: PoseChange, prior_grid: Grid | None = None
-) -> tuple[dict[int, Any], dict[int, Array]]:
+def _edt_lungs(host: RealHost, pose: PoseChange, pg: Grid) -> tuple[dict[int, Any], dict[int, Array]]:
     """Per side, a lung signed-distance function (from the mask's distance map) and deep candidate points; both
-    keep nodules inside the host's grid and ``prior_grid`` (default: the host's)."""
+    keep nodules inside the host's grid and the prior's grid ``pg``."""
     g = host.grid
-    pg = g if prior_grid is None else prior_grid
     fns: dict[int, Any] = {}
     cands: dict[int, Array] = {}
     for side in (1, 2):
@@ -617,9 +614,8 @@ def is_current(folder: str | Path) -> bool:
     return (root / "truth.csv").is_file() and meta.get("pair_generator") == PAIRS_VERSION
 
 
-if (
-    __name__ == "__main__"
-):  # ``python -m pipelines.followup.pairs --is-current DIR``: exit 0 when current (Makefile)
+# ``python -m pipelines.followup.pairs --is-current DIR``: exit 0 when the set is current (the Makefile's check)
+if __name__ == "__main__":
     import sys
 
     args = sys.argv[1:]
