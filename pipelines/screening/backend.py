@@ -100,8 +100,10 @@ def network_backend(
         device: the screening device.
 
     Returns:
-        ``network`` itself for PyTorch, or an :class:`OpenVinoNetwork` around it; a note is logged when the
-        backend asked for is not the one used (a warning for an explicit ``openvino``, info for ``auto``).
+        ``network`` itself for PyTorch (on the CPU with ``settings.cpu_layers``, its single-channel layers
+        switched in place to :mod:`pipelines.screening.cpu_layers`' kernels), or an :class:`OpenVinoNetwork`
+        around it; a note is logged when the backend asked for is not the one used (a warning for an explicit
+        ``openvino``, info for ``auto``).
     """
     name, note = resolve_backend(
         settings.backend, device=device, amp=settings.amp, available=import_openvino() is not None
@@ -109,6 +111,10 @@ def network_backend(
     if note:
         (log.warning if settings.backend == "openvino" else log.info)(note)
     if name == "torch":
+        if settings.cpu_layers and device.type == "cpu":
+            from pipelines.screening.cpu_layers import use_cpu_layers
+
+            use_cpu_layers(network)
         return network, "torch"
     return OpenVinoNetwork(network, example_shape=(2, 1, *settings.roi_size)), "openvino"
 

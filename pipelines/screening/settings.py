@@ -143,6 +143,9 @@ class ScreeningSettings:
             ``torch`` by default: on the 2-core AMD EPYC (AVX2) development machine OpenVINO 2026.4 took 1.6x
             PyTorch's time per window batch and 1.35x per screened scan (same nodules); choose ``auto`` where it
             measures faster (``benchmarks/openvino_backend.py``).
+        cpu_layers: with PyTorch on the CPU, run the UNet's single-channel output layers with faster kernels
+            (:mod:`pipelines.screening.cpu_layers`: the same weights, logits within ~1e-5); ``False`` keeps
+            oneDNN for every layer.
 
     Allowed values (checked in Python before any work, :func:`validate_setting`; a wrong type or value gives a
     :class:`SettingsError` naming the setting, the value and this line)::
@@ -185,6 +188,7 @@ class ScreeningSettings:
         fine_scope: one of all, candidates
         fine_floor: a number in (0, 1)
         backend: one of auto, torch, openvino
+        cpu_layers: true or false
     """
 
     target_spacing_mm: float = _default("target_spacing_mm")
@@ -225,6 +229,7 @@ class ScreeningSettings:
     fine_scope: str = _default("fine_scope")
     fine_floor: float = _default("fine_floor")
     backend: str = _default("backend")
+    cpu_layers: bool = _default("cpu_layers")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -341,6 +346,7 @@ RULES: dict[str, Rule] = {
     "mirror_axes": Rule("axes"),
     "mirror_scope": Rule("choice", choices=MIRROR_SCOPES),
     "backend": Rule("choice", choices=BACKENDS),
+    "cpu_layers": Rule("bool"),
     "mirror_threshold": Rule("float", Interval(0.0, 1.0, lo_open=True, hi_open=True)),
     "second_look": Rule("bool"),
     "second_look_min_probability": Rule("float", _PROB),
