@@ -189,3 +189,18 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 # Also not kept: step 16's weights interpolated halfway with the shipped ones
 #   (python -m pipelines.training.interpolate monai_bundle/models/model.pt runs/real16/models/model.pt OUT --alpha 0.5):
 #   phantoms 0.843 (1.50 false per scan), real nodules 0.938 on the sets before the fix.
+
+# Step 18 (tried 2026-12-07, NOT kept): the false-positive classifier retrained with real LIDC-IDRI nodules
+# (benchmarks/results/2026-12-07-real-nodule-classifier.md). Validation: at classifier_weight 0.1 the phantoms'
+# false reported nodules 0.94 -> 0.31 per scan, but phantom CPM 0.849 -> 0.843 and real-nodule CPM unchanged (0.920):
+# the weight stays 0 and classifier.pt stays v0.4.0's. Its commands, as run:
+#   for s in $(seq 501 516); do $LS insert-nodules ../shared/data/ct/totalseg_chest_ct_crop_1p5mm.nii.gz \
+#     runs/data/cls18/ct_s$s --bank "$REAL_BANK" --split train --n 6 --seed $s; done
+#   for i in 0 1 2 3 5 8 9 13 14 15; do c=$(printf %04d $i); $LS insert-nodules \
+#     runs/data/tf1000/c$i/images/phantom_s1000_$c.nii.gz runs/data/cls18/ph_$c --bank "$REAL_BANK" --split train \
+#     --n 4 --seed 6$i --lungs runs/data/tf1000/c$i/lungs/phantom_s1000_$c.nii.gz \
+#     --labels runs/data/tf1000/c$i/labels/phantom_s1000_$c.nii.gz; done
+#   merge_datasets(runs/data/cls18/* + runs/data/tf1100/c0..c23 + runs/data/train_small2000) -> runs/data/cls18_mix
+#   mkdir -p runs/cls18/models && cp monai_bundle/models/model.pt runs/cls18/models/
+#   $LS train --dataset runs/data/cls18_mix --out runs/cls18 --profile cpu --seed 18 --device cpu --stages classifier \
+#     --set classifier#max_epochs=12 classifier#time_limit_s=2400 classifier#batch_size=16   # stopped after epoch 8
