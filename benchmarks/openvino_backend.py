@@ -147,10 +147,17 @@ class _OneThread(torch.nn.Module):
 
 
 def measure_batch(
-    runners: dict[str, torch.nn.Module], x: torch.Tensor, *, rounds: int, temperature: float
+    runners: dict[str, torch.nn.Module],
+    x: torch.Tensor,
+    *,
+    rounds: int,
+    temperature: float,
+    pair: tuple[str, str] = ("torch", "openvino"),
 ) -> dict[str, Any]:
-    """Each runner on ``x``, all alternated ``rounds`` times after a warm-up; ``runners`` start with
-    ``torch`` and ``openvino`` (their ratio and differences are reported), and may hold ``*_1thread`` twins."""
+    """Each runner on ``x``, all alternated ``rounds`` times after a warm-up. The two runners named in ``pair``
+    are compared (``ratio_A_over_B``, the largest logit and probability differences); runners may hold
+    ``*_1thread`` twins of both, whose ratio is reported too."""
+    a, b = pair
     runs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in runners}
     outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
@@ -162,29 +169,29 @@ def measure_batch(
                 runs[name][0].append(w)
                 runs[name][1].append(c)
     result: dict[str, Any] = {name: _summary(*runs[name]) for name in runs}
-    result["ratio_torch_over_openvino"] = _ratios(result["torch"], result["openvino"])
-    if "torch_1thread" in result and "openvino_1thread" in result:
-        result["ratio_torch_over_openvino_1thread"] = _ratios(
-            result["torch_1thread"], result["openvino_1thread"]
-        )
-    result["max_abs_logit_diff"] = float((outs["torch"] - outs["openvino"]).abs().max())
-    p = [torch.sigmoid(outs[k] / temperature) for k in ("torch", "openvino")]
+    result[f"ratio_{a}_over_{b}"] = _ratios(result[a], result[b])
+    if f"{a}_1thread" in result and f"{b}_1thread" in result:
+        result[f"ratio_{a}_over_{b}_1thread"] = _ratios(result[f"{a}_1thread"], result[f"{b}_1thread"])
+    result["max_abs_logit_diff"] = float((outs[a] - outs[b]).abs().max())
+    p = [torch.sigmoid(outs[k] / temperature) for k in pair]
     result["max_abs_prob_diff"] = float((p[0] - p[1]).abs().max())
     result["shape"] = list(x.shape)
     return result
 
 
 def measure_sliding_window(
-    net: torch.nn.Module, ov_net: torch.nn.Module, comp: dict[str, Any], data: dict[str, Any], *, repeats: int
+    nets: dict[str, torch.nn.Module], comp: dict[str, Any], data: dict[str, Any], *, repeats: int
 ) -> dict[str, Any]:
+    """Whole sliding-window runs of the two networks of ``nets`` (first over second), alternated ``repeats`` times."""
     from pipelines.screening.inference import sliding_window_probability
 
     settings = comp["settings"]
-    runs: dict[str, tuple[list[float], list[float]]] = {"torch": ([], []), "openvino": ([], [])}
+    a, b = list(nets)
+    runs: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in nets}
     probs: dict[str, torch.Tensor] = {}
     infos: dict[str, Any] = {}
     for _ in range(repeats):
-        for name, runner in (("torch", net), ("openvino", ov_net)):
+        for name, runner in nets.items():
             (prob, info), w, c = _clock(
                 sliding_window_probability,
                 data["image"],
@@ -198,13 +205,50 @@ def measure_sliding_window(
             runs[name][1].append(c)
             probs[name], infos[name] = prob, info
     result: dict[str, Any] = {name: _summary(*runs[name]) for name in runs}
-    result["ratio_torch_over_openvino"] = _ratios(result["torch"], result["openvino"])
-    a, b = probs["torch"], probs["openvino"]
-    result["max_abs_prob_diff"] = float((a - b).abs().max())
+    result[f"ratio_{a}_over_{b}"] = _ratios(result[a], result[b])
+    pa, pb = probs[a], probs[b]
+    result["max_abs_prob_diff"] = float((pa - pb).abs().max())
     for cut in (0.5, settings.candidate_threshold):
-        result[f"voxels_flipped_at_{cut}"] = int(((a > cut) != (b > cut)).sum())
-    result["grid_zyx"] = list(a.shape)
+        result[f"voxels_flipped_at_{cut}"] = int(((pa > cut) != (pb > cut)).sum())
+    result["grid_zyx"] = list(pa.shape)
     result["info"] = infos
+    return result
+
+
+def paired_screens(
+    scan: Path, work: Path, variants: dict[str, dict[str, Any]], *, rounds: int, **kw: Any
+) -> dict[str, Any]:
+    """``screen()`` of ``scan`` under each of two ``variants`` (name -> extra ``screen()`` arguments), alternated
+    ``rounds`` times; stage seconds from ``result.json``, the first-over-second ratio, and whether the last
+    rounds' ``nodules.csv`` and ``candidates.csv`` agree (ids, centres within 0.01 mm, scores within 1e-3)."""
+    from pipelines.screening.api import screen
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_outputs import compare_table
+
+    a, b = list(variants)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, extra in variants.items():
+            out = work / f"{name}{r}"
+            _, w, c = _clock(screen, scan, out, overwrite=True, **kw, **extra)
+            case = next(p for p in (out / "cases").iterdir() if (p / "result.json").is_file())
+            summary = json.loads((case / "result.json").read_text())["summary"]
+            stages = {k: v for k, v in summary.items() if k.startswith("seconds_")}
+            runs[name].append({"wall_s": w, "cpu_s": c, **stages, "nodule_count": summary["nodule_count"]})
+    result: dict[str, Any] = {"runs": runs}
+    for name, rows in runs.items():
+        result[name] = _summary([r["wall_s"] for r in rows], [r["cpu_s"] for r in rows])
+        for key in rows[0]:
+            if key.startswith("seconds_"):
+                result[name][key + "_median"] = statistics.median(r[key] for r in rows)
+    result[f"ratio_{a}_over_{b}"] = _ratios(result[a], result[b])
+    last = rounds - 1
+    for table in ("nodules.csv", "candidates.csv"):
+        ta = next((work / f"{a}{last}" / "cases").glob(f"*/{table}"))
+        tb = next((work / f"{b}{last}" / "cases").glob(f"*/{table}"))
+        ok, line = compare_table(ta, tb, centre_mm=0.01, score=1e-3)
+        result[f"same_{table}"] = {"ok": ok, "detail": line}
     return result
 
 
@@ -216,43 +260,27 @@ def measure_screen(scan: Path, weights: Path | None, work: Path, *, rounds: int)
     from pipelines.screening import backend as ib
     from pipelines.screening.api import screen
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from compare_outputs import compare_table
-
     os.environ[ib.CACHE_ENV] = str(work / "ovcache")
     extra: dict[str, Any] = {"weights": str(weights)} if weights else {}
     kw: dict[str, Any] = {"device": "cpu", "progress": False, "report": False, **extra}
     screen(scan, work / "warm", backend="openvino", **kw)  # exports into the cache
-    runs: dict[str, list[dict[str, Any]]] = {"torch": [], "openvino": []}
-    for r in range(rounds):
-        for backend in runs:
-            out = work / f"{backend}{r}"
-            _, w, c = _clock(screen, scan, out, backend=backend, overwrite=True, **kw)
-            case = next(p for p in (out / "cases").iterdir() if (p / "result.json").is_file())
-            summary = json.loads((case / "result.json").read_text())["summary"]
-            stages = {k: v for k, v in summary.items() if k.startswith("seconds_")}
-            runs[backend].append({"wall_s": w, "cpu_s": c, **stages, "nodule_count": summary["nodule_count"]})
-    result: dict[str, Any] = {"runs": runs}
-    for backend, rows in runs.items():
-        result[backend] = _summary([r["wall_s"] for r in rows], [r["cpu_s"] for r in rows])
-        for key in rows[0]:
-            if key.startswith("seconds_"):
-                result[backend][key + "_median"] = statistics.median(r[key] for r in rows)
-    result["ratio_torch_over_openvino"] = _ratios(result["torch"], result["openvino"])
-    last = rounds - 1
-    for table in ("nodules.csv", "candidates.csv"):
-        a = next((work / f"torch{last}" / "cases").glob(f"*/{table}"))
-        b = next((work / f"openvino{last}" / "cases").glob(f"*/{table}"))
-        ok, line = compare_table(a, b, centre_mm=0.01, score=1e-3)
-        result[f"same_{table}"] = {"ok": ok, "detail": line}
-    return result
+    variants = {"torch": {"backend": "torch"}, "openvino": {"backend": "openvino"}}
+    return paired_screens(scan, work, variants, rounds=rounds, **kw)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.screening import backend as ib
-    from pipelines.screening.multiscale import fine_case
+def machine_header() -> dict[str, Any]:
+    """CPU count, load average, platform and PyTorch version at the start of a benchmark."""
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def paired_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The command line both paired benchmarks share: the scan, weights, output and how many rounds of each part."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scan", type=Path)
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
@@ -260,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sw-repeats", type=int, default=3)
     ap.add_argument("--fine", action="store_true", help="also the 0.7 mm grid")
     ap.add_argument("--screen", type=int, default=0, help="also this many end-to-end screen() rounds")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.screening import backend as ib
+    from pipelines.screening.multiscale import fine_case
+
+    ap = paired_arguments(__doc__)
     ap.add_argument("--only-screen", action="store_true", help="skip the export, batch and window parts")
     args = ap.parse_args(argv)
     ov = ib.import_openvino()
@@ -269,10 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": os.getloadavg(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
+            **machine_header(),
             "openvino": ov.__version__,
             "torch_threads": torch.get_num_threads(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
@@ -312,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         result["sliding_window"] = {}
         for name, data in grids.items():
             result["sliding_window"][name] = measure_sliding_window(
-                net, ov_net, comp, data, repeats=args.sw_repeats
+                {"torch": net, "openvino": ov_net}, comp, data, repeats=args.sw_repeats
             )
             print(json.dumps({name: result["sliding_window"][name]["ratio_torch_over_openvino"]}), flush=True)
         result["compile_s"] = {str(k): v for k, v in ov_net.compile_seconds.items()}
