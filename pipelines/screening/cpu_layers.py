@@ -20,7 +20,7 @@ in another order (float32 rounding, ~1e-6 of the logits); the transposed convolu
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class ShiftAddConv3d(nn.Conv3d):
     """``Conv3d(1, 1, k)`` (stride 1, zero padding) computed on the CPU as one multiply-add per kernel tap."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not _fast_path(input) or not _shift_add_eligible(self):
+        if not _fast_path(input):  # eligibility was checked when use_cpu_layers switched the class
             return super().forward(input)
         pz, py, px = (int(p) for p in self.padding)
         kz, ky, kx = self.kernel_size
@@ -78,7 +78,7 @@ class NativeConvTranspose3d(nn.ConvTranspose3d):
     """``ConvTranspose3d(C, 1, ...)`` through PyTorch's own CPU kernel instead of oneDNN's."""
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if not _fast_path(input) or not _native_transpose_eligible(self):
+        if not _fast_path(input):
             return super().forward(input, output_size)
         padding = list(cast(tuple[int, ...], self.padding))  # an int tuple: transposed layers take no "same"
         output_padding = self._output_padding(
@@ -111,11 +111,12 @@ def use_cpu_layers(network: nn.Module) -> dict[str, int]:
     """
     counts = {"shift_add_conv3d": 0, "native_conv_transpose3d": 0}
     for module in network.modules():
-        kind: Any = type(module)
-        if kind is nn.Conv3d and _shift_add_eligible(module):  # type: ignore[arg-type]
+        if type(module) is nn.Conv3d and _shift_add_eligible(cast(nn.Conv3d, module)):
             module.__class__ = ShiftAddConv3d
             counts["shift_add_conv3d"] += 1
-        elif kind is nn.ConvTranspose3d and _native_transpose_eligible(module):  # type: ignore[arg-type]
+        elif type(module) is nn.ConvTranspose3d and _native_transpose_eligible(
+            cast(nn.ConvTranspose3d, module)
+        ):
             module.__class__ = NativeConvTranspose3d
             counts["native_conv_transpose3d"] += 1
     return counts

@@ -238,7 +238,7 @@ def split_patches(
     """
     z = np.load(patches_file)
     # each NpzFile lookup reads the whole member again: read the patches once (a lookup per patch made this
-    # quadratic: ~10 min of re-reading for 2,833 patches)
+    # quadratic: 0.92 s per lookup of a 628 MB file, ~43 min for 2,833 patches)
     patches, labels, uids = z["patches"], z["labels"].astype(np.float32), z["seriesuids"]
     rng = np.random.default_rng(seed)
     unique = np.unique(uids)
