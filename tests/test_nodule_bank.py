@@ -211,6 +211,32 @@ def test_rand_paste_draws_real_nodules_from_the_bank(crops: Path) -> None:
     assert found >= 2
 
 
+def test_rand_paste_weights_subsolid_real_nodules(crops: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = build_bank(crops)
+    textures = [str(bank.table["texture"][i]) for i in bank.indices("all")]
+    assert sorted(textures) == ["Non-Solid/GGO", "Solid"]
+    uniform = RandPasteNodulesd(bank=bank, bank_split="all", real_share=1.0)
+    assert uniform.bank_p is None  # weight 1: the draw of earlier recipes, unchanged
+    weighted = RandPasteNodulesd(bank=bank, bank_split="all", real_share=1.0, subsolid_weight=4.0)
+    assert weighted.bank_p is not None
+    p = dict(zip(textures, weighted.bank_p.tolist(), strict=True))
+    assert p["Non-Solid/GGO"] == pytest.approx(0.8) and p["Solid"] == pytest.approx(0.2)
+    import pipelines.training.paste as tp
+
+    drawn: list[int] = []
+    monkeypatch.setattr(tp, "_paste_one_real", lambda hu, label, rng, bank, i, **kw: drawn.append(i))
+    patch = _lung_patch()
+    weighted.set_random_state(seed=3)
+    weighted.prob = 1.0
+    for _ in range(60):
+        weighted(patch)
+    ggo = int(bank.indices("all")[textures.index("Non-Solid/GGO")])
+    assert len(drawn) >= 60 and 0.65 < drawn.count(ggo) / len(drawn) < 0.97  # 0.8 expected, 0.5 uniform
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="subsolid_weight"):
+            RandPasteNodulesd(bank=bank, bank_split="all", real_share=1.0, subsolid_weight=bad)
+
+
 def test_rand_paste_refuses_bad_share() -> None:
     with pytest.raises(ValueError, match="real_share"):
         RandPasteNodulesd(real_share=1.5)
@@ -298,16 +324,18 @@ def test_bundle_train_config_hands_the_bank_to_the_paste(crops: Path, tmp_path: 
         "train#paste_bank": str(path.resolve()),
         "train#paste_real_share": 0.7,
         "train#paste_bank_split": "all",
+        "train#paste_subsolid_weight": 3.0,
     }
     wf = load_workflow(["inference.json", "train.json"], workflow_type="train", overrides=overrides)
     paste = [t for t in wf.parser.get_parsed_content("train#random") if isinstance(t, RandPasteNodulesd)]
     assert len(paste) == 1 and paste[0].real_share == 0.7
+    assert paste[0].bank_p is not None and sorted(paste[0].bank_p.tolist()) == pytest.approx([0.25, 0.75])
     assert paste[0].bank is not None and len(paste[0].bank) == 2
     default = load_workflow(
         ["inference.json", "train.json"], workflow_type="train", overrides={"dataset_dir": "x"}
     )
     plain = [t for t in default.parser.get_parsed_content("train#random") if isinstance(t, RandPasteNodulesd)]
-    assert plain[0].bank is None and plain[0].real_share == 0.0
+    assert plain[0].bank is None and plain[0].real_share == 0.0 and plain[0].bank_p is None
 
 
 def test_real_nodule_tables_of_a_hostile_host_name(crops: Path, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from pipelines.phantom.nodules import (
     visible_fraction,
 )
 from pipelines.phantom.shapes import Grid
-from pipelines.realnodules.bank import NoduleBank, load_bank
+from pipelines.realnodules.bank import NoduleBank, is_subsolid, load_bank
 from pipelines.realnodules.paste import RealNodule, draw_real, paste_real
 
 #: Probabilities of the location classes (parenchymal, juxta-pleural, juxta-vascular), as the generator's.
@@ -120,6 +120,7 @@ def paste_nodules(
     location_p: Sequence[float] = LOCATION_P,
     bank: NoduleBank | None = None,
     bank_indices: Sequence[int] | np.ndarray | None = None,
+    bank_p: Sequence[float] | np.ndarray | None = None,
     real_share: float = 0.0,
     scale_jitter: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
@@ -157,7 +158,7 @@ def paste_nodules(
                 out_label,
                 rng,
                 bank,
-                int(rng.choice(pool)),
+                int(rng.choice(pool) if bank_p is None else rng.choice(pool, p=bank_p)),
                 location_p=location_p,
                 to_label=to_label,
                 lung_depth=lung_depth,
@@ -252,6 +253,20 @@ def _reach(nodule: Any) -> float:
 _BANKS: dict[str, NoduleBank] = {}
 
 
+def _draw_weights(
+    bank: NoduleBank | None, indices: np.ndarray | None, subsolid_weight: float
+) -> np.ndarray | None:
+    """Draw probabilities over ``indices`` with subsolid nodules weighted ``subsolid_weight``; None for uniform."""
+    if not np.isfinite(subsolid_weight) or subsolid_weight <= 0:
+        raise ValueError(f"subsolid_weight must be a positive number, not {subsolid_weight}")
+    if bank is None or indices is None or subsolid_weight == 1.0:
+        return None
+    w = np.asarray(
+        [subsolid_weight if is_subsolid(str(bank.table["texture"][i])) else 1.0 for i in indices], float
+    )
+    return w / w.sum()
+
+
 def _bank_for(bank: str | NoduleBank | None) -> NoduleBank | None:
     if bank is None or isinstance(bank, NoduleBank):
         return bank
@@ -279,6 +294,9 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         bank_split: which of the bank's splits to draw from (``train``; never the validation split).
         real_share: chance that a pasted nodule is a real one from the bank.
         scale_jitter: real nodules are scaled by a factor in ``1 +- scale_jitter``.
+        subsolid_weight: how much more often a real nodule the readers rated subsolid (LIDC texture Part Solid
+            or Non-Solid, :func:`pipelines.realnodules.bank.is_subsolid`) is drawn than a solid one; 1 draws
+            them uniformly (about one in eight is subsolid).
     """
 
     def __init__(
@@ -296,6 +314,7 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         bank_split: str = "train",
         real_share: float = 0.0,
         scale_jitter: float = 0.1,
+        subsolid_weight: float = 1.0,
     ) -> None:
         MapTransform.__init__(self, keys)
         if not 0.0 <= float(real_share) <= 1.0 or not 0.0 <= float(scale_jitter) < 0.5:
@@ -307,6 +326,7 @@ class RandPasteNodulesd(Randomizable, MapTransform):
         if self.bank is not None and not len(self.bank_indices):  # type: ignore[arg-type]
             raise ValueError(f"the nodule bank has no nodules in split {bank_split!r}")
         self.real_share, self.scale_jitter = float(real_share), float(scale_jitter)
+        self.bank_p = _draw_weights(self.bank, self.bank_indices, float(subsolid_weight))
         if len(self.keys) != 3:
             raise ValueError(f"keys must be (image, label, lungs), not {keys!r}")
         self.type_p = _probabilities("type_p", TYPE_P if type_p is None else type_p, TYPES)
@@ -344,6 +364,7 @@ class RandPasteNodulesd(Randomizable, MapTransform):
             location_p=self.location_p,
             bank=self.bank,
             bank_indices=self.bank_indices,
+            bank_p=self.bank_p,
             real_share=self.real_share,
             scale_jitter=self.scale_jitter,
         )
