@@ -176,7 +176,7 @@ def _case(hu: np.ndarray) -> dict:
 
 
 def _screener(**kw: object) -> Screener:
-    settings = _settings(second_look=False, mirror_axes="x", mirror_scope="candidates", **kw)
+    settings = _settings(**{"second_look": False, "mirror_axes": "x", "mirror_scope": "candidates", **kw})
     return Screener(
         preprocessing=Compose([]),
         network=_BlobNet(),
@@ -219,3 +219,22 @@ def test_the_screener_runs_no_fine_window_without_a_mark():
     assert pred.info["fine_windows_run"] == 0
     assert pred.info["fine_windows_skipped"] == window_count(tuple(pred.fine[1].shape), (16, 16, 16), 0.25)
     assert float(pred.fine[1].max()) < 0.01
+
+
+def test_fine_mirror_off_runs_the_finer_grid_unmirrored_and_leaves_the_first_pass_as_it_was():
+    hu = np.full((32, 32, 64), BG, np.float32)
+    hu[_ball(hu.shape, (16, 16, 14), 3.5)] = TISSUE  # a first-pass candidate: its windows are mirrored
+    data = _case(hu)
+    mirrored = _screener(fine_mirror=True).predict(data)
+    plain = _screener(fine_mirror=False).predict(data)
+    nowhere = _screener(mirror_axes="").predict(data)  # mirroring off on both grids
+    assert mirrored.fine is not None and plain.fine is not None and nowhere.fine is not None
+    assert mirrored.info["windows_mirrored"] == plain.info["windows_mirrored"] > 0
+    assert torch.equal(mirrored.probability, plain.probability)  # the first grid keeps its mirroring
+    assert mirrored.info["fine_windows_mirrored"] > 0 and plain.info["fine_windows_mirrored"] == 0
+    assert torch.equal(plain.fine[1], nowhere.fine[1])  # the finer grid as without any mirroring
+    assert not torch.allclose(plain.fine[1], mirrored.fine[1])  # the ramp makes mirrored windows differ
+    assert ScreeningSettings().fine_mirror in (True, False)
+    with pytest.raises(SettingsError, match="fine_mirror"):
+        ScreeningSettings(fine_mirror=2)  # type: ignore[arg-type]
+    assert _settings(fine_mirror=True).sha256() != _settings(fine_mirror=False).sha256()

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,10 @@ class Screener:
             n = window_count(fine_prob.shape, self.settings.roi_size, self.settings.overlap)
             fine_info: dict[str, Any] = {"windows_run": 0, "windows_skipped": n, "windows_unmarked": n}
         else:
-            fine_prob, fine_info = self.probability(fine_data, window_marks=marks)
+            fine_settings = (
+                self.settings if self.settings.fine_mirror else replace(self.settings, mirror_axes="")
+            )
+            fine_prob, fine_info = self.probability(fine_data, window_marks=marks, settings=fine_settings)
         info["fine_scope"] = self.settings.fine_scope
         for key in ("windows_run", "windows_skipped", "windows_unmarked", "windows_mirrored"):
             if key in fine_info:
@@ -237,21 +240,23 @@ class Screener:
         return fine_data, fine_prob
 
     def probability(
-        self, data: dict[str, Any], *, window_marks: Any = None
+        self, data: dict[str, Any], *, window_marks: Any = None, settings: ScreeningSettings | None = None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The network's probability on ``data``'s network grid (sliding window, the settings' mirroring).
 
-        ``window_marks`` (``[z, y, x]`` bool on that grid): only windows holding a mark run.
+        ``window_marks`` (``[z, y, x]`` bool on that grid): only windows holding a mark run. ``settings``:
+        these instead of the engine's (the finer grid's, e.g. without mirroring).
         """
+        settings = settings or self.settings
         return sliding_window_probability(
             data["image"],
             data.get("lungs"),
             network=self.network,
             inferer=self.inferer,
-            settings=self.settings,
+            settings=settings,
             device=self.device,
-            channels_last=self.settings.channels_last and self.device.type == "cuda",
-            compile_network=self.settings.compile and self.backend == "torch",
+            channels_last=settings.channels_last and self.device.type == "cuda",
+            compile_network=settings.compile and self.backend == "torch",
             window_marks=None if window_marks is None else torch.as_tensor(window_marks),
         )
 
