@@ -91,6 +91,43 @@ def test_merge_raises_adds_and_ignores_by_the_rules() -> None:
     assert prob[0, 0, 0] == pytest.approx(0.7) and prob[0, 0, 1] == pytest.approx(0.6)
 
 
+def test_a_fine_network_candidate_replaces_a_first_pass_second_look_spot() -> None:
+    shape = (30, 30, 30)
+    coarse_mask = np.zeros(shape, np.uint16)
+    coarse_mask[_ball_mask(shape, (8, 8, 8), 4)] = 1
+    coarse = [
+        _cand(1, (8, 8, 8), 8.0, 0.95),
+        _cand(2, (20, 20, 20), 4.0, 0.30, source="second_look"),  # a point spot: no voxels, never reported
+        _cand(3, (5, 25, 5), 4.0, 0.30, source="second_look"),
+    ]
+    fine_mask = np.zeros(shape, np.uint16)
+    ball = _ball_mask(shape, (20, 20, 21), 2.5)
+    fine_mask[ball] = 1
+    fine = [
+        _cand(1, (20, 20, 21), 5.0, 0.99, scale_mm=0.7),  # a network candidate on spot 2: it stands for it
+        _cand(
+            2, (20, 21, 20), 4.0, 0.35, source="second_look", scale_mm=0.7
+        ),  # near the replaced spot: added
+        _cand(3, (5, 25, 6), 4.0, 0.32, source="second_look", scale_mm=0.7),  # a spot on a spot: raises it
+    ]
+    zeros = np.zeros(shape, np.float32)
+    cands, mask, _ = merge_scales(
+        (coarse, coarse_mask, zeros),
+        (fine, fine_mask, zeros),
+        (1.0, 1.0, 1.0),
+        max_diameter_mm=10.0,
+        logit_offset=0.0,
+    )
+    assert [c["nodule_id"] for c in cands] == [1, 3, 4, 5]
+    assert [c["source"] for c in cands] == ["network", "second_look", "network", "second_look"]
+    assert cands[1]["probability"] == pytest.approx(0.32) and cands[1]["scale_mm"] == 0.7
+    stand_in = cands[2]
+    assert stand_in["canonical_index_zyx"] == [20, 20, 21] and stand_in["probability"] == pytest.approx(0.99)
+    assert np.array_equal(mask == 4, ball)  # its voxels: a reportable nodule with a mask
+    settings = ScreeningSettings(prob_threshold=0.9)
+    assert stand_in["probability"] >= settings.prob_threshold
+
+
 def test_merge_with_no_first_pass_candidate_adds_the_fine_ones() -> None:
     shape = (10, 10, 10)
     empty = np.zeros(shape, np.uint16)
@@ -207,3 +244,51 @@ def test_the_bundle_runs_the_fine_pass_and_null_switches_it_off(tmp_path: Path) 
     assert on["seconds_network_fine"] > 0 and "seconds_network_fine" not in off
     header = (tmp_path / "on" / "cases" / "chest" / "candidates.csv").read_text().splitlines()[0]
     assert header.endswith(",source,scale_mm")
+
+
+@pytest.mark.parametrize("scope", ["all", "finest"])
+def test_second_look_scope_finest_runs_it_on_the_finer_grid_only(scope: str) -> None:
+    hu = np.full((40, 48, 48), BG, np.float32)
+    a = _ball_mask(hu.shape, (20, 24, 12), 2.5)  # faint on the first grid only
+    b = _ball_mask(hu.shape, (20, 24, 36), 2.5)  # faint on the finer grid only
+    hu[a | b] = TISSUE
+    data = _case(hu, ((0, 40), (0, 48), (0, 48)))
+    prob = np.full(hu.shape, 0.01, np.float32)
+    prob[a] = 0.25  # below the candidate threshold, above second_look_min_probability
+    fine = fine_case(data, _fine_preprocessing(0.5))
+    fz, fy, fx = np.indices(fine["geometry"].network_shape)
+    fine_prob = np.full(fine["geometry"].network_shape, 0.01, np.float32)
+    fine_prob[(fz / 2 - 20) ** 2 + (fy / 2 - 24) ** 2 + (fx / 2 - 36) ** 2 <= 2.5**2] = 0.25
+    settings = ScreeningSettings(
+        report=False,
+        second_look=True,
+        second_look_scope=scope,
+        second_look_min_response_hu=40.0,  # the resampled 0.5 mm ball answers ~60 HU, the 1 mm one more
+        fine_spacing_mm=0.5,
+    )
+    cpu = torch.device("cpu")
+    both = analyse_case(
+        data,
+        torch.tensor(prob),
+        settings=settings,
+        classifier=None,
+        device=cpu,
+        fine=(fine, torch.tensor(fine_prob)),
+    )
+    spots = {c["scale_mm"]: c for c in both.candidates if c["source"] == "second_look"}
+    assert not both.nodules
+    assert 0.5 in spots and np.allclose(spots[0.5]["canonical_index_zyx"], (20, 24, 36), atol=1.0)
+    if scope == "all":
+        assert 1.0 in spots and np.allclose(spots[1.0]["canonical_index_zyx"], (20, 24, 12), atol=1.0)
+    else:
+        assert set(spots) == {0.5}  # the first grid's spot is not looked for
+    alone = analyse_case(data, torch.tensor(prob), settings=settings, classifier=None, device=cpu)
+    assert [c["scale_mm"] for c in alone.candidates if c["source"] == "second_look"] == [
+        1.0
+    ]  # finest = first
+
+
+def test_second_look_scope_is_validated() -> None:
+    assert ScreeningSettings().second_look_scope in ("all", "finest")
+    with pytest.raises(SettingsError, match="second_look_scope"):
+        ScreeningSettings(second_look_scope="fine")

@@ -7,7 +7,9 @@ there it often stands out (0.9 and more). The finer pass finds fewer large nodul
 less context) and its own false positives, so it only adds to the first pass:
 
 - a fine candidate of at most ``fine_max_diameter_mm`` that lies within the larger radius of the two (at least
-  2 mm) of a first-pass candidate lends that candidate its score when higher;
+  2 mm) of a first-pass candidate lends that candidate its score when higher; but a fine *network* candidate
+  scoring above a first-pass *second-look* spot replaces the spot (a point candidate without voxels, never
+  reported): it stands as itself, with its mask, and may be reported;
 - one that lies near none is added as a candidate of its own, with its mask voxels where the first pass has
   none;
 - fine scores enter with ``fine_logit_offset`` added to their logit (below zero: a fine-only finding needs more
@@ -99,8 +101,8 @@ def merge_scales(
         logit_offset: added to the logit of fine scores.
 
     Returns:
-        ``(candidates, mask_crop, prob_crop)``: the first pass's candidates (scores possibly raised) followed
-        by the added fine ones (new ``nodule_id`` labels, their voxels written where ``mask_crop`` was 0);
+        ``(candidates, mask_crop, prob_crop)``: the first pass's candidates (scores possibly raised, second-look
+        spots replaced by a fine network candidate left out) followed by the added fine ones (new ``nodule_id`` labels, their voxels written where ``mask_crop`` was 0);
         the probability is the voxel-wise maximum of the two passes. The inputs are not modified.
     """
     cands: list[Candidate] = [c.copy() for c in coarse[0]]
@@ -112,6 +114,7 @@ def merge_scales(
     next_id = max([int(c["nodule_id"]) for c in cands] + [int(mask.max(initial=0))]) + 1
     fine_mask = fine[1]
     fine_boxes: list[tuple[slice, ...] | None] | None = None  # found once, when a candidate is first added
+    replaced: set[int] = set()  # first-pass second-look spots that a fine network candidate stands in for
     for f in fine[0]:
         radius = float(f["diameter_mm"]) / 2
         if 2 * radius > max_diameter_mm:
@@ -122,11 +125,23 @@ def merge_scales(
             near = dist <= np.maximum(np.maximum(radii, radius), 2.0)
             if near.any():
                 j = int(np.flatnonzero(near)[np.argmin(dist[near])])
-                if score > float(cands[j]["probability"]):
-                    cands[j].update(
-                        {"probability": score, "segmentation_probability": score, "scale_mm": f["scale_mm"]}
-                    )
-                continue
+                replaces = (
+                    cands[j].get("source") == "second_look"
+                    and f.get("source") == "network"
+                    and score > float(cands[j]["probability"])
+                )
+                if not replaces:
+                    if score > float(cands[j]["probability"]):
+                        cands[j].update(
+                            {
+                                "probability": score,
+                                "segmentation_probability": score,
+                                "scale_mm": f["scale_mm"],
+                            }
+                        )
+                    continue
+                replaced.add(j)
+                centres[j] = np.inf  # no later fine candidate is near the spot it replaced
         row = f.copy()
         row.update({"probability": score, "segmentation_probability": score})
         fid = int(f["nodule_id"])
@@ -142,7 +157,7 @@ def merge_scales(
         row["nodule_id"] = next_id
         next_id += 1
         cands.append(row)
-    return cands, mask, prob
+    return [c for i, c in enumerate(cands) if i not in replaced], mask, prob
 
 
 def fine_window_marks(

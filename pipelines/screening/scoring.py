@@ -147,8 +147,9 @@ def _scale_candidates(
     hu_network: np.ndarray | NetworkHU | None = None,
     *,
     scale_mm: float,
+    second_look: bool,
 ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
-    """Network and second-look candidates of one grid: ``(candidates, mask_crop, prob_crop)``.
+    """Network and (with ``second_look``) second-look candidates of one grid: ``(candidates, mask_crop, prob_crop)``.
 
     Candidates carry canonical ``canonical_index_zyx``, their network score as ``probability`` and the grid's
     nominal spacing as ``scale_mm``; ``hu_network`` is the HU of ``data`` (:class:`NetworkHU`) when the caller has
@@ -173,7 +174,7 @@ def _scale_candidates(
         c["canonical_index_zyx"] = [round(float(v), 3) for v in np.asarray(c["canonical_index_zyx"]) + start]
         c["segmentation_probability"] = float(c["probability"])
         c["source"] = "network"
-    if settings.second_look:
+    if second_look:
         cands += second_look_candidates(
             cands, data, probability_network, prob_crop, settings=settings, hu_network=hu_network
         )
@@ -203,8 +204,14 @@ def analyse_case(
 
     geometry: CaseGeometry = data["geometry"]
     hu_network = NetworkHU(data, settings)
+    first_look = settings.second_look and (fine is None or settings.second_look_scope == "all")
     cands, mask_crop, prob_crop = _scale_candidates(
-        data, probability_network, settings, hu_network, scale_mm=settings.target_spacing_mm
+        data,
+        probability_network,
+        settings,
+        hu_network,
+        scale_mm=settings.target_spacing_mm,
+        second_look=first_look,
     )
     if fine is not None:
         from pipelines.screening.multiscale import merge_scales
@@ -213,7 +220,9 @@ def analyse_case(
         fine_mm = float(settings.fine_spacing_mm or np.mean(fine_data["geometry"].network_spacing_zyx))
         cands, mask_crop, prob_crop = merge_scales(
             (cands, mask_crop, prob_crop),
-            _scale_candidates(fine_data, fine_probability, settings, scale_mm=fine_mm),
+            _scale_candidates(
+                fine_data, fine_probability, settings, scale_mm=fine_mm, second_look=settings.second_look
+            ),
             spacing_zyx(geometry.canonical),
             max_diameter_mm=settings.fine_max_diameter_mm,
             logit_offset=settings.fine_logit_offset,
