@@ -204,3 +204,14 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 #   mkdir -p runs/cls18/models && cp monai_bundle/models/model.pt runs/cls18/models/
 #   $LS train --dataset runs/data/cls18_mix --out runs/cls18 --profile cpu --seed 18 --device cpu --stages classifier \
 #     --set classifier#max_epochs=12 classifier#time_limit_s=2400 classifier#batch_size=16   # stopped after epoch 8
+
+# Step 19 (tried 2026-12-07, NOT kept): step 17's data and settings with real nodules half of the pasted ones and
+# those the readers rated subsolid drawn 4x as often (train#paste_subsolid_weight=4: 34 % of real draws instead of
+# 11.6 %), seed 19, 54 min on 2 shared CPU cores (benchmarks/results/2026-12-07-real-nodule-subsolid-training.md).
+# Validation: real nodules in the real CT CPM 0.920 -> 0.933, but phantoms 0.849 -> 0.838 with 2.62 instead of 0.94
+# false reported nodules per scan; the real ground-glass nodules still unreported. Its command:
+#   $LS train --dataset runs/data/train_mix17 --out runs/real19 --profile cpu --seed 19 --device cpu \
+#     --init-weights monai_bundle/models/model.pt --no-eval --stages segmentation --bank "$REAL_BANK" --real-share 0.5 \
+#     --set train#num_samples=4 train#epoch_length=50 validate#max_cases=1 train#num_workers=1 train#cache_workers=2 \
+#     train#paste_prob=0.5 train#loss#batch=false train#lr=0.0003 val_interval=1000 train#max_fg_per_nodule=16 \
+#     train#trainer#max_epochs=40 train#time_limit_s=7000 train#paste_subsolid_weight=4.0
