@@ -174,6 +174,22 @@ def _case(hu: np.ndarray, crop: tuple[tuple[int, int], ...]) -> dict:
     }
 
 
+def _fine_ball(fine: dict, centre: tuple[float, float, float], radius_mm: float, p: float) -> torch.Tensor:
+    """A probability of 0.01 on the finer grid of ``fine`` (0.5 mm), ``p`` in a ball (canonical 1 mm indices)."""
+    fz, fy, fx = np.indices(fine["geometry"].network_shape)
+    prob = np.full(fine["geometry"].network_shape, 0.01, np.float32)
+    prob[
+        (fz / 2 - centre[0]) ** 2 + (fy / 2 - centre[1]) ** 2 + (fx / 2 - centre[2]) ** 2 <= radius_mm**2
+    ] = p
+    return torch.tensor(prob)
+
+
+def _analyse(data: dict, prob: np.ndarray, settings: ScreeningSettings, fine: tuple | None = None):
+    return analyse_case(
+        data, torch.tensor(prob), settings=settings, classifier=None, device=torch.device("cpu"), fine=fine
+    )
+
+
 def test_fine_case_resamples_the_crop_and_leaves_the_first_grid_alone() -> None:
     hu = np.full((30, 40, 50), BG, np.float32)
     data = _case(hu, ((2, 28), (4, 36), (5, 45)))
@@ -196,21 +212,10 @@ def test_a_nodule_seen_only_on_the_fine_grid_is_reported_with_its_mask() -> None
     prob = np.full(hu.shape, 0.01, np.float32)
     prob[big] = 0.99  # the first grid sees the big nodule only
     fine = fine_case(data, _fine_preprocessing(0.5))
-    fz, fy, fx = np.indices(fine["geometry"].network_shape)
-    fine_prob = np.full(fine["geometry"].network_shape, 0.01, np.float32)
-    fine_prob[(fz / 2 - 20) ** 2 + (fy / 2 - 24) ** 2 + (fx / 2 - 36) ** 2 <= 2.5**2] = 0.99
     settings = ScreeningSettings(report=False, second_look=False, fine_spacing_mm=0.5)
-    cpu = torch.device("cpu")
-    alone = analyse_case(data, torch.tensor(prob), settings=settings, classifier=None, device=cpu)
+    alone = _analyse(data, prob, settings)
     assert len(alone.nodules) == 1
-    both = analyse_case(
-        data,
-        torch.tensor(prob),
-        settings=settings,
-        classifier=None,
-        device=cpu,
-        fine=(fine, torch.tensor(fine_prob)),
-    )
+    both = _analyse(data, prob, settings, fine=(fine, _fine_ball(fine, (20, 24, 36), 2.5, 0.99)))
     assert len(both.nodules) == 2
     added = next(n for n in both.nodules if n["scale_mm"] == 0.5)
     assert np.allclose(added["canonical_index_zyx"], (20, 24, 36), atol=0.5)
@@ -256,9 +261,6 @@ def test_second_look_scope_finest_runs_it_on_the_finer_grid_only(scope: str) -> 
     prob = np.full(hu.shape, 0.01, np.float32)
     prob[a] = 0.25  # below the candidate threshold, above second_look_min_probability
     fine = fine_case(data, _fine_preprocessing(0.5))
-    fz, fy, fx = np.indices(fine["geometry"].network_shape)
-    fine_prob = np.full(fine["geometry"].network_shape, 0.01, np.float32)
-    fine_prob[(fz / 2 - 20) ** 2 + (fy / 2 - 24) ** 2 + (fx / 2 - 36) ** 2 <= 2.5**2] = 0.25
     settings = ScreeningSettings(
         report=False,
         second_look=True,
@@ -266,15 +268,7 @@ def test_second_look_scope_finest_runs_it_on_the_finer_grid_only(scope: str) -> 
         second_look_min_response_hu=40.0,  # the resampled 0.5 mm ball answers ~60 HU, the 1 mm one more
         fine_spacing_mm=0.5,
     )
-    cpu = torch.device("cpu")
-    both = analyse_case(
-        data,
-        torch.tensor(prob),
-        settings=settings,
-        classifier=None,
-        device=cpu,
-        fine=(fine, torch.tensor(fine_prob)),
-    )
+    both = _analyse(data, prob, settings, fine=(fine, _fine_ball(fine, (20, 24, 36), 2.5, 0.25)))
     spots = {c["scale_mm"]: c for c in both.candidates if c["source"] == "second_look"}
     assert not both.nodules
     assert 0.5 in spots and np.allclose(spots[0.5]["canonical_index_zyx"], (20, 24, 36), atol=1.0)
@@ -282,7 +276,7 @@ def test_second_look_scope_finest_runs_it_on_the_finer_grid_only(scope: str) -> 
         assert 1.0 in spots and np.allclose(spots[1.0]["canonical_index_zyx"], (20, 24, 12), atol=1.0)
     else:
         assert set(spots) == {0.5}  # the first grid's spot is not looked for
-    alone = analyse_case(data, torch.tensor(prob), settings=settings, classifier=None, device=cpu)
+    alone = _analyse(data, prob, settings)
     assert [c["scale_mm"] for c in alone.candidates if c["source"] == "second_look"] == [
         1.0
     ]  # finest = first
