@@ -55,11 +55,15 @@ def threshold_summary(
     threshold: float,
     scans: Collection[str] | None = None,
     marks: Sequence[froc.Mark] | None = None,
+    reportable: Sequence[froc.Mark] | None = None,
 ) -> dict[str, Any]:
     """Figures at ``threshold`` for dataset ``data`` (annotations/cases/seriesuids) screened into ``screen_out``.
 
     ``scans``: only these series (their nodules, marks and number as the false-positive divisor). ``marks``:
-    these instead of ``screen_out/submission.csv``'s (e.g. :func:`rescored_marks`).
+    these instead of ``screen_out/submission.csv``'s (e.g. :func:`rescored_marks`); they rank the FROC/CPM.
+    ``reportable``: the marks that can become reported nodules, which alone count at ``threshold`` (sensitivity,
+    false nodules per scan); by default those of ``screen_out``'s ``candidates.csv`` that are not second-look
+    spots (never reported, whatever their score), or ``marks`` when the run has no ``candidates.csv``.
 
     Returns:
         ``{"threshold", "scans", "real_nodules", "cpm", "false_nodules_per_scan", "sensitivity",
@@ -75,6 +79,13 @@ def threshold_summary(
     match = froc.match_marks(
         nodules=nodules, marks=[m for m in marks if m.seriesuid in kept], seriesuids=uids
     )
+    if reportable is None and any(out.glob("cases/*/candidates.csv")):
+        reportable = _marks(_candidate_rows(out, kept, reportable_only=True), 0.0)
+    at_threshold = match
+    if reportable is not None:
+        at_threshold = froc.match_marks(
+            nodules=nodules, marks=[m for m in reportable if m.seriesuid in kept], seriesuids=uids
+        )
     kinds = _types(root / "cases.csv")
     per_scan: dict[str, int] = {}
     types = []
@@ -82,7 +93,7 @@ def threshold_summary(
         per_scan[n.seriesuid] = per_scan.get(n.seriesuid, 0) + 1
         types.append(kinds.get((n.seriesuid, per_scan[n.seriesuid]), {}).get("type", "unknown"))
     real = np.asarray([t != "generator" for t in types], bool)
-    score = np.where(np.isnan(match.nodule_score), -np.inf, match.nodule_score)
+    score = np.where(np.isnan(at_threshold.nodule_score), -np.inf, at_threshold.nodule_score)
     found = score >= threshold
     diam = np.asarray([n.diameter_mm for n in match.nodules], float)
     n_real = int(real.sum())
@@ -99,7 +110,7 @@ def threshold_summary(
         "real_nodules": n_real,
         "cpm": round(float(froc.cpm(froc.curve_for(match, real))), 4) if n_real else None,
         "false_nodules_per_scan": round(
-            float((match.fp_score >= threshold).sum()) / max(match.n_scans, 1), 3
+            float((at_threshold.fp_score >= threshold).sum()) / max(match.n_scans, 1), 3
         ),
         "sensitivity": round(float((found & real).sum()) / n_real, 4) if n_real else None,
         "sensitivity_ge4mm": _rate(found & real & (diam >= 4.0), real & (diam >= 4.0)),
@@ -131,7 +142,8 @@ def reweighted(score: float, blobness: float, delta: float) -> float:
 _Row = tuple[str, tuple[float, float, float], float, float]  # series, centre (LPS mm), final score, blobness
 
 
-def _candidate_rows(out: Path, scans: Collection[str] | None) -> list[_Row]:
+def _candidate_rows(out: Path, scans: Collection[str] | None, *, reportable_only: bool = False) -> list[_Row]:
+    """Every candidate of ``out/cases/*/candidates.csv`` (of ``scans``); ``reportable_only``: no second-look spot."""
     rows: list[_Row] = []
     for table in sorted(out.glob("cases/*/candidates.csv")):
         uid = table.parent.name
@@ -139,6 +151,8 @@ def _candidate_rows(out: Path, scans: Collection[str] | None) -> list[_Row]:
             continue
         with table.open(newline="") as f:
             for r in csv.DictReader(f):
+                if reportable_only and r.get("source") == "second_look":
+                    continue
                 centre = (
                     float(r["center_lps_x_mm"]),
                     float(r["center_lps_y_mm"]),
@@ -175,11 +189,15 @@ def sweep(
     """:func:`threshold_summary` for every (weight, threshold) pair; rows carry ``blobness_weight`` too."""
     used = used_blobness_weight(screen_out)
     candidates = _candidate_rows(Path(screen_out), scans)  # read once, re-scored per weight
+    reportable = _candidate_rows(Path(screen_out), scans, reportable_only=True)
     rows = []
     for w in blobness_weights:
         marks = _marks(candidates, float(w) - used)
+        can_report = _marks(reportable, float(w) - used)
         for t in thresholds:
-            s = threshold_summary(data, screen_out, threshold=t, scans=scans, marks=marks)
+            s = threshold_summary(
+                data, screen_out, threshold=t, scans=scans, marks=marks, reportable=can_report
+            )
             rows.append({"blobness_weight": float(w), **s})
     return rows
 
