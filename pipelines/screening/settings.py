@@ -146,7 +146,7 @@ class ScreeningSettings:
         fine_mirror: whether the finer grid's windows are mirrored as the first grid's are (``mirror_axes``,
             ``mirror_scope``, ``mirror_threshold``); ``False`` runs the finer grid once, unmirrored: about a
             quarter fewer fine windows, ``screen()`` of the full bench phantom 1.23x faster (23.9 -> 19.4 s, same
-            reported nodules), but on the 16 validation phantoms 1.50 instead of 0.94 false reported nodules per
+            reported nodules), but on the 16 validation phantoms 1.44 instead of 0.88 false reported nodules per
             scan at the same sensitivity and CPM (mirroring averages away the finer grid's noise), so the bundle
             keeps ``True`` (``benchmarks/results/2026-12-07-fine-mirror.md``).
         backend: the runtime of the nodule network (:mod:`pipelines.screening.backend`): ``torch``,
