@@ -106,6 +106,8 @@ def test_command_prints_the_table_and_writes_json(tmp_path: Path, capsys) -> Non
 
 
 def test_second_look_rows_rank_in_the_froc_but_never_count_as_reported(tmp_path: Path) -> None:
+    from dataclasses import replace
+
     from pipelines.evaluation.operating_point import threshold_summary
 
     data, out = _screened(tmp_path)
@@ -116,7 +118,9 @@ def test_second_look_rows_rank_in_the_froc_but_never_count_as_reported(tmp_path:
     # reported at 0.95: only the 5 mm nodule (0.97); the 8 mm one's network row is 0.90, its second-look row 0.96
     assert s["sensitivity"] == 0.5 and s["false_nodules_per_scan"] == 0.0
     assert s["cpm"] == 1.0  # in the FROC the second-look row ranks the 8 mm nodule above every false mark
-    everything = threshold_summary(data, out, threshold=0.95, marks=marks, reportable=marks)
+    everything = threshold_summary(
+        data, out, threshold=0.95, marks=[replace(m, reportable=True) for m in marks]
+    )
     assert everything["sensitivity"] == 1.0 and everything["false_nodules_per_scan"] == 0.5  # the old count
     row = {r["threshold"]: r for r in sweep(data, out, blobness_weights=[4.0], thresholds=[0.95])}[0.95]
     assert (row["sensitivity"], row["false_nodules_per_scan"]) == (0.5, 0.0)

@@ -73,12 +73,14 @@ class Finding:
 
 @dataclass(frozen=True)
 class Mark:
-    """One CAD mark (candidate) of a submission, world LPS mm, with its probability."""
+    """One CAD mark (candidate) of a submission, world LPS mm, with its probability; ``reportable`` False for a
+    mark that ranks in the FROC but never becomes a reported nodule (a second-look spot)."""
 
     seriesuid: str
     center_lps_mm: tuple[float, float, float]
     probability: float
     row: int = 0
+    reportable: bool = True
 
 
 def read_findings_csv(path: PathLike) -> list[Finding]:

@@ -55,15 +55,14 @@ def threshold_summary(
     threshold: float,
     scans: Collection[str] | None = None,
     marks: Sequence[froc.Mark] | None = None,
-    reportable: Sequence[froc.Mark] | None = None,
 ) -> dict[str, Any]:
     """Figures at ``threshold`` for dataset ``data`` (annotations/cases/seriesuids) screened into ``screen_out``.
 
     ``scans``: only these series (their nodules, marks and number as the false-positive divisor). ``marks``:
-    these instead of ``screen_out/submission.csv``'s (e.g. :func:`rescored_marks`); they rank the FROC/CPM.
-    ``reportable``: the marks that can become reported nodules, which alone count at ``threshold`` (sensitivity,
-    false nodules per scan); by default those of ``screen_out``'s ``candidates.csv`` that are not second-look
-    spots (never reported, whatever their score), or ``marks`` when the run has no ``candidates.csv``.
+    these instead of ``screen_out/submission.csv``'s (e.g. :func:`rescored_marks`). Every mark ranks in the
+    FROC/CPM; only reportable ones (``Mark.reportable``: not second-look spots, which are never reported whatever
+    their score) count at ``threshold`` (sensitivity, false nodules per scan). ``submission.csv`` does not say
+    which marks are second-look spots, so without ``marks`` the run's ``candidates.csv`` tells, when it has one.
 
     Returns:
         ``{"threshold", "scans", "real_nodules", "cpm", "false_nodules_per_scan", "sensitivity",
@@ -74,18 +73,18 @@ def threshold_summary(
     uids = _series(root, scans)
     kept = set(uids)
     nodules = [n for n in froc.read_findings_csv(root / "annotations.csv") if n.seriesuid in kept]
+    from_submission = marks is None
     if marks is None:
         marks = froc.read_marks_csv(out / "submission.csv")
     match = froc.match_marks(
         nodules=nodules, marks=[m for m in marks if m.seriesuid in kept], seriesuids=uids
     )
-    if reportable is None and any(out.glob("cases/*/candidates.csv")):
-        reportable = _marks(_candidate_rows(out, kept, reportable_only=True), 0.0)
-    at_threshold = match
-    if reportable is not None:
-        at_threshold = froc.match_marks(
-            nodules=nodules, marks=[m for m in reportable if m.seriesuid in kept], seriesuids=uids
-        )
+    counted = marks
+    if from_submission and any(out.glob("cases/*/candidates.csv")):
+        counted = _marks(_candidate_rows(out, kept), 0.0)  # the same candidates, with their source
+    at_threshold = froc.match_marks(
+        nodules=nodules, marks=[m for m in counted if m.seriesuid in kept and m.reportable], seriesuids=uids
+    )
     kinds = _types(root / "cases.csv")
     per_scan: dict[str, int] = {}
     types = []
@@ -139,11 +138,12 @@ def reweighted(score: float, blobness: float, delta: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-_Row = tuple[str, tuple[float, float, float], float, float]  # series, centre (LPS mm), final score, blobness
+#: series, centre (LPS mm), final score, blobness, reportable (not a second-look spot)
+_Row = tuple[str, tuple[float, float, float], float, float, bool]
 
 
-def _candidate_rows(out: Path, scans: Collection[str] | None, *, reportable_only: bool = False) -> list[_Row]:
-    """Every candidate of ``out/cases/*/candidates.csv`` (of ``scans``); ``reportable_only``: no second-look spot."""
+def _candidate_rows(out: Path, scans: Collection[str] | None) -> list[_Row]:
+    """Every candidate of ``out/cases/*/candidates.csv`` (of ``scans``)."""
     rows: list[_Row] = []
     for table in sorted(out.glob("cases/*/candidates.csv")):
         uid = table.parent.name
@@ -151,21 +151,20 @@ def _candidate_rows(out: Path, scans: Collection[str] | None, *, reportable_only
             continue
         with table.open(newline="") as f:
             for r in csv.DictReader(f):
-                if reportable_only and r.get("source") == "second_look":
-                    continue
                 centre = (
                     float(r["center_lps_x_mm"]),
                     float(r["center_lps_y_mm"]),
                     float(r["center_lps_z_mm"]),
                 )
-                rows.append((uid, centre, float(r["probability"]), float(r["blobness"])))
+                reportable = r.get("source") != "second_look"
+                rows.append((uid, centre, float(r["probability"]), float(r["blobness"]), reportable))
     return rows
 
 
 def _marks(rows: Sequence[_Row], delta: float) -> list[froc.Mark]:
     return [
-        froc.Mark(uid, centre, reweighted(p, blob, delta) if delta else p, i)
-        for i, (uid, centre, p, blob) in enumerate(rows)
+        froc.Mark(uid, centre, reweighted(p, blob, delta) if delta else p, i, reportable)
+        for i, (uid, centre, p, blob, reportable) in enumerate(rows)
     ]
 
 
@@ -189,15 +188,11 @@ def sweep(
     """:func:`threshold_summary` for every (weight, threshold) pair; rows carry ``blobness_weight`` too."""
     used = used_blobness_weight(screen_out)
     candidates = _candidate_rows(Path(screen_out), scans)  # read once, re-scored per weight
-    reportable = _candidate_rows(Path(screen_out), scans, reportable_only=True)
     rows = []
     for w in blobness_weights:
         marks = _marks(candidates, float(w) - used)
-        can_report = _marks(reportable, float(w) - used)
         for t in thresholds:
-            s = threshold_summary(
-                data, screen_out, threshold=t, scans=scans, marks=marks, reportable=can_report
-            )
+            s = threshold_summary(data, screen_out, threshold=t, scans=scans, marks=marks)
             rows.append({"blobness_weight": float(w), **s})
     return rows
 

@@ -102,8 +102,8 @@ def merge_scales(
 
     Returns:
         ``(candidates, mask_crop, prob_crop)``: the first pass's candidates (scores possibly raised, second-look
-        spots replaced by a fine network candidate left out) followed by the added fine ones (new ``nodule_id`` labels, their voxels written where ``mask_crop`` was 0);
-        the probability is the voxel-wise maximum of the two passes. The inputs are not modified.
+        spots replaced by a fine network candidate left out) followed by the added fine ones (new ``nodule_id``
+        labels, their voxels written where ``mask_crop`` was 0); the probability is the voxel-wise maximum of the two passes. The inputs are not modified.
     """
     cands: list[Candidate] = [c.copy() for c in coarse[0]]
     mask = coarse[1].copy()
