@@ -12,6 +12,7 @@ from pipelines.lungs.ops import (
     component_stats,
     dilate_mm,
     fill_holes_per_slice,
+    upsample_labels,
 )
 
 
@@ -71,3 +72,34 @@ def test_block_mean_hu_matches_reference_mean() -> None:
         ref = padded[z0:z1].reshape(z1 - z0, 6, 2, 4, 4).mean(axis=(0, 2, 4))
         assert np.allclose(got[kz], ref, atol=1e-3)
     assert got.dtype == np.float32 and got.shape == (3, 6, 4)
+
+
+def test_block_mean_hu_integer_path_equals_the_float_path() -> None:
+    """Integer HU are summed in int32 and float HU in float32: the same means, bit for bit."""
+    rng = np.random.default_rng(4)
+    hu = rng.integers(-3000, 3000, size=(9, 14, 17)).astype(np.int16)
+    for factors in [(2, 3, 3), (3, 2, 4), (1, 1, 1), (4, 5, 2)]:
+        from_int = block_mean_hu(hu, factors)
+        from_float = block_mean_hu(hu.astype(np.float32), factors)
+        assert np.array_equal(from_int, from_float), factors
+    # non-integer clip bounds take the float path on integer input too
+    odd = block_mean_hu(hu[:8, :14, :16], (2, 2, 2), clip_hu=(-1000.5, 500.5))
+    ref = (
+        np.clip(hu[:8, :14, :16].astype(np.float64), -1000.5, 500.5)
+        .reshape(4, 2, 7, 2, 8, 2)
+        .mean(axis=(1, 3, 5))
+    )
+    assert np.allclose(odd, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("factors", [(2, 3, 3), (1, 1, 1), (3, 1, 2)])
+def test_upsample_labels_equals_repeat_and_crop(factors: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(5)
+    shape = (11, 16, 13)
+    coarse = rng.integers(0, 3, size=tuple(-(-n // f) for n, f in zip(shape, factors))).astype(np.uint8)
+    ref = coarse
+    for axis, f in enumerate(factors):
+        ref = np.repeat(ref, f, axis=axis)
+    got = upsample_labels(coarse, factors, shape)
+    assert got.shape == shape and got.flags.c_contiguous and got.dtype == np.uint8
+    assert np.array_equal(got, ref[: shape[0], : shape[1], : shape[2]])

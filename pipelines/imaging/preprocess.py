@@ -209,7 +209,9 @@ def scale_hu(array: torch.Tensor, *, hu_min: float, hu_max: float) -> torch.Tens
 
 def unscale_hu(array: np.ndarray, *, hu_min: float, hu_max: float) -> np.ndarray:
     """HU back from :func:`scale_hu`'s [0, 1] values (clipped HU stay clipped)."""
-    return array * (hu_max - hu_min) + hu_min
+    out = np.multiply(array, hu_max - hu_min)  # one new array, shifted in place
+    out += hu_min
+    return out
 
 
 def restore_to_canonical(

@@ -55,23 +55,52 @@ def block_mean_hu(
     oy, ox = -(-ny // fy), -(-nx // fx)
     out = np.empty((-(-nz // fz), oy, ox), dtype=np.float32)
     pad = ((0, 0), (0, oy * fy - ny), (0, ox * fx - nx))
+    # integer HU clipped to integer bounds sum exactly in int32 (the float32 sums are exact too: integers far
+    # below 2**24), so both give the same means; the integer path skips a float copy of every voxel
+    exact = np.issubdtype(hu_zyx.dtype, np.integer) and all(float(c).is_integer() for c in clip_hu)
     for k, z0 in enumerate(range(0, nz, fz)):
-        slab = np.clip(hu_zyx[z0 : z0 + fz], clip_hu[0], clip_hu[1], dtype=np.float32)
+        if exact:
+            slab = np.clip(hu_zyx[z0 : z0 + fz], int(clip_hu[0]), int(clip_hu[1])).astype(np.int32)
+        else:
+            slab = np.clip(hu_zyx[z0 : z0 + fz], clip_hu[0], clip_hu[1], dtype=np.float32)
         if any(p[1] for p in pad):
             slab = np.pad(slab, pad, mode="edge")
-        # successive single-axis sums are several times faster than one mean over three strided axes
-        total = slab.reshape(slab.shape[0], oy, fy, ox, fx).sum(axis=4).sum(axis=2).sum(axis=0)
-        out[k] = total / np.float32(slab.shape[0] * fy * fx)
+        # block sums as sums of strided slices, axis by axis (x, then y, then z): the order of a sum over a
+        # short axis, several times faster than a reduction over it
+        in_plane = _strided_sum(_strided_sum(slab, fx, axis=2), fy, axis=1)
+        total = _strided_sum(in_plane, slab.shape[0], axis=0)[0]
+        out[k] = total.astype(np.float32) / np.float32(slab.shape[0] * fy * fx)
     return out
 
 
+def _strided_sum(a: np.ndarray, f: int, *, axis: int) -> np.ndarray:
+    """Sums of ``f`` consecutive entries along ``axis`` (its length a multiple of ``f``), added in order."""
+    if f == 1:
+        return a
+    part = [slice(None)] * a.ndim
+    part[axis] = slice(0, None, f)
+    total = a[tuple(part)].copy()
+    for i in range(1, f):
+        part[axis] = slice(i, None, f)
+        total += a[tuple(part)]
+    return total
+
+
 def upsample_labels(labels_zyx: np.ndarray, factors: Sequence[int], shape_zyx: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour inverse of :func:`block_mean_hu`: repeat each coarse voxel and crop to ``shape_zyx``."""
-    out = labels_zyx
-    for axis, f in enumerate(factors):
-        if f > 1:
-            out = np.repeat(out, int(f), axis=axis)
-    return np.ascontiguousarray(out[: shape_zyx[0], : shape_zyx[1], : shape_zyx[2]])
+    """Nearest-neighbour inverse of :func:`block_mean_hu`: repeat each coarse voxel and crop to ``shape_zyx``.
+
+    The coarse grid is repeated in-plane first (a slice per coarse slice), then each slice is broadcast to its
+    ``fz`` output slices in one write: no full-size intermediate.
+    """
+    fz, fy, fx = (int(f) for f in factors)
+    nz, ny, nx = (int(n) for n in shape_zyx)
+    rows = np.repeat(np.repeat(labels_zyx, fx, axis=2)[:, :, :nx], fy, axis=1)[:, :ny]
+    out = np.empty((nz, ny, nx), dtype=labels_zyx.dtype)
+    whole = min(nz // fz, rows.shape[0])
+    out[: whole * fz].reshape(whole, fz, ny, nx)[...] = rows[:whole, None]
+    if whole * fz < nz:
+        out[whole * fz :] = rows[whole]
+    return out
 
 
 def distance_outside_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
