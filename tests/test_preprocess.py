@@ -106,3 +106,21 @@ def test_network_world_mapping_round_trips_and_lands_on_the_canonical_voxel() ->
     canon = geom.network_to_canonical_index(net[1])
     expected = img.TransformContinuousIndexToPhysicalPoint([float(v) for v in canon[::-1]])
     assert np.allclose(world[1], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_resample_with_z_unchanged_equals_trilinear(channels):
+    """The slice-by-slice bilinear shortcut (z size unchanged) gives torch's trilinear values to float32
+    rounding (the two kernels may add in another order: at most one unit in the last place here)."""
+    gen = torch.Generator().manual_seed(7)
+    shape = (6, 13, 17) if channels is None else (channels, 6, 13, 17)
+    x = torch.rand(shape, generator=gen)
+    got = preprocess.resample(x, (6, 20, 9))
+    ref = torch.nn.functional.interpolate(
+        x[None, None] if channels is None else x[None], size=(6, 20, 9), mode="trilinear", align_corners=False
+    )
+    ref = ref[0, 0] if channels is None else ref[0]
+    assert got.shape == ref.shape and got.is_contiguous()
+    assert float((got - ref).abs().max()) <= 2.5e-7
+    # a z change still interpolates along z
+    assert preprocess.resample(x, (9, 20, 9)).shape[-3] == 9
