@@ -226,6 +226,27 @@ def test_a_nodule_seen_only_on_the_fine_grid_is_reported_with_its_mask() -> None
     assert np.array_equal(both.nodule_mask == first["nodule_id"], big)
 
 
+def test_reported_masks_land_in_the_canonical_grid_of_a_cropped_case() -> None:
+    """The nodule mask is written voxel by voxel from the crop: reported labels at their canonical place
+    (crop offset added), candidates below the reporting threshold left out."""
+    hu = np.full((40, 48, 48), BG, np.float32)
+    big = _ball_mask(hu.shape, (20, 24, 14), 4.5)
+    weak = _ball_mask(hu.shape, (20, 24, 34), 3.5)
+    hu[big | weak] = TISSUE
+    crop = ((2, 38), (3, 45), (4, 44))
+    data = _case(hu, crop)
+    sl = tuple(slice(a, b) for a, b in crop)
+    prob = np.full(data["geometry"].network_shape, 0.01, np.float32)
+    prob[big[sl]] = 0.99
+    prob[weak[sl]] = 0.6  # a candidate, not reported (no shape term to lift it)
+    settings = ScreeningSettings(report=False, second_look=False, blobness_weight=0.0)
+    out = _analyse(data, prob, settings)
+    assert [c["source"] for c in out.candidates] == ["network", "network"] and len(out.nodules) == 1
+    assert out.nodule_mask.shape == hu.shape
+    assert np.array_equal(out.nodule_mask == out.nodules[0]["nodule_id"], big)
+    assert not out.nodule_mask[weak].any() and set(np.unique(out.nodule_mask)) == {0, 1}
+
+
 def test_fine_spacing_must_be_finer_than_the_network_grid() -> None:
     assert ScreeningSettings(fine_spacing_mm=None).fine_spacing_mm is None
     assert ScreeningSettings(fine_spacing_mm=0.7).fine_spacing_mm == 0.7

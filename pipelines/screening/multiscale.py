@@ -113,7 +113,8 @@ def merge_scales(
     radii = np.asarray([float(c["diameter_mm"]) / 2 for c in cands], float)
     next_id = max([int(c["nodule_id"]) for c in cands] + [int(mask.max(initial=0))]) + 1
     fine_mask = fine[1]
-    fine_boxes: list[tuple[slice, ...] | None] | None = None  # found once, when a candidate is first added
+    fine_voxels: tuple[np.ndarray, np.ndarray] | None = None  # (flat index, label), found once when needed
+    flat_mask = mask.reshape(-1)  # a view of the contiguous copy: writes go to ``mask``
     replaced: set[int] = set()  # first-pass second-look spots that a fine network candidate stands in for
     for f in fine[0]:
         radius = float(f["diameter_mm"]) / 2
@@ -146,14 +147,11 @@ def merge_scales(
         row.update({"probability": score, "segmentation_probability": score})
         fid = int(f["nodule_id"])
         if f.get("source") == "network":
-            if fine_boxes is None:
-                fine_boxes = ndimage.find_objects(
-                    fine_mask
-                )  # one pass; each added candidate's voxels in its box
-            box = fine_boxes[fid - 1] if fid <= len(fine_boxes) else None
-            if box is not None:
-                region = mask[box]  # a view: writes go to ``mask``
-                region[(fine_mask[box] == fid) & (region == 0)] = next_id
+            if fine_voxels is None:  # one pass over the fine mask: its labelled voxels
+                at = np.flatnonzero(fine_mask != 0)
+                fine_voxels = (at, fine_mask.reshape(-1)[at])
+            mine = fine_voxels[0][fine_voxels[1] == fid]
+            flat_mask[mine[flat_mask[mine] == 0]] = next_id
         row["nodule_id"] = next_id
         next_id += 1
         cands.append(row)

@@ -328,7 +328,13 @@ def _select_reported(
     for c in reported:
         lut[c["candidate_id"]] = c["nodule_id"]
     nodule_mask = np.zeros(geometry.canonical_shape, dtype=lut.dtype)
-    nodule_mask[geometry.crop_slices] = lut[mask_crop]
+    # only the labelled voxels are mapped and written (a few thousand of the crop's millions)
+    at = np.flatnonzero(mask_crop != 0)
+    values = lut[mask_crop.reshape(-1)[at]]
+    at = at[values > 0]
+    start = [b.start for b in geometry.crop_slices]
+    crop_zyx = np.unravel_index(at, mask_crop.shape)
+    nodule_mask[tuple(c + s for c, s in zip(crop_zyx, start, strict=True))] = values[values > 0]
     probability = None
     if settings.write_probability or settings.report:
         probability = CroppedVolume.from_slices(prob_crop, geometry.crop_slices, geometry.canonical_shape)
