@@ -97,7 +97,9 @@ def add_followup_options(s: Any) -> None:
 
 
 def cmd_screen(a: argparse.Namespace) -> int:
-    from pipelines.screening.api import screen
+    from pipelines.screening.api import screen, settle_imports
+
+    settle_imports()
 
     if a.pairs is not None:  # follow-up pairs from a table: OUT alone
         a.inputs, a.out = None, pairs_out(a.inputs)
