@@ -82,6 +82,11 @@ def test_block_mean_hu_integer_path_equals_the_float_path() -> None:
         from_int = block_mean_hu(hu, factors)
         from_float = block_mean_hu(hu.astype(np.float32), factors)
         assert np.array_equal(from_int, from_float), factors
+    stored = (hu.astype(np.int32) + 3000).astype(np.uint16)  # unsigned storage (HU + 3000), other widths
+    for data in (stored, stored.astype(np.int64), (hu // 20).astype(np.int8)):
+        assert np.array_equal(
+            block_mean_hu(data, (2, 3, 3)), block_mean_hu(data.astype(np.float32), (2, 3, 3))
+        )
     # non-integer clip bounds take the float path on integer input too
     odd = block_mean_hu(hu[:8, :14, :16], (2, 2, 2), clip_hu=(-1000.5, 500.5))
     ref = (
