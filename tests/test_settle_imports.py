@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 
-from pipelines.screening.api import settle_imports
+from pipelines.screening.process import settle_imports
 
 
 def test_settle_imports_loads_the_engine_and_freezes_what_is_alive() -> None:

@@ -33,7 +33,7 @@ _STAGE_OF_TRANSFORM = {"LoadScand": "reorient", "LungMaskd": "lung_mask"}
 def task_stages(spec: Spec) -> dict[str, Any]:
     """Our path stage by stage: the public stages of the screening engine, each timed."""
     from pipelines.imaging import discovery, io
-    from pipelines.screening.api import settle_imports
+    from pipelines.screening.process import settle_imports
     from pipelines.screening.scoring import classify_candidates
 
     scr = screener(spec)
@@ -107,7 +107,8 @@ def task_screen(spec: Spec) -> dict[str, Any]:
     t = time.perf_counter()
     import pipelines.bundle
     import pipelines.report.html  # noqa: F401  (imports only: their cost is not screening)
-    from pipelines.screening.api import screen, settle_imports
+    from pipelines.screening.api import screen
+    from pipelines.screening.process import settle_imports
 
     settle_imports()  # as the command line does
     import_seconds = time.perf_counter() - t

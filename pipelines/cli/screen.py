@@ -97,7 +97,8 @@ def add_followup_options(s: Any) -> None:
 
 
 def cmd_screen(a: argparse.Namespace) -> int:
-    from pipelines.screening.api import screen, settle_imports
+    from pipelines.screening.api import screen
+    from pipelines.screening.process import settle_imports
 
     settle_imports()
 
