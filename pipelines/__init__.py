@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.14.0"
+__version__ = "0.15.0"
 __all__ = ["screen", "screen_followup", "__version__"]
 
 if TYPE_CHECKING:

@@ -215,3 +215,16 @@ cp runs/cpu4/models/classifier.pt monai_bundle/models/classifier.pt
 #     --set train#num_samples=4 train#epoch_length=50 validate#max_cases=1 train#num_workers=1 train#cache_workers=2 \
 #     train#paste_prob=0.5 train#loss#batch=false train#lr=0.0003 val_interval=1000 train#max_fg_per_nodule=16 \
 #     train#trainer#max_epochs=40 train#time_limit_s=7000 train#paste_subsolid_weight=4.0
+
+# Step 20 (tried 2026-12-08, NOT kept): step 19's own false positives as hard negatives
+# (benchmarks/results/2026-12-08-real-nodule-hard-negatives.md). Validation: real nodules in the real CT CPM 0.902
+# (step 19 0.933, shipped 0.920), phantoms 0.826 with 2.62 false reported nodules per scan (as step 19). Its commands:
+#   mkdir -p runs/real20/models && cp runs/real19/models/model.pt runs/real20/models/
+#   $LS train --dataset runs/data/train_mix17 --out runs/real20 --profile cpu --seed 20 --device cpu --no-eval \
+#     --stages classifier --set classifier#max_epochs=1 classifier#time_limit_s=30   # mines 281 spots in 74 scans
+#   $LS train --dataset runs/data/train_mix17 --out runs/real20 --profile cpu --seed 20 --device cpu \
+#     --init-weights runs/real19/models/model.pt --no-eval --stages segmentation --bank "$REAL_BANK" --real-share 0.5 \
+#     --set train#num_samples=4 train#epoch_length=50 validate#max_cases=1 train#num_workers=1 train#cache_workers=2 \
+#     train#paste_prob=0.5 train#loss#batch=false train#lr=0.0002 val_interval=1000 train#max_fg_per_nodule=16 \
+#     train#trainer#max_epochs=20 train#time_limit_s=4000 train#paste_subsolid_weight=4.0 \
+#     train#hard_negatives=runs/real20/classifier/hard_negatives.json train#hard_negative_fraction=0.5
