@@ -9,7 +9,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from pipelines.nodules.sparse_labels import block_any, components, seed_clusters
+from pipelines.nodules.sparse_labels import block_any, components, labelled_voxels, seed_clusters
 
 
 def _pairwise_clusters(seeds: np.ndarray, *, reach: int) -> list[np.ndarray]:
@@ -98,3 +98,16 @@ def test_block_any_marks_every_block_with_a_voxel() -> None:
     for z, y, x in np.argwhere(mask):
         expected[z // 6, y // 6, x // 6] = True
     np.testing.assert_array_equal(blocks, expected)
+
+
+def test_labelled_voxels_lists_every_non_zero_voxel_with_its_label() -> None:
+    labels = np.zeros((4, 5, 6), np.uint16)
+    labels[1, 2, 3] = 7
+    labels[3, 0, 5] = 2
+    at, values = labelled_voxels(labels)
+    assert at.tolist() == [
+        np.ravel_multi_index((1, 2, 3), labels.shape),
+        np.ravel_multi_index((3, 0, 5), labels.shape),
+    ]
+    assert values.tolist() == [7, 2]
+    assert labelled_voxels(np.zeros((2, 2, 2), np.uint8))[0].size == 0

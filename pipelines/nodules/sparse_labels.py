@@ -115,6 +115,16 @@ def seed_clusters(seed_mask: np.ndarray, *, reach: int) -> list[SeedCluster]:
     return [c for _, c in found]
 
 
+def labelled_voxels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat C-order indices, labels)`` of the non-zero voxels of a label volume, in one pass.
+
+    For writing or moving a few labelled objects of a large, mostly empty mask without a whole-volume lookup
+    (comparing to 0 first: ``np.flatnonzero`` on a bool array is several times faster than on uint16).
+    """
+    at = np.flatnonzero(labels != 0)
+    return at, labels.reshape(-1)[at]
+
+
 #: Block edge (voxels) of :func:`components`.
 _BLOCK = 8
 

@@ -36,6 +36,7 @@ from pipelines.imaging.io import spacing_zyx
 from pipelines.imaging.preprocess import CaseGeometry
 from pipelines.nodules.record import Candidate
 from pipelines.nodules.second_look import Volume, find_spots
+from pipelines.nodules.sparse_labels import labelled_voxels
 from pipelines.screening.settings import ScreeningSettings
 
 #: Each first-pass mark is grown by this much (mm) on the finer grid: a fine candidate a little larger than the
@@ -147,9 +148,8 @@ def merge_scales(
         row.update({"probability": score, "segmentation_probability": score})
         fid = int(f["nodule_id"])
         if f.get("source") == "network":
-            if fine_voxels is None:  # one pass over the fine mask: its labelled voxels
-                at = np.flatnonzero(fine_mask != 0)
-                fine_voxels = (at, fine_mask.reshape(-1)[at])
+            if fine_voxels is None:  # one pass over the fine mask
+                fine_voxels = labelled_voxels(fine_mask)
             mine = fine_voxels[0][fine_voxels[1] == fid]
             flat_mask[mine[flat_mask[mine] == 0]] = next_id
         row["nodule_id"] = next_id

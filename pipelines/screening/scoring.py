@@ -21,6 +21,7 @@ from pipelines.imaging.io import header_image, spacing_zyx
 from pipelines.imaging.preprocess import CaseGeometry
 from pipelines.imaging.volumes import CroppedVolume
 from pipelines.nodules.record import Candidate
+from pipelines.nodules.sparse_labels import labelled_voxels
 from pipelines.screening.settings import ScreeningSettings
 
 CLASSIFIER_PATCH = (48, 48, 48)
@@ -329,12 +330,12 @@ def _select_reported(
         lut[c["candidate_id"]] = c["nodule_id"]
     nodule_mask = np.zeros(geometry.canonical_shape, dtype=lut.dtype)
     # only the labelled voxels are mapped and written (a few thousand of the crop's millions)
-    at = np.flatnonzero(mask_crop != 0)
-    values = lut[mask_crop.reshape(-1)[at]]
-    at = at[values > 0]
+    at, labels = labelled_voxels(mask_crop)
+    values = lut[labels]
+    keep = values > 0
     start = [b.start for b in geometry.crop_slices]
-    crop_zyx = np.unravel_index(at, mask_crop.shape)
-    nodule_mask[tuple(c + s for c, s in zip(crop_zyx, start, strict=True))] = values[values > 0]
+    crop_zyx = np.unravel_index(at[keep], mask_crop.shape)
+    nodule_mask[tuple(c + s for c, s in zip(crop_zyx, start, strict=True))] = values[keep]
     probability = None
     if settings.write_probability or settings.report:
         probability = CroppedVolume.from_slices(prob_crop, geometry.crop_slices, geometry.canonical_shape)
